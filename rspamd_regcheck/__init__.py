@@ -1,0 +1,94 @@
+"""rspamd-regcheck: a sender-registry check for rspamd.
+
+For each SMTP session: find the sender's Registered ID (the organisational
+domain of its HELO name), read its record in a sender registry over DNS,
+weigh what trusted rating services say of it, and check that the sender's
+chosen method authorises the client IP.  The answer is a set of rspamd
+symbols with dynamic weights, plus the seed script's hard verdict for an
+opt-in enforce mode.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._check import Checker, CheckResult, Envelope, lookup_record, make_fetcher, parse_ip
+from ._dns import DnsAnswer, DnsStatus, Fetcher, ResolverFetcher, ZoneOverlay
+from ._evaluate import Facts, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
+from ._identity import BadHelo, Identity, id_at_level, identify, normalise_helo
+from ._qr1 import qr1
+from ._ratings import RatingPolicy, ServiceScale, rate, rating_weight
+from ._record import parse_record, select_record
+from ._reply import build_reply, format_reply
+from ._types import (
+    Action,
+    Method,
+    MethodOffer,
+    MethodOutcome,
+    Netblock,
+    Rating,
+    RatingClass,
+    RatingSummary,
+    Record,
+    Result,
+    SeedVerdict,
+    SymbolHit,
+    Verdict,
+)
+from .config import Config, load_config
+from .errors import ConfigError, InvalidRecord, InvalidZoneFile, RegcheckError
+
+__all__ = [
+    "Action",
+    "BadHelo",
+    "CheckResult",
+    "Checker",
+    "Config",
+    "ConfigError",
+    "DnsAnswer",
+    "DnsStatus",
+    "Envelope",
+    "Facts",
+    "Fetcher",
+    "Identity",
+    "InvalidRecord",
+    "InvalidZoneFile",
+    "Method",
+    "MethodOffer",
+    "MethodOutcome",
+    "Netblock",
+    "Policy",
+    "Rating",
+    "RatingClass",
+    "RatingPolicy",
+    "RatingSummary",
+    "Record",
+    "RegcheckError",
+    "RegistryFacts",
+    "RegistryStatus",
+    "ResolverFetcher",
+    "Result",
+    "SeedVerdict",
+    "ServiceScale",
+    "SymbolHit",
+    "Verdict",
+    "ZoneOverlay",
+    "__version__",
+    "build_reply",
+    "evaluate",
+    "format_reply",
+    "id_at_level",
+    "identify",
+    "load_config",
+    "lookup_record",
+    "make_fetcher",
+    "normalise_helo",
+    "parse_ip",
+    "parse_record",
+    "plan",
+    "qr1",
+    "rate",
+    "rating_weight",
+    "select_record",
+    "wants_methods",
+]

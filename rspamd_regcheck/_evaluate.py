@@ -1,0 +1,282 @@
+"""The decision core: facts in, `Verdict` out (DESIGN steps 5-9).  Pure.
+
+The async shell (`_check.py`) gathers facts with DNS and asks this module two
+things: which methods to run (`plan`, `wants_methods`) and, once it has run
+them, what it all means (`evaluate`).  No awaits, sockets or clocks here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from . import symbols as S
+from ._identity import BadHelo
+from ._ratings import RatingPolicy, rating_weight
+from ._types import (
+    Action,
+    IPAddress,
+    Method,
+    MethodOutcome,
+    RatingClass,
+    RatingSummary,
+    Record,
+    Result,
+    SeedVerdict,
+    SymbolHit,
+    Verdict,
+)
+
+REJECT_CODE, REJECT_X = 550, "5.7.1"  # RFC 3463 3.8: delivery not authorized
+TEMPFAIL_CODE = 451  # RFC 5321 4.2.3: local error in processing
+TEMPFAIL_DNS_X = "4.4.3"  # RFC 3463 3.5: directory server failure
+TEMPFAIL_OTHER_X = "4.7.0"  # RFC 3463 3.8: other security status
+OK_CODE, OK_X = 250, "2.0.0"
+
+
+class RegistryStatus(enum.Enum):
+    """What the registry said about an ID (DESIGN step 4)."""
+
+    FOUND = "found"
+    NO_RECORD = "no-record"
+    INVALID = "invalid"
+    DNSFAIL = "dnsfail"
+
+
+@dataclass(frozen=True)
+class RegistryFacts:
+    """The registry lookup's outcome for one ID."""
+
+    status: RegistryStatus
+    record: Record | None = None
+    reasons: tuple[str, ...] = ()  # why a record is invalid, or what failed
+    zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A method to run, with the DNS questions it may ask."""
+
+    method: Method
+    budget: int
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the shell learnt about one SMTP session."""
+
+    ip: IPAddress | None
+    helo: BadHelo | str | None = None  # the normalised HELO, or why it is unusable
+    id: str | None = None
+    registry: RegistryFacts | None = None
+    ratings: RatingSummary | None = None
+    methods: tuple[MethodOutcome, ...] = ()
+    unavailable: tuple[Method, ...] = ()  # offered and allowed, but not implemented here
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The receiver's settings the evaluator needs."""
+
+    ratings: RatingPolicy
+    method_order: tuple[Method, ...]
+    method_limits: Mapping[Method, int]
+    authent_header: str = "X-Regcheck"
+
+
+def wants_methods(ratings: RatingSummary) -> bool:
+    """Methods run only for IDs with trusted ratings that are not bad (the seed's rule)."""
+    return ratings.klass in (RatingClass.LOW, RatingClass.HIGH)
+
+
+def plan(
+    record: Record, ip: IPAddress, policy: Policy, available: Collection[Method]
+) -> tuple[tuple[Planned, ...], tuple[MethodOutcome, ...], tuple[Method, ...]]:
+    """Choose the methods to run, in order (DESIGN step 7).
+
+    QR1 comes first when the record lists netblocks for the client's family;
+    then, in the receiver's order, each method the sender offers within the
+    receiver's query limit.  Returns the plan, the budget skips (as outcomes)
+    and the methods left out because this build does not implement them.
+    """
+    planned: list[Planned] = []
+    skipped: list[MethodOutcome] = []
+    unavailable: list[Method] = []
+    if record.netblocks_for(ip) is not None:
+        planned.append(Planned(Method.QR1, 0))
+    offers = {o.method: o.queries for o in record.methods}
+    for method in policy.method_order:
+        if method not in offers or method is Method.QR1:
+            continue
+        wanted, limit = offers[method], policy.method_limits.get(method, 0)
+        if wanted > limit:
+            skipped.append(
+                MethodOutcome(method, None, (method.value, f"needs {wanted} queries, limit {limit}"), budget=True)
+            )
+        elif method not in available:
+            unavailable.append(method)
+        else:
+            planned.append(Planned(method, min(wanted, limit)))
+    return tuple(planned), tuple(skipped), tuple(unavailable)
+
+
+def evaluate(facts: Facts, policy: Policy) -> Verdict:
+    """Turn *facts* into symbols, headers and the seed's verdict (DESIGN step 9)."""
+    return _Evaluation(facts, policy).run()
+
+
+class _Evaluation:
+    def __init__(self, facts: Facts, policy: Policy):
+        self.f = facts
+        self.p = policy
+        self.hits: list[SymbolHit] = []
+        self.headers: list[tuple[str, str]] = []
+
+    def hit(self, name: str, *options: str, weight: float = 1.0) -> None:
+        self.hits.append(SymbolHit(name, weight, tuple(o for o in options if o)))
+
+    def done(self, action: Action, code: int, xcode: str, message: str) -> Verdict:
+        f = self.f
+        return Verdict(
+            symbols=tuple(sorted(self.hits, key=lambda h: h.name)),
+            seed=SeedVerdict(action, code, xcode, message),
+            id=f.id,
+            ratings=f.ratings,
+            add_headers=tuple(self.headers),
+            remove_headers=(self.p.authent_header,) if f.skipped is None else (),
+            skipped=f.skipped,
+            methods=f.methods,
+        )
+
+    def run(self) -> Verdict:
+        f = self.f
+        if f.skipped is not None:
+            return self.done(Action.CONTINUE, OK_CODE, OK_X, f"Not checked: {f.skipped}")
+        if f.helo is None or isinstance(f.helo, BadHelo):
+            bad = f.helo if isinstance(f.helo, BadHelo) else BadHelo("missing")
+            self.hit(S.BAD_HELO, bad.reason, bad.text)
+            shown = f" {bad.text!r}" if bad.text else ""
+            return self.done(
+                Action.REJECT, REJECT_CODE, REJECT_X, f"HELO name{shown} is not a valid host name ({bad.reason})"
+            )
+        ident = f.id or f.helo
+        reg = f.registry
+        if reg is None or reg.status is RegistryStatus.DNSFAIL:
+            why = ", ".join(reg.reasons) if reg else "no answer"
+            self.hit(S.DNSFAIL, ident, why)
+            return self.done(
+                Action.TEMPFAIL,
+                TEMPFAIL_CODE,
+                TEMPFAIL_DNS_X,
+                f"Sender registry lookup for '{ident}' failed ({why}); please try again later",
+            )
+        if reg.status is RegistryStatus.NO_RECORD:
+            self.hit(S.NO_RECORD, ident)
+            return self.done(
+                Action.REJECT, REJECT_CODE, REJECT_X, f"'{ident}' is not listed in the sender registry"
+            )
+        if reg.status is RegistryStatus.INVALID or reg.record is None:
+            self.hit(S.RECORD_PERMFAIL, ident, *reg.reasons)
+            return self.done(
+                Action.TEMPFAIL,
+                TEMPFAIL_CODE,
+                TEMPFAIL_OTHER_X,
+                f"The sender registry record of '{ident}' is invalid ({'; '.join(reg.reasons)});"
+                " please try again later",
+            )
+        if reg.record.stop:
+            self.hit(S.STOP, ident)
+            return self.done(
+                Action.REJECT, REJECT_CODE, REJECT_X, f"The sender registry says '{ident}' sends no mail"
+            )
+        return self.rated(ident, reg.record)
+
+    def rated(self, ident: str, record: Record) -> Verdict:
+        f, p = self.f, self.p
+        r = f.ratings
+        ip = str(f.ip)
+        if r is None or r.klass is RatingClass.NONE:
+            self.hit(S.NO_RATINGS, ident)
+            self.headers.append((p.authent_header, f"{ip} {ident} NONE unverified ratings="))
+            return self.done(
+                Action.FILTER,
+                OK_CODE,
+                OK_X,
+                f"No trusted rating for '{ident}'; the message goes to the spam filter",
+            )
+        rtext = f"ratings={r.text}"
+        weight = rating_weight(r, p.ratings)
+        if r.klass is RatingClass.BAD:
+            self.hit(S.RATING_BAD, ident, rtext, weight=weight)
+            return self.done(
+                Action.REJECT,
+                REJECT_CODE,
+                REJECT_X,
+                f"'{ident}' is rated {r.text}, below what this server accepts",
+            )
+        if r.klass is RatingClass.LOW:
+            self.hit(S.RATING_LOW, ident, rtext, weight=weight)
+        return self.methods(ident, rtext, weight)
+
+    def methods(self, ident: str, rtext: str, rweight: float) -> Verdict:
+        f, p = self.f, self.p
+        r = f.ratings
+        assert r is not None
+        ip = str(f.ip)
+        final: MethodOutcome | None = None
+        temperror = False
+        for outcome in f.methods:
+            if outcome.budget or outcome.result is None:
+                self.hit(S.BUDGET, ident, *outcome.options)
+                continue
+            name = S.method_symbol(outcome.method, outcome.result)
+            passed = outcome.result is Result.PASS
+            # Good ratings are credited only to an ID that proved itself (DESIGN step 6).
+            extra = rtext if r.klass is RatingClass.HIGH and not passed else ""
+            if name is not None:
+                self.hit(name, ident, *outcome.options, extra)
+            temperror = temperror or outcome.result is Result.TEMPERROR
+            if outcome.result.final:
+                final = outcome
+                break
+        if final is None:
+            not_run = [f"not-available:{m.value}" for m in f.unavailable]
+            extra = rtext if r.klass is RatingClass.HIGH else ""
+            self.hit(S.UNVERIFIED, ident, *not_run, extra)
+            self.headers.append((p.authent_header, f"{ip} {ident} NONE unverified {rtext}"))
+            if temperror:
+                return self.done(
+                    Action.TEMPFAIL,
+                    TEMPFAIL_CODE,
+                    TEMPFAIL_DNS_X,
+                    f"Could not verify '{ident}' for now; please try again later",
+                )
+            return self.done(Action.CONTINUE, OK_CODE, OK_X, f"No method verified '{ident}'")
+        res = final.result
+        assert res is not None
+        self.headers.append((p.authent_header, f"{ip} {ident} {final.method.value} {res.value} {rtext}"))
+        if res is Result.PASS:
+            if r.klass is RatingClass.HIGH:
+                self.hit(S.RATING_HIGH, ident, rtext, weight=rweight)
+                return self.done(Action.ACCEPT, OK_CODE, OK_X, f"Sender verified by {final.method.value}")
+            return self.done(
+                Action.FILTER,
+                OK_CODE,
+                OK_X,
+                f"'{ident}' is rated {r.text}; the message goes to the spam filter",
+            )
+        if res is Result.FAIL:
+            return self.done(
+                Action.REJECT,
+                REJECT_CODE,
+                REJECT_X,
+                f"Host {ip} is not authorised to send mail for '{ident}' ({final.method.value})",
+            )
+        return self.done(
+            Action.FILTER,
+            OK_CODE,
+            OK_X,
+            f"{final.method.value} gave '{res.value}' for '{ident}'; the message goes to the spam filter",
+        )

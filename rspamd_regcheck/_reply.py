@@ -1,0 +1,110 @@
+"""The reply object of DESIGN section 4, shaped like rspamd's own.  Pure.
+
+``score`` sums the configured scores times the dynamic weights.  ``action``
+comes from the score thresholds in score mode and from the seed's verdict in
+enforce mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._types import Action, Verdict
+from .config import Config
+from .symbols import BY_NAME
+
+ENFORCE_ACTIONS = {
+    Action.REJECT: "reject",
+    Action.TEMPFAIL: "soft reject",
+    Action.FILTER: "add header",
+}
+
+
+def score_action(score: float, config: Config) -> str:
+    """rspamd's action for *score* under the configured thresholds."""
+    t = config.thresholds
+    if score >= t.reject:
+        return "reject"
+    if score >= t.add_header:
+        return "add header"
+    if score >= t.greylist:
+        return "greylist"
+    return "no action"
+
+
+def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str, Any]:
+    """The reply for one check, ready for JSON or msgpack."""
+    symbols: dict[str, Any] = {}
+    total = 0.0
+    for hit in verdict.symbols:
+        metric = config.scores.get(hit.name, 0.0)
+        score = round(metric * hit.weight, 4)
+        total += score
+        entry: dict[str, Any] = {"name": hit.name, "score": score, "metric_score": metric}
+        definition = BY_NAME.get(hit.name)
+        if definition is not None:
+            entry["description"] = definition.description
+        if hit.options:
+            entry["options"] = list(hit.options)
+        symbols[hit.name] = entry
+    total = round(total, 4)
+    seed = verdict.seed
+    messages: dict[str, str] = {}
+    if config.mode == "enforce":
+        action = ENFORCE_ACTIONS.get(seed.action, "no action")
+        if seed.action in (Action.REJECT, Action.TEMPFAIL):
+            messages["smtp_message"] = seed.message
+    else:
+        action = score_action(total, config)
+    ratings = verdict.ratings
+    return {
+        "is_skipped": verdict.skipped is not None,
+        "score": total,
+        "required_score": config.thresholds.reject,
+        "action": action,
+        "symbols": symbols,
+        "messages": messages,
+        "milter": {
+            "add_headers": {name: value for name, value in verdict.add_headers},
+            "remove_headers": {name: 0 for name in verdict.remove_headers},
+        },
+        "regcheck": {
+            "weights": {hit.name: hit.weight for hit in verdict.symbols},
+            "verdict": {
+                "action": seed.action.value,
+                "smtp_code": seed.smtp_code,
+                "xcode": seed.xcode,
+                "message": seed.message,
+            },
+            "id": verdict.id,
+            "ratings": None
+            if ratings is None
+            else {
+                "class": ratings.klass.value,
+                "used": ratings.text,
+                "mean": None if ratings.mean is None else round(ratings.mean, 4),
+                "min": ratings.low,
+                "max": ratings.high,
+            },
+            "queries": queries,
+            "skipped": verdict.skipped,
+        },
+    }
+
+
+def format_reply(reply: dict[str, Any]) -> str:
+    """Print a reply the way ``rspamc`` prints a scan, plus the seed verdict."""
+    lines = [f"Action: {reply['action']}"]
+    lines.append(f"Score: {reply['score']:.2f} / {reply['required_score']:.2f}")
+    for name in sorted(reply["symbols"]):
+        sym = reply["symbols"][name]
+        opts = f"[{', '.join(sym['options'])}]" if sym.get("options") else ""
+        lines.append(f"Symbol: {name} ({sym['score']:.2f}){opts}")
+    rc = reply["regcheck"]
+    if rc["skipped"]:
+        lines.append(f"Skipped: {rc['skipped']}")
+    v = rc["verdict"]
+    lines.append(f"Verdict: {v['action']} {v['smtp_code']} {v['xcode']} {v['message']}")
+    for name, value in reply["milter"]["add_headers"].items():
+        lines.append(f"Header: {name}: {value}")
+    return "\n".join(lines)

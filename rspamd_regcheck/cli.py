@@ -1,0 +1,145 @@
+"""The ``rspamd-regcheck`` command line (DESIGN section 8).
+
+Exit status: 0 success (``check`` printed a verdict, ``record lint`` found
+the record valid, ``config check`` found the config valid); 1 the record or
+config is invalid; 2 usage or operator errors (bad option, unreadable file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from . import __version__
+from ._check import Checker, Envelope, parse_ip
+from ._record import parse_record
+from ._reply import build_reply, format_reply
+from .config import Config, load_config
+from .errors import ConfigError, InvalidRecord, InvalidZoneFile
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rspamd-regcheck",
+        description="Sender-registry check for rspamd: Registered ID, ratings and the sender's method.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument(
+        "--registry", metavar="ZONE", action="append", default=[], help="registry zone (repeatable; asked in order)"
+    )
+    p.add_argument("--nameserver", metavar="HOST[:PORT]", help="DNS server to ask instead of the system's")
+    p.add_argument(
+        "--zone-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="answer names under this zone file's $ORIGIN from the file (repeatable)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="check one SMTP session and print the verdict")
+    c.add_argument("--ip", required=True, help="client IP address")
+    c.add_argument("--helo", help="HELO/EHLO name")
+    c.add_argument("--from", dest="mail_from", metavar="ADDR", help="MAIL FROM ('' or '<>' is the null sender)")
+    c.add_argument("--rcpt", metavar="ADDR", action="append", default=[], help="RCPT TO (repeatable)")
+    c.add_argument("--user", help="authenticated user (such sessions are skipped by default)")
+    c.add_argument("--json", action="store_true", help="print the reply object as JSON")
+
+    r = sub.add_parser("record", help="registry record tools")
+    rsub = r.add_subparsers(dest="record_command", required=True, metavar="SUBCOMMAND")
+    lint = rsub.add_parser("lint", help="parse a registry record and print it or the reasons it is invalid")
+    lint.add_argument("text", help="the record text, e.g. 'v=reg1 svc=S1:A ip4=192.0.2.0/24'")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    csub.add_parser("check", help="validate the configuration and print the effective values")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "record":
+        return _lint(args.text)
+    try:
+        config = load_config(args.config).with_overrides(
+            tuple(args.registry), args.nameserver, tuple(args.zone_file)
+        )
+    except ConfigError as exc:
+        print(f"rspamd-regcheck: config error: {exc}", file=sys.stderr)
+        return EXIT_INVALID if args.command == "config" else EXIT_USAGE
+    if args.command == "config":
+        sys.stdout.write(config.to_toml())
+        return EXIT_OK
+    return _check(args, config)
+
+
+def _lint(text: str) -> int:
+    try:
+        record = parse_record(text)
+    except InvalidRecord as exc:
+        print("invalid record:")
+        for reason in exc.reasons:
+            print(f"  {reason}")
+        return EXIT_INVALID
+    print("valid record:")
+    for key, value in asdict(record).items():
+        print(f"  {key}: {_show(value)}")
+    return EXIT_OK
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if "networks" in value:  # a netblock
+            return str(value["text"])
+        if "method" in value:  # a method offer
+            return f"{_show(value['method'])}:{value['queries']}"
+        if "service" in value:  # a rating
+            return f"{value['service']}:{value['value']}"
+    if hasattr(value, "value") and not isinstance(value, (int, str)):
+        return str(value.value)  # an enum
+    return str(value)
+
+
+def _check(args: argparse.Namespace, config: Config) -> int:
+    if not config.registry_zones:
+        print(
+            "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        ip = parse_ip(args.ip)
+    except ValueError:
+        print(f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address", file=sys.stderr)
+        return EXIT_USAGE
+    mail_from = args.mail_from
+    if mail_from is not None and mail_from.strip() in ("", "<>"):
+        mail_from = ""
+    env = Envelope(ip=ip, helo=args.helo, mail_from=mail_from, rcpts=tuple(args.rcpt), user=args.user)
+    try:
+        checker = Checker(config)
+    except InvalidZoneFile as exc:
+        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    result = asyncio.run(checker.check(env))
+    reply = build_reply(result.verdict, config, result.queries)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=False))
+    else:
+        print(format_reply(reply))
+    return EXIT_OK
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

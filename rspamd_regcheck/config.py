@@ -1,0 +1,358 @@
+"""Worker configuration: one TOML file, every key optional (DESIGN section 7).
+
+Defaults are the seed's values, except the registry zone, which has none:
+whoever runs a zone can rate any sender or mark it ``stop=all``, so the
+operator must choose one.  Unknown keys and bad values raise `ConfigError`
+naming the key as a dotted path (``ratings.enough_weight``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
+from ._types import IPNetwork, Method
+from .errors import ConfigError
+from .symbols import BY_NAME
+
+T = TypeVar("T")
+
+# rspamd 3.4's local_addrs plus loopback (DESIGN step 1); documentation ranges are not local.
+DEFAULT_LOCAL_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "fd00::/8",
+    "fe80::/10",
+)
+SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID)
+SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30}
+MODES = ("score", "enforce")
+_ZONE_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 3.6.8 field name
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Score thresholds for the action of a standalone reply (score mode)."""
+
+    reject: float = 15.0
+    add_header: float = 6.0
+    greylist: float = 4.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration."""
+
+    registry_zones: tuple[str, ...] = ()
+    nameservers: tuple[str, ...] = ()  # empty: the system's resolvers
+    dns_port: int = 53
+    dns_timeout: float = 2.0
+    zone_files: tuple[str, ...] = ()
+    ratings: RatingPolicy = field(default_factory=RatingPolicy)
+    method_order: tuple[Method, ...] = SEED_METHOD_ORDER
+    method_limits: Mapping[Method, int] = field(default_factory=lambda: dict(SEED_METHOD_LIMITS))
+    authent_header: str = "X-Regcheck"
+    mode: str = "score"
+    local_networks: tuple[IPNetwork, ...] = tuple(
+        ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS
+    )
+    skip_authenticated: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
+
+    def with_overrides(
+        self,
+        registries: tuple[str, ...] = (),
+        nameserver: str | None = None,
+        zone_files: tuple[str, ...] = (),
+    ) -> Config:
+        """Apply the command line's global options (they add to the file's values)."""
+        cfg = self
+        if registries:
+            zones = tuple(_zone("--registry", z) for z in registries)
+            cfg = replace(cfg, registry_zones=cfg.registry_zones + zones)
+        if nameserver is not None:
+            host, port = parse_hostport("--nameserver", nameserver, cfg.dns_port)
+            cfg = replace(cfg, nameservers=(host,), dns_port=port)
+        if zone_files:
+            cfg = replace(cfg, zone_files=cfg.zone_files + tuple(zone_files))
+        return cfg
+
+    def to_toml(self) -> str:
+        """The effective configuration, written back as TOML (``config check``)."""
+        lines = ["[dns]"]
+        lines.append(f"nameservers = {_toml_list(self.nameservers)}")
+        lines.append(f"port = {self.dns_port}")
+        lines.append(f"timeout = {self.dns_timeout}")
+        lines.append(f"zone_files = {_toml_list(self.zone_files)}")
+        lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
+        r = self.ratings
+        lines += ["", "[ratings]"]
+        for key in ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"):
+            lines.append(f"{key} = {getattr(r, key)}")
+        for code, scale in r.services.items():
+            table = ", ".join(f"{k} = {v}" for k, v in scale.scores.items())
+            lines += ["", f"[services.{code}]", f"weight = {scale.weight}", f"ratings = {{ {table} }}"]
+        lines += ["", "[methods]", f"order = {_toml_list([m.value for m in self.method_order])}"]
+        limits = ", ".join(f"{m.value} = {n}" for m, n in self.method_limits.items())
+        lines.append(f"limits = {{ {limits} }}")
+        lines += ["", "[headers]", f'authent = "{self.authent_header}"']
+        lines += ["", "[policy]", f'mode = "{self.mode}"']
+        lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
+        lines.append(f"skip_authenticated = {str(self.skip_authenticated).lower()}")
+        t = self.thresholds
+        lines += ["", "[scores]", f"reject = {t.reject}", f"add_header = {t.add_header}"]
+        lines.append(f"greylist = {t.greylist}")
+        lines += ["", "[scores.symbols]"]
+        lines += [f"{name} = {score}" for name, score in self.scores.items()]
+        return "\n".join(lines) + "\n"
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate the TOML file at *path*; defaults when *path* is None.
+
+    :raises ConfigError: on a file that cannot be read or parsed, an unknown
+        key or a bad value.
+    """
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    return config_from_mapping(data, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
+    """Build a `Config` from parsed TOML; relative zone file paths start at *base_dir*.
+
+    :raises ConfigError: on an unknown key or a bad value.
+    """
+    sections = ("dns", "registry", "services", "ratings", "methods", "headers", "policy", "scores")
+    _only(data, "", sections)
+    base = Config()
+    kw: dict[str, Any] = {}
+
+    dns = _table(data, "dns", ("nameservers", "port", "timeout", "zone_files"))
+    if "nameservers" in dns:
+        kw["nameservers"] = tuple(_str_list(dns, "dns.nameservers", "nameservers", _nameserver))
+    if "port" in dns:
+        kw["dns_port"] = _int(dns["port"], "dns.port", 1, 65535)
+    if "timeout" in dns:
+        kw["dns_timeout"] = _number(dns["timeout"], "dns.timeout", 0.01, 60.0)
+    if "zone_files" in dns:
+        files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
+        kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)
+
+    reg = _table(data, "registry", ("zones",))
+    if "zones" in reg:
+        kw["registry_zones"] = tuple(_str_list(reg, "registry.zones", "zones", _zone))
+
+    policy_kw: dict[str, Any] = {}
+    rat = _table(data, "ratings", ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"))
+    for key, value in rat.items():
+        policy_kw[key] = _number(value, f"ratings.{key}", -1000.0, 1000.0)
+    if "services" in data:
+        policy_kw["services"] = _services(data["services"])
+    kw["ratings"] = RatingPolicy(**policy_kw)
+
+    meth = _table(data, "methods", ("order", "limits"))
+    if "order" in meth:
+        order = _str_list(meth, "methods.order", "order", _method)
+        if len(set(order)) != len(order):
+            raise ConfigError("methods.order", "a method is listed twice")
+        kw["method_order"] = tuple(order)
+    if "limits" in meth:
+        limits = dict(SEED_METHOD_LIMITS)
+        table = _mapping(meth["limits"], "methods.limits")
+        for name, value in table.items():
+            limits[_method(f"methods.limits.{name}", name)] = _int(value, f"methods.limits.{name}", 0, 999)
+        kw["method_limits"] = limits
+
+    hdr = _table(data, "headers", ("authent",))
+    if "authent" in hdr:
+        name = _str(hdr["authent"], "headers.authent")
+        if not _HEADER_NAME.fullmatch(name):
+            raise ConfigError("headers.authent", f"{name!r} is not a header field name")
+        kw["authent_header"] = name
+
+    pol = _table(data, "policy", ("mode", "local_networks", "skip_authenticated"))
+    if "mode" in pol:
+        mode = _str(pol["mode"], "policy.mode")
+        if mode not in MODES:
+            raise ConfigError("policy.mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        kw["mode"] = mode
+    if "local_networks" in pol:
+        kw["local_networks"] = tuple(_str_list(pol, "policy.local_networks", "local_networks", _net))
+    if "skip_authenticated" in pol:
+        kw["skip_authenticated"] = _bool(pol["skip_authenticated"], "policy.skip_authenticated")
+
+    sc = _table(data, "scores", ("reject", "add_header", "greylist", "symbols"))
+    th = {k: _number(sc[k], f"scores.{k}", -1000.0, 1000.0) for k in ("reject", "add_header", "greylist") if k in sc}
+    kw["thresholds"] = Thresholds(**th)
+    if "symbols" in sc:
+        scores = dict(base.scores)
+        for name, value in _mapping(sc["symbols"], "scores.symbols").items():
+            if name not in BY_NAME:
+                raise ConfigError(f"scores.symbols.{name}", "unknown symbol")
+            scores[name] = _number(value, f"scores.symbols.{name}", -1000.0, 1000.0)
+        kw["scores"] = scores
+    return replace(base, **kw)
+
+
+def parse_hostport(key: str, text: str, default_port: int) -> tuple[str, int]:
+    """Split ``HOST[:PORT]`` (``[v6]:PORT`` for IPv6); the host must be an IP address.
+
+    :raises ConfigError: naming *key*.
+    """
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(key, f"{text!r} is not HOST[:PORT]")
+            port = _int_text(rest[1:], key)
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = _int_text(p, key)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(key, f"{host!r} is not an IP address") from exc
+    return host, port
+
+
+# -- validators ----------------------------------------------------------------------------
+
+
+def _only(data: Mapping[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (expected one of {', '.join(allowed)})")
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a table, got {_kind(value)}")
+    return value
+
+
+def _table(data: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    table = _mapping(data.get(name, {}), name)
+    _only(table, f"{name}.", allowed)
+    return table
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _int(value: Any, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise ConfigError(key, f"{value} is outside {lo}..{hi}")
+    return value
+
+
+def _int_text(text: str, key: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(key, f"port {text!r} is not a number")
+    return _int(int(text), key, 1, 65535)
+
+
+def _number(value: Any, key: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(key, f"expected a number, got {_kind(value)}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(key, f"{value} is outside {lo:g}..{hi:g}")
+    return float(value)
+
+
+def _str_list(table: Mapping[str, Any], key: str, name: str, item: Callable[[str, str], T]) -> list[T]:
+    value = table[name]
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list, got {_kind(value)}")
+    return [item(f"{key}[{i}]", _str(v, f"{key}[{i}]")) for i, v in enumerate(value)]
+
+
+def _zone(key: str, text: str) -> str:
+    if not _ZONE_NAME.fullmatch(text) or len(text) > 253:
+        raise ConfigError(key, f"{text!r} is not a DNS zone name")
+    return text.rstrip(".").lower()
+
+
+def _nameserver(key: str, text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not an IP address") from exc
+
+
+def _net(key: str, text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not a network") from exc
+
+
+def _method(key: str, text: str) -> Method:
+    method = Method.make(text)
+    if method is None:
+        raise ConfigError(key, f"unknown method {text!r}")
+    return method
+
+
+def _services(value: Any) -> Mapping[str, ServiceScale]:
+    out: dict[str, ServiceScale] = {}
+    for code, spec in _mapping(value, "services").items():
+        key = f"services.{code}"
+        if not re.fullmatch(r"[A-Za-z0-9]{1,16}", code):
+            raise ConfigError(key, "a service code is 1-16 letters or digits")
+        table = _mapping(spec, key)
+        _only(table, f"{key}.", ("weight", "ratings"))
+        if "ratings" not in table:
+            raise ConfigError(f"{key}.ratings", "missing")
+        weight = _number(table.get("weight", 5.0), f"{key}.weight", 0.0, 1000.0)
+        scores = {
+            str(r): _number(s, f"{key}.ratings.{r}", -1000.0, 1000.0)
+            for r, s in _mapping(table["ratings"], f"{key}.ratings").items()
+        }
+        out[code.upper()] = ServiceScale(weight=weight, scores=scores)
+    return out
+
+
+def _toml_list(items: Any) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+__all__ = ["Config", "Thresholds", "load_config", "config_from_mapping", "parse_hostport", "SEED_SERVICES"]
