@@ -124,13 +124,15 @@ class ZoneOverlay:
         self._zones: list[tuple[dns.name.Name, dns.zone.Zone, frozenset[dns.name.Name]]] = []
         for path in paths:
             zone = load_zone_file(path)
-            names = set()
+            origin = zone.origin
+            assert origin is not None  # load_zone_file refuses a file without $ORIGIN
+            names = set()  # every owner name and the empty non-terminals above it
             for node_name in zone.nodes:
                 n = dns.name.Name(node_name.labels)
-                while n.is_subdomain(zone.origin) and n not in names:  # type: ignore[arg-type]
+                while n.is_subdomain(origin) and n not in names:
                     names.add(n)
                     n = n.parent()
-            self._zones.append((zone.origin, zone, frozenset(names)))  # type: ignore[arg-type]
+            self._zones.append((origin, zone, frozenset(names)))
         # The most specific origin wins when files nest.
         self._zones.sort(key=lambda z: len(z[0].labels), reverse=True)
 
@@ -138,12 +140,16 @@ class ZoneOverlay:
         qname = dns.name.from_text(name)
         for origin, zone, names in self._zones:
             if qname.is_subdomain(origin):
-                return self._answer(zone, names, qname, dns.rdatatype.RdataType.make(rdtype))
+                return self._answer(zone, origin, names, qname, dns.rdatatype.RdataType.make(rdtype))
         return await self._fallback.query(name, rdtype)
 
     @staticmethod
     def _answer(
-        zone: dns.zone.Zone, names: frozenset[dns.name.Name], qname: dns.name.Name, kind: dns.rdatatype.RdataType
+        zone: dns.zone.Zone,
+        origin: dns.name.Name,
+        names: frozenset[dns.name.Name],
+        qname: dns.name.Name,
+        kind: dns.rdatatype.RdataType,
     ) -> DnsAnswer:
         for _ in range(MAX_CNAME_HOPS):
             node = zone.get_node(qname)
@@ -155,8 +161,8 @@ class ZoneOverlay:
             cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
             if cname is None or kind == dns.rdatatype.CNAME:
                 return DnsAnswer(DnsStatus.NODATA)
-            qname = cname[0].target  # type: ignore[attr-defined]
-            if not qname.is_subdomain(zone.origin):
+            qname = cname[0].target
+            if not qname.is_subdomain(origin):
                 return DnsAnswer(DnsStatus.ERROR, detail=f"CNAME leaves the local zone: {qname}")
         return DnsAnswer(DnsStatus.ERROR, detail="CNAME chain too long in the local zone")
 

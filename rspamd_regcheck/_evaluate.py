@@ -174,9 +174,7 @@ class _Evaluation:
             )
         if reg.status is RegistryStatus.NO_RECORD:
             self.hit(S.NO_RECORD, ident)
-            return self.done(
-                Action.REJECT, REJECT_CODE, REJECT_X, f"'{ident}' is not listed in the sender registry"
-            )
+            return self.done(Action.REJECT, REJECT_CODE, REJECT_X, f"'{ident}' is not listed in the sender registry")
         if reg.status is RegistryStatus.INVALID or reg.record is None:
             self.hit(S.RECORD_PERMFAIL, ident, *reg.reasons)
             return self.done(
@@ -188,9 +186,7 @@ class _Evaluation:
             )
         if reg.record.stop:
             self.hit(S.STOP, ident)
-            return self.done(
-                Action.REJECT, REJECT_CODE, REJECT_X, f"The sender registry says '{ident}' sends no mail"
-            )
+            return self.done(Action.REJECT, REJECT_CODE, REJECT_X, f"The sender registry says '{ident}' sends no mail")
         return self.rated(ident, reg.record)
 
     def rated(self, ident: str, record: Record) -> Verdict:

@@ -58,7 +58,7 @@ def normalise_helo(helo: str | None) -> str | BadHelo:
     text = helo.strip()
     if text.startswith("[") or _is_ip(text.rstrip(".")):
         return BadHelo("ip-literal", text)
-    name = text[:-1] if text.endswith(".") else text
+    name = text.removesuffix(".")
     if not name.isascii():
         try:
             name = idna.encode(name, uts46=True).decode("ascii")

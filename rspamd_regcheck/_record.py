@@ -22,7 +22,7 @@ MAX_NUMERIC_RATING = 999
 
 # record = [ "v=reg1" sep ] term *( sep term ) [ sep ]
 _TERM = re.compile(
-    r'(?P<key>[A-Za-z][A-Za-z0-9_-]*)='
+    r"(?P<key>[A-Za-z][A-Za-z0-9_-]*)="
     r'(?:"(?P<quoted>[\x20\x21\x23-\x7e]*)"|(?P<bare>[\x21\x23-\x3a\x3c-\x7e]+))'
 )
 _SEP = re.compile(r"[ \t;]+")
@@ -133,9 +133,7 @@ class _Builder:
         ratings, vouches = self._svc()
         methods = self._methods()
         df = self._opt_df()
-        params = tuple(
-            (m, v[key]) for key in v if key not in _RESERVED and (m := Method.make(key)) is not None
-        )
+        params = tuple((m, v[key]) for key in v if key not in _RESERVED and (m := Method.make(key)) is not None)
         return Record(
             stop=stop,
             idlevel=idlevel,

@@ -69,9 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "record":
         return _lint(args.text)
     try:
-        config = load_config(args.config).with_overrides(
-            tuple(args.registry), args.nameserver, tuple(args.zone_file)
-        )
+        config = load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
     except ConfigError as exc:
         print(f"rspamd-regcheck: config error: {exc}", file=sys.stderr)
         return EXIT_INVALID if args.command == "config" else EXIT_USAGE

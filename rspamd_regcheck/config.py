@@ -65,9 +65,7 @@ class Config:
     method_limits: Mapping[Method, int] = field(default_factory=lambda: dict(SEED_METHOD_LIMITS))
     authent_header: str = "X-Regcheck"
     mode: str = "score"
-    local_networks: tuple[IPNetwork, ...] = tuple(
-        ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS
-    )
+    local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
@@ -259,9 +257,14 @@ def _table(data: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> Mapp
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _str(value: Any, key: str) -> str:
@@ -355,4 +358,4 @@ def _toml_list(items: Any) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-__all__ = ["Config", "Thresholds", "load_config", "config_from_mapping", "parse_hostport", "SEED_SERVICES"]
+__all__ = ["SEED_SERVICES", "Config", "Thresholds", "config_from_mapping", "load_config", "parse_hostport"]

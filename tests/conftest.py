@@ -100,16 +100,15 @@ def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
         "    zonefile-sync: -1\n    journal-content: none\n"
         "zone:\n" + "".join(zone_lines)
     )
-    log = open(base / "knotd.log", "wb")
-    proc = subprocess.Popen([knotd, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(host, port, zones[0], proc)
-        yield Knot(host, port, tuple(zones))
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    with open(base / "knotd.log", "wb") as log:
+        proc = subprocess.Popen([knotd, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            _wait_for(host, port, zones[0], proc)
+            yield Knot(host, port, tuple(zones))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).parent.parent
 def cli(*args, cwd=None):
     env = dict(os.environ, PYTHONWARNINGS="error")
     return subprocess.run(
-        [sys.executable, "-m", "rspamd_regcheck", *args], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+        [sys.executable, "-m", "rspamd_regcheck", *args], check=False, capture_output=True, text=True, timeout=60, env=env, cwd=cwd
     )
 
 
