@@ -12,8 +12,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._check import Checker, CheckResult, Envelope, lookup_record, make_fetcher, parse_ip
-from ._dns import DnsAnswer, DnsStatus, Fetcher, ResolverFetcher, ZoneOverlay
+from ._answer import DnsAnswer, DnsStatus
+from ._check import Checker, CheckResult, Envelope, lookup_record, make_resolver, parse_ip
+from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session
+from ._prescreen import DnsblZone, Finding, Listing
+from ._transport import Transport
 from ._evaluate import Facts, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, Identity, id_at_level, identify, normalise_helo
 from ._qr1 import qr1
@@ -41,18 +44,24 @@ from .errors import ConfigError, InvalidRecord, InvalidZoneFile, RegcheckError
 __all__ = [
     "Action",
     "BadHelo",
+    "Budget",
+    "Cache",
     "CheckResult",
     "Checker",
     "Config",
     "ConfigError",
     "DnsAnswer",
     "DnsStatus",
+    "DnsblZone",
     "Envelope",
     "Facts",
     "Fetcher",
+    "Finding",
     "Identity",
     "InvalidRecord",
     "InvalidZoneFile",
+    "Listing",
+    "LocalZone",
     "Method",
     "MethodOffer",
     "MethodOutcome",
@@ -66,13 +75,14 @@ __all__ = [
     "RegcheckError",
     "RegistryFacts",
     "RegistryStatus",
-    "ResolverFetcher",
+    "Resolver",
+    "Session",
+    "Transport",
     "Result",
     "SeedVerdict",
     "ServiceScale",
     "SymbolHit",
     "Verdict",
-    "ZoneOverlay",
     "__version__",
     "build_reply",
     "evaluate",
@@ -81,7 +91,7 @@ __all__ = [
     "identify",
     "load_config",
     "lookup_record",
-    "make_fetcher",
+    "make_resolver",
     "normalise_helo",
     "parse_ip",
     "parse_record",

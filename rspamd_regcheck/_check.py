@@ -7,16 +7,20 @@ Only the fetching awaits; every decision is made by `_evaluate`.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ._dns import CountingFetcher, DnsStatus, Fetcher, ResolverFetcher, ZoneOverlay
+from ._answer import DnsStatus
+from ._dns import Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, id_at_level, identify
+from ._prescreen import Finding, classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
+from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
 from .config import Config
 from .errors import InvalidRecord
@@ -56,12 +60,26 @@ def parse_ip(text: str | None) -> IPAddress | None:
     return ipaddress.ip_address(text.strip())
 
 
-def make_fetcher(config: Config) -> Fetcher:
-    """The DNS fetcher *config* asks for: its nameservers, under its zone files."""
-    fetcher: Fetcher = ResolverFetcher(config.nameservers, config.dns_port, config.dns_timeout)
-    if config.zone_files:
-        fetcher = ZoneOverlay(config.zone_files, fetcher)
-    return fetcher
+def make_resolver(config: Config) -> Resolver:
+    """The shared DNS layer *config* asks for.
+
+    :raises InvalidZoneFile: when a zone file cannot be loaded.
+    """
+    servers = config.nameservers or tuple(system_nameservers())
+    default = (
+        Transport([(s, config.dns_port) for s in servers], config.dns_timeout, config.dns_tries) if servers else None
+    )
+    routes = [
+        (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries))
+        for z in config.prescreen
+        if z.nameserver is not None
+    ]
+    return Resolver(
+        default,
+        Cache(config.cache_size, config.max_ttl, config.negative_ttl),
+        [LocalZone(path) for path in config.zone_files],
+        routes,
+    )
 
 
 async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> RegistryFacts:
@@ -74,7 +92,7 @@ async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> R
         answer = await fetcher.query(f"{ident}.{zone}", "TXT")
         if answer.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
             continue
-        if answer.status.failed:
+        if answer.status is not DnsStatus.OK:
             return RegistryFacts(RegistryStatus.DNSFAIL, reasons=(answer.detail or answer.status.value,), zone=zone)
         try:
             record = parse_record(select_record(answer.records))
@@ -85,17 +103,22 @@ async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> R
 
 
 class Checker:
-    """Runs checks with one configuration and one DNS fetcher."""
+    """Runs checks with one configuration and one shared DNS layer."""
 
-    def __init__(self, config: Config, fetcher: Fetcher | None = None):
+    def __init__(self, config: Config, resolver: Resolver | None = None):
+        """:raises InvalidZoneFile: when a configured zone file cannot be loaded."""
         self.config = config
-        self.fetcher = fetcher if fetcher is not None else make_fetcher(config)
+        self.resolver = resolver if resolver is not None else make_resolver(config)
         self.policy = Policy(
             ratings=config.ratings,
             method_order=config.method_order,
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
+
+    def close(self) -> None:
+        """Close the DNS sockets."""
+        self.resolver.close()
 
     def skip_reason(self, env: Envelope) -> str | None:
         """Why this session is not checked at all (DESIGN step 1), or None."""
@@ -109,28 +132,45 @@ class Checker:
         return None
 
     async def check(self, env: Envelope) -> CheckResult:
-        """Check one session.  Never raises for anything the sender controls."""
-        counter = CountingFetcher(self.fetcher)
-        facts = await self._facts(env, counter)
-        return CheckResult(evaluate(facts, self.policy), counter.count)
+        """Check one session.  Never raises for anything the sender or DNS controls.
 
-    async def _run(self, step: Planned, record: Record, ip: IPAddress, fetcher: Fetcher) -> MethodOutcome:
-        """Run one planned method within its query budget."""
-        if step.method is Method.QR1:
-            return qr1(record, ip)
-        raise AssertionError(f"{step.method.value} was planned but is not available")
+        The check ends by its deadline (``dns.deadline``): questions still
+        unanswered then count as DNS failures.
+        """
+        loop = asyncio.get_running_loop()
+        session = Session(self.resolver, self.config.max_queries, loop.time() + self.config.deadline)
+        facts = await self._facts(env, session)
+        return CheckResult(evaluate(facts, self.policy), session.count)
 
-    async def _facts(self, env: Envelope, fetcher: Fetcher) -> Facts:
+    async def _facts(self, env: Envelope, session: Session) -> Facts:
         skipped = self.skip_reason(env)
         if skipped is not None or env.ip is None:
             return Facts(ip=env.ip, skipped=skipped or "no client IP")
         ip = client_address(env.ip)
-        found = identify(env.helo)
+        # The pre-screen runs beside the registry check (DESIGN step 2).
+        prescreen = asyncio.ensure_future(self._prescreen(ip, session)) if self.config.prescreen else None
+        try:
+            facts = await self._registry_facts(env.helo, ip, session)
+        except BaseException:
+            if prescreen is not None:
+                prescreen.cancel()
+            raise
+        if prescreen is not None:
+            facts = replace(facts, prescreen=await prescreen)
+        return facts
+
+    async def _prescreen(self, ip: IPAddress, session: Session) -> tuple[Finding, ...]:
+        zones = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
+        answers = await asyncio.gather(*(session.query(query_name(ip, z.zone), "A") for z in zones))
+        return tuple(classify(z, a) for z, a in zip(zones, answers, strict=True))
+
+    async def _registry_facts(self, helo: str | None, ip: IPAddress, session: Session) -> Facts:
+        found = identify(helo)
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
         facts = Facts(ip=ip, helo=found.helo, id=found.id)
         zones = self.config.registry_zones
-        registry = await lookup_record(fetcher, found.id, zones)
+        registry = await lookup_record(session, found.id, zones)
         record = registry.record
         if record is not None and record.idlevel is not None:
             # A name the public suffix list does not split: the real IDs are
@@ -138,7 +178,7 @@ class Checker:
             deeper = id_at_level(found.helo, record.idlevel)
             if deeper is not None and len(deeper) > len(found.id):
                 facts = replace(facts, id=deeper)
-                registry = await lookup_record(fetcher, deeper, zones)
+                registry = await lookup_record(session, deeper, zones)
                 record = registry.record
         facts = replace(facts, registry=registry)
         if record is None or record.stop:
@@ -150,8 +190,14 @@ class Checker:
         planned, budget_skips, unavailable = plan(record, ip, self.policy, AVAILABLE_METHODS)
         outcomes: list[MethodOutcome] = list(budget_skips)
         for step in planned:
-            outcome = await self._run(step, record, ip, fetcher)
+            outcome = await self._run(step, record, ip, session)
             outcomes.append(outcome)
             if outcome.result is not None and outcome.result.final:
                 break
         return replace(facts, methods=tuple(outcomes), unavailable=unavailable)
+
+    async def _run(self, step: Planned, record: Record, ip: IPAddress, session: Session) -> MethodOutcome:
+        """Run one planned method within its query budget (``Budget(step.budget)`` for DNS methods)."""
+        if step.method is Method.QR1:
+            return qr1(record, ip)
+        raise AssertionError(f"{step.method.value} was planned but is not available")

@@ -1,19 +1,29 @@
-"""DNS fetching: dnspython's async resolver, with local zone files laid over it.
+"""The DNS layer: local zones, cache, coalescing, routes, budgets and deadlines.
 
-Answers come back as `DnsAnswer` facts: dnspython's exceptions stop here
-(STYLE item 5), so nothing above this module knows which library asked.  The
-full DNS layer (cache, coalescing, budgets, DNSBL) replaces `ResolverFetcher`
-behind the same `Fetcher` protocol.
+    Session (one per check)        counts every question, enforces the
+      |                            method budgets, the per-check cap and the
+      |                            check's deadline
+    Resolver (shared)              routes a name: a local zone file answers
+      |                            names under its origin; else the cache;
+      |                            else one question in flight per (name,
+      |                            type), sent by the transport of the
+      |                            longest matching route (a DNSBL zone may
+      |                            have its own server), or the default one
+    Transport (_transport.py)      UDP, TCP on truncation
+
+Answers are `DnsAnswer` facts; nothing above this module sees an exception
+from DNS.  Budgets count questions *before* the cache, so a check's result
+never depends on what happens to be cached (DESIGN step 8).
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.rdataclass
@@ -21,150 +31,40 @@ import dns.rdatatype
 import dns.resolver
 import dns.zone
 
+from ._answer import DnsAnswer, DnsStatus, record_value
+from ._transport import Transport
+from ._wire import RType
 from .errors import InvalidZoneFile
 
 MAX_CNAME_HOPS = 8  # inside a local zone file; loops end here
-
-
-class DnsStatus(enum.Enum):
-    """How a question ended."""
-
-    OK = "ok"
-    NXDOMAIN = "nxdomain"
-    NODATA = "nodata"
-    TIMEOUT = "timeout"
-    SERVFAIL = "servfail"
-    ERROR = "error"
-
-    @property
-    def failed(self) -> bool:
-        """True when the answer says nothing about the name (a DNS failure)."""
-        return self in (DnsStatus.TIMEOUT, DnsStatus.SERVFAIL, DnsStatus.ERROR)
-
-
-@dataclass(frozen=True)
-class DnsAnswer:
-    """The records found for one question, as text.
-
-    TXT records are given with their strings joined (RFC 7208 3.3), decoded
-    as Latin-1 so every byte survives; other types in presentation format.
-    """
-
-    status: DnsStatus
-    records: tuple[str, ...] = ()
-    detail: str = ""
+LOCAL_TTL = 0  # local zone answers are not cached: they are already in memory
 
 
 class Fetcher(Protocol):
     """Anything that answers DNS questions with `DnsAnswer` facts."""
 
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+    async def query(self, name: str, rdtype: str, budget: Budget | None = None) -> DnsAnswer:
         """Ask for *rdtype* records at *name* (absolute, without trailing dot)."""
         ...
 
 
-def _texts(rdtype: dns.rdatatype.RdataType, rdataset: object) -> tuple[str, ...]:
-    if rdtype == dns.rdatatype.TXT:
-        return tuple(b"".join(rd.strings).decode("latin-1") for rd in rdataset)  # type: ignore[attr-defined]
-    return tuple(rd.to_text() for rd in rdataset)  # type: ignore[attr-defined]
+@dataclass
+class Budget:
+    """How many questions one method may still ask (DESIGN step 8)."""
+
+    limit: int
+    spent: int = 0
+
+    @property
+    def left(self) -> int:
+        return max(0, self.limit - self.spent)
 
 
-class ResolverFetcher:
-    """Asks recursive or authoritative servers through dnspython's async resolver."""
-
-    def __init__(self, nameservers: Sequence[str] = (), port: int = 53, timeout: float = 2.0):
-        self._nameservers = tuple(nameservers)
-        self._port = port
-        self._timeout = timeout
-        self._resolver: dns.asyncresolver.Resolver | None = None
-
-    def _get_resolver(self) -> dns.asyncresolver.Resolver:
-        if self._resolver is None:
-            if self._nameservers:
-                r = dns.asyncresolver.Resolver(configure=False)
-                r.nameservers = list(self._nameservers)
-            else:
-                r = dns.asyncresolver.Resolver()  # /etc/resolv.conf
-            r.port = self._port
-            r.timeout = self._timeout
-            r.lifetime = self._timeout
-            self._resolver = r
-        return self._resolver
-
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
-        kind = dns.rdatatype.RdataType.make(rdtype)
-        try:
-            resolver = self._get_resolver()
-            answer = await resolver.resolve(name + ".", kind, search=False, raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN:
-            return DnsAnswer(DnsStatus.NXDOMAIN)
-        except dns.resolver.LifetimeTimeout:
-            return DnsAnswer(DnsStatus.TIMEOUT, detail="timeout")
-        except dns.resolver.NoNameservers as exc:
-            return DnsAnswer(DnsStatus.SERVFAIL, detail=_first_line(exc))
-        except dns.resolver.NoResolverConfiguration:
-            return DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured")
-        except dns.exception.DNSException as exc:
-            return DnsAnswer(DnsStatus.ERROR, detail=_first_line(exc))
-        if answer.rrset is None:
-            return DnsAnswer(DnsStatus.NODATA)
-        return DnsAnswer(DnsStatus.OK, _texts(kind, answer.rrset))
+def normalise_name(name: str) -> str:
+    return name.rstrip(".").lower()
 
 
-class ZoneOverlay:
-    """Answers names under a zone file's origin from the file; the rest from *fallback*.
-
-    A name under a file's ``$ORIGIN`` is answered from that file only, so a
-    local file fully overrides DNS for its zone (the offline default for the
-    demo and for local overrides).
-    """
-
-    def __init__(self, paths: Sequence[str], fallback: Fetcher):
-        self._fallback = fallback
-        self._zones: list[tuple[dns.name.Name, dns.zone.Zone, frozenset[dns.name.Name]]] = []
-        for path in paths:
-            zone = load_zone_file(path)
-            origin = zone.origin
-            assert origin is not None  # load_zone_file refuses a file without $ORIGIN
-            names = set()  # every owner name and the empty non-terminals above it
-            for node_name in zone.nodes:
-                n = dns.name.Name(node_name.labels)
-                while n.is_subdomain(origin) and n not in names:
-                    names.add(n)
-                    n = n.parent()
-            self._zones.append((origin, zone, frozenset(names)))
-        # The most specific origin wins when files nest.
-        self._zones.sort(key=lambda z: len(z[0].labels), reverse=True)
-
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
-        qname = dns.name.from_text(name)
-        for origin, zone, names in self._zones:
-            if qname.is_subdomain(origin):
-                return self._answer(zone, origin, names, qname, dns.rdatatype.RdataType.make(rdtype))
-        return await self._fallback.query(name, rdtype)
-
-    @staticmethod
-    def _answer(
-        zone: dns.zone.Zone,
-        origin: dns.name.Name,
-        names: frozenset[dns.name.Name],
-        qname: dns.name.Name,
-        kind: dns.rdatatype.RdataType,
-    ) -> DnsAnswer:
-        for _ in range(MAX_CNAME_HOPS):
-            node = zone.get_node(qname)
-            if node is None:
-                return DnsAnswer(DnsStatus.NODATA if qname in names else DnsStatus.NXDOMAIN)
-            rdataset = node.get_rdataset(dns.rdataclass.IN, kind)
-            if rdataset is not None:
-                return DnsAnswer(DnsStatus.OK, _texts(kind, rdataset))
-            cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
-            if cname is None or kind == dns.rdatatype.CNAME:
-                return DnsAnswer(DnsStatus.NODATA)
-            qname = cname[0].target
-            if not qname.is_subdomain(origin):
-                return DnsAnswer(DnsStatus.ERROR, detail=f"CNAME leaves the local zone: {qname}")
-        return DnsAnswer(DnsStatus.ERROR, detail="CNAME chain too long in the local zone")
+# -- local zone files ----------------------------------------------------------------------
 
 
 def load_zone_file(path: str) -> dns.zone.Zone:
@@ -188,13 +88,244 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-class CountingFetcher:
-    """Counts the questions one check asks (reported as ``regcheck.queries``)."""
+def _rdata_value(rtype: int, rd: Any) -> object:
+    """A zone file record as `DnsAnswer` carries it (the same shapes as from the wire)."""
+    if rtype == RType.TXT:
+        return record_value(rtype, b"".join(rd.strings))
+    if rtype in (RType.A, RType.AAAA):
+        return rd.address
+    if rtype == RType.MX:
+        return (rd.preference, normalise_name(rd.exchange.to_text()))
+    if rtype == RType.SRV:
+        return (rd.priority, rd.weight, rd.port, normalise_name(rd.target.to_text()))
+    if rtype in (RType.PTR, RType.CNAME, RType.NS):
+        return normalise_name(rd.target.to_text())
+    return rd.to_text()
 
-    def __init__(self, inner: Fetcher):
-        self._inner = inner
+
+class LocalZone:
+    """One zone file, answering every name under its origin (and nothing else)."""
+
+    def __init__(self, path: str):
+        zone = load_zone_file(path)
+        origin = zone.origin
+        assert origin is not None  # load_zone_file refuses a file without $ORIGIN
+        self.zone = zone
+        self.origin = normalise_name(origin.to_text())
+        names = set()  # owner names and the empty non-terminals above them
+        for node_name in zone.nodes:
+            n = dns.name.Name(node_name.labels)
+            while n.is_subdomain(origin) and n not in names:
+                names.add(n)
+                n = n.parent()
+        self._names = frozenset(names)
+
+    def answer(self, name: str, rtype: RType) -> DnsAnswer:
+        qname = dns.name.from_text(name)
+        for _ in range(MAX_CNAME_HOPS):
+            node = self.zone.get_node(qname)
+            if node is None:
+                status = DnsStatus.NODATA if qname in self._names else DnsStatus.NXDOMAIN
+                return DnsAnswer(status, ttl=LOCAL_TTL)
+            rdataset = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RdataType(int(rtype)))
+            if rdataset is not None:
+                return DnsAnswer(DnsStatus.OK, tuple(_rdata_value(rtype, rd) for rd in rdataset), ttl=LOCAL_TTL)
+            cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+            if cname is None or rtype == RType.CNAME:
+                return DnsAnswer(DnsStatus.NODATA, ttl=LOCAL_TTL)
+            qname = cname[0].target
+            if normalise_name(qname.to_text()) != self.origin and not qname.is_subdomain(self.zone.origin):
+                return DnsAnswer(DnsStatus.ERROR, detail=f"CNAME leaves the local zone: {qname}")
+        return DnsAnswer(DnsStatus.ERROR, detail="CNAME chain too long in the local zone")
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+class Cache:
+    """A bounded, TTL-respecting cache of answers (least recently used goes first).
+
+    Negative answers (NXDOMAIN, NODATA) are cached for their SOA-derived TTL
+    (RFC 2308 5), or *negative_ttl* when the reply carried no SOA.  Failures
+    are never cached.  TTLs are capped at *max_ttl*.
+    """
+
+    def __init__(self, max_entries: int = 50_000, max_ttl: int = 86_400, negative_ttl: int = 300):
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self.negative_ttl = negative_ttl
+        self._data: OrderedDict[tuple[str, int], tuple[float, DnsAnswer]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: tuple[str, int], now: float) -> DnsAnswer | None:
+        entry = self._data.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        expires, answer = entry
+        if expires <= now:
+            del self._data[key]
+            self.misses += 1
+            return None
+        self._data.move_to_end(key)
+        self.hits += 1
+        return answer
+
+    def put(self, key: tuple[str, int], answer: DnsAnswer, now: float) -> None:
+        if self.max_entries <= 0 or answer.status.failed or answer.status is DnsStatus.BUDGET:
+            return
+        ttl = answer.ttl
+        if ttl is None:
+            if answer.status is DnsStatus.OK:
+                return
+            ttl = self.negative_ttl
+        ttl = min(ttl, self.max_ttl)
+        if ttl <= 0:
+            return
+        self._data[key] = (now + ttl, answer)
+        self._data.move_to_end(key)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+            self.evictions += 1
+
+
+# -- resolver --------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """Counters of one resolver, for logs and metrics."""
+
+    questions: int = 0  # asked of a DNS server (after cache and coalescing)
+    coalesced: int = 0  # answered by a question already in flight
+    local: int = 0  # answered from a zone file
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+class Resolver:
+    """The shared part of the DNS layer: routes, cache and coalescing."""
+
+    def __init__(
+        self,
+        default: Transport | None,
+        cache: Cache | None = None,
+        local_zones: Sequence[LocalZone] = (),
+        routes: Iterable[tuple[str, Transport]] = (),
+    ):
+        self._default = default
+        self.cache = cache if cache is not None else Cache()
+        self._local = sorted(local_zones, key=lambda z: z.origin.count("."), reverse=True)
+        self._routes = sorted(
+            ((normalise_name(zone), t) for zone, t in routes), key=lambda r: r[0].count("."), reverse=True
+        )
+        self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
+        self.stats = Stats()
+
+    def _local_zone(self, name: str) -> LocalZone | None:
+        for zone in self._local:
+            if name == zone.origin or name.endswith("." + zone.origin):
+                return zone
+        return None
+
+    def _transport(self, name: str) -> Transport | None:
+        for zone, transport in self._routes:
+            if name == zone or name.endswith("." + zone):
+                return transport
+        return self._default
+
+    async def query(self, name: str, rdtype: str | RType) -> DnsAnswer:
+        """Answer (*name*, *rdtype*) from a local zone, the cache, or DNS."""
+        try:
+            rtype = rdtype if isinstance(rdtype, RType) else RType.make(rdtype)
+        except ValueError as exc:
+            return DnsAnswer(DnsStatus.ERROR, detail=str(exc))
+        name = normalise_name(name)
+        local = self._local_zone(name)
+        if local is not None:
+            self.stats.local += 1
+            return local.answer(name, rtype)
+        key = (name, int(rtype))
+        loop = asyncio.get_running_loop()
+        cached = self.cache.get(key, loop.time())
+        if cached is not None:
+            return cached
+        task = self._inflight.get(key)
+        if task is None:
+            task = loop.create_task(self._fetch(key, name, rtype))
+            self._inflight[key] = task
+        else:
+            self.stats.coalesced += 1
+        # shield: a check that is cancelled (its client went away) must not
+        # cancel the question other checks are waiting for.
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, int], name: str, rtype: RType) -> DnsAnswer:
+        try:
+            transport = self._transport(name)
+            if transport is None:
+                return DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured")
+            self.stats.questions += 1
+            answer = await transport.ask(name, rtype)
+            if answer.status.failed:
+                self.stats.failures[answer.status.value] = self.stats.failures.get(answer.status.value, 0) + 1
+            self.cache.put(key, answer, asyncio.get_running_loop().time())
+            return answer
+        finally:
+            self._inflight.pop(key, None)
+
+    def close(self) -> None:
+        transports = {id(t): t for _, t in self._routes}
+        if self._default is not None:
+            transports[id(self._default)] = self._default
+        for t in transports.values():
+            t.close()
+
+
+# -- per check -------------------------------------------------------------------------------
+
+
+class Session:
+    """One check's view of DNS: counts questions, enforces budgets and the deadline.
+
+    Every question counts, cache hits and local answers included.  A spent
+    budget or cap is answered with status BUDGET (a fact, not an exception);
+    past the deadline every question is answered TIMEOUT.
+    """
+
+    def __init__(self, resolver: Resolver, cap: int, deadline: float | None = None):
+        self._resolver = resolver
+        self.cap = cap
+        self.deadline = deadline  # loop time
         self.count = 0
 
-    async def query(self, name: str, rdtype: str) -> DnsAnswer:
+    async def query(self, name: str, rdtype: str, budget: Budget | None = None) -> DnsAnswer:
+        if self.count >= self.cap:
+            return DnsAnswer(DnsStatus.BUDGET, detail=f"check query cap {self.cap} reached")
+        if budget is not None:
+            if budget.spent >= budget.limit:
+                return DnsAnswer(DnsStatus.BUDGET, detail=f"method budget of {budget.limit} queries spent")
+            budget.spent += 1
         self.count += 1
-        return await self._inner.query(name, rdtype)
+        if self.deadline is None:
+            return await self._resolver.query(name, rdtype)
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._resolver.query(name, rdtype)
+        except TimeoutError:
+            return DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+
+
+def system_nameservers() -> list[str]:
+    """The nameservers of /etc/resolv.conf (as dnspython reads it); empty if none."""
+    try:
+        return list(dns.resolver.Resolver(configure=True).nameservers)
+    except (dns.resolver.NoResolverConfiguration, OSError):
+        return []

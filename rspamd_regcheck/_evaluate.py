@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import symbols as S
 from ._identity import BadHelo
+from ._prescreen import Finding, Listing
 from ._ratings import RatingPolicy, rating_weight
 from ._types import (
     Action,
@@ -73,6 +74,7 @@ class Facts:
     ratings: RatingSummary | None = None
     methods: tuple[MethodOutcome, ...] = ()
     unavailable: tuple[Method, ...] = ()  # offered and allowed, but not implemented here
+    prescreen: tuple[Finding, ...] = ()
     skipped: str | None = None
 
 
@@ -151,6 +153,33 @@ class _Evaluation:
         )
 
     def run(self) -> Verdict:
+        listed = self.prescreen()
+        verdict = self.registry()
+        if listed and verdict.seed.action is not Action.REJECT:
+            # The seed rejected a listed client before anything else (checkSBL).
+            seed = SeedVerdict(
+                Action.REJECT,
+                REJECT_CODE,
+                REJECT_X,
+                f"Client address {self.f.ip} is listed by {', '.join(listed)}",
+            )
+            verdict = replace(verdict, seed=seed)
+        return verdict
+
+    def prescreen(self) -> list[str]:
+        """Symbols of the DNSBL pre-screen; the zones that list the client."""
+        listed = []
+        for finding in self.f.prescreen:
+            if finding.status is Listing.LISTED:
+                listed.append(finding.zone)
+                self.hit(S.DNSBL, *(f"{finding.zone}:{code}" for code in finding.codes))
+            elif finding.status is Listing.BLOCKED:
+                self.hit(S.DNSBL_BLOCKED, *(f"{finding.zone}:{code}" for code in finding.codes))
+            elif finding.status is Listing.DNSFAIL:
+                self.hit(S.DNSBL_DNSFAIL, f"{finding.zone}:{finding.detail}")
+        return listed
+
+    def registry(self) -> Verdict:
         f = self.f
         if f.skipped is not None:
             return self.done(Action.CONTINUE, OK_CODE, OK_X, f"Not checked: {f.skipped}")

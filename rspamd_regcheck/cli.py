@@ -11,17 +11,19 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 from dataclasses import asdict
 
 from . import __version__
-from ._check import Checker, Envelope, parse_ip
+from ._check import Checker, CheckResult, Envelope, parse_ip
 from ._record import parse_record
 from ._reply import build_reply, format_reply
 from .config import Config, load_config
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,13 +131,29 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     except InvalidZoneFile as exc:
         print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    result = asyncio.run(checker.check(env))
+
+    async def check_once() -> CheckResult:
+        try:
+            return await checker.check(env)
+        finally:
+            checker.close()
+
+    result = run_loop(check_once())
     reply = build_reply(result.verdict, config, result.queries)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=False))
     else:
         print(format_reply(reply))
     return EXIT_OK
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run *coro* on uvloop (the DNS client is about twice as fast on it), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # uvloop is a dependency, but a platform may lack a wheel
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def run() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
 from ._types import IPNetwork, Method
 from .errors import ConfigError
@@ -58,8 +59,15 @@ class Config:
     registry_zones: tuple[str, ...] = ()
     nameservers: tuple[str, ...] = ()  # empty: the system's resolvers
     dns_port: int = 53
-    dns_timeout: float = 2.0
+    dns_timeout: float = 2.0  # per question, all tries together
+    dns_tries: int = 2
+    cache_size: int = 50_000  # answers
+    negative_ttl: int = 300  # seconds, for NXDOMAIN/NODATA without an SOA
+    max_ttl: int = 86_400
+    max_queries: int = 100  # per check: registry, DNSBL and methods together
+    deadline: float = 3.0  # seconds per check; then it answers with what it has
     zone_files: tuple[str, ...] = ()
+    prescreen: tuple[DnsblZone, ...] = ()
     ratings: RatingPolicy = field(default_factory=RatingPolicy)
     method_order: tuple[Method, ...] = SEED_METHOD_ORDER
     method_limits: Mapping[Method, int] = field(default_factory=lambda: dict(SEED_METHOD_LIMITS))
@@ -94,8 +102,23 @@ class Config:
         lines.append(f"nameservers = {_toml_list(self.nameservers)}")
         lines.append(f"port = {self.dns_port}")
         lines.append(f"timeout = {self.dns_timeout}")
+        lines.append(f"tries = {self.dns_tries}")
+        lines.append(f"cache_size = {self.cache_size}")
+        lines.append(f"negative_ttl = {self.negative_ttl}")
+        lines.append(f"max_ttl = {self.max_ttl}")
+        lines.append(f"max_queries = {self.max_queries}")
+        lines.append(f"deadline = {self.deadline}")
         lines.append(f"zone_files = {_toml_list(self.zone_files)}")
         lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
+        for z in self.prescreen:
+            lines += ["", "[[prescreen.zones]]", f'zone = "{z.zone}"', f"ipv6 = {str(z.ipv6).lower()}"]
+            if z.nameserver is not None:
+                host, port = z.nameserver
+                lines.append(f'nameserver = "{f"[{host}]" if ":" in host else host}:{port}"')
+            lines.append(f"blocked = {_toml_list(_range_text(r) for r in z.blocked)}")
+            if z.codes:
+                lines.append("[prescreen.zones.codes]")
+                lines += [f'"{_range_text(r)}" = "{label}"' for r, label in z.codes]
         r = self.ratings
         lines += ["", "[ratings]"]
         for key in ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"):
@@ -141,18 +164,45 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
 
     :raises ConfigError: on an unknown key or a bad value.
     """
-    sections = ("dns", "registry", "services", "ratings", "methods", "headers", "policy", "scores")
+    sections = ("dns", "registry", "prescreen", "services", "ratings", "methods", "headers", "policy", "scores")
     _only(data, "", sections)
     base = Config()
     kw: dict[str, Any] = {}
 
-    dns = _table(data, "dns", ("nameservers", "port", "timeout", "zone_files"))
+    dns = _table(
+        data,
+        "dns",
+        (
+            "nameservers",
+            "port",
+            "timeout",
+            "tries",
+            "cache_size",
+            "negative_ttl",
+            "max_ttl",
+            "max_queries",
+            "deadline",
+            "zone_files",
+        ),
+    )
     if "nameservers" in dns:
         kw["nameservers"] = tuple(_str_list(dns, "dns.nameservers", "nameservers", _nameserver))
     if "port" in dns:
         kw["dns_port"] = _int(dns["port"], "dns.port", 1, 65535)
     if "timeout" in dns:
         kw["dns_timeout"] = _number(dns["timeout"], "dns.timeout", 0.01, 60.0)
+    if "tries" in dns:
+        kw["dns_tries"] = _int(dns["tries"], "dns.tries", 1, 10)
+    if "cache_size" in dns:
+        kw["cache_size"] = _int(dns["cache_size"], "dns.cache_size", 0, 10_000_000)
+    if "negative_ttl" in dns:
+        kw["negative_ttl"] = _int(dns["negative_ttl"], "dns.negative_ttl", 0, 86_400)
+    if "max_ttl" in dns:
+        kw["max_ttl"] = _int(dns["max_ttl"], "dns.max_ttl", 0, 604_800)
+    if "max_queries" in dns:
+        kw["max_queries"] = _int(dns["max_queries"], "dns.max_queries", 1, 1000)
+    if "deadline" in dns:
+        kw["deadline"] = _number(dns["deadline"], "dns.deadline", 0.05, 120.0)
     if "zone_files" in dns:
         files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
         kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)
@@ -160,6 +210,12 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
     reg = _table(data, "registry", ("zones",))
     if "zones" in reg:
         kw["registry_zones"] = tuple(_str_list(reg, "registry.zones", "zones", _zone))
+
+    pre = _table(data, "prescreen", ("zones",))
+    if "zones" in pre:
+        if not isinstance(pre["zones"], list):
+            raise ConfigError("prescreen.zones", f"expected a list of tables, got {_kind(pre['zones'])}")
+        kw["prescreen"] = tuple(_dnsbl(f"prescreen.zones[{i}]", z) for i, z in enumerate(pre["zones"]))
 
     policy_kw: dict[str, Any] = {}
     rat = _table(data, "ratings", ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"))
@@ -352,6 +408,38 @@ def _services(value: Any) -> Mapping[str, ServiceScale]:
         }
         out[code.upper()] = ServiceScale(weight=weight, scores=scores)
     return out
+
+
+def _dnsbl(key: str, value: Any) -> DnsblZone:
+    table = _mapping(value, key)
+    _only(table, f"{key}.", ("zone", "codes", "blocked", "nameserver", "ipv6"))
+    if "zone" not in table:
+        raise ConfigError(f"{key}.zone", "missing")
+    zone = _zone(f"{key}.zone", _str(table["zone"], f"{key}.zone"))
+    kw: dict[str, Any] = {"zone": zone}
+    if "codes" in table:
+        codes = []
+        for code, label in _mapping(table["codes"], f"{key}.codes").items():
+            codes.append((_code_range(f"{key}.codes.{code}", code), _str(label, f"{key}.codes.{code}")))
+        kw["codes"] = tuple(codes)
+    if "blocked" in table:
+        kw["blocked"] = tuple(_str_list(table, f"{key}.blocked", "blocked", _code_range))
+    if "nameserver" in table:
+        kw["nameserver"] = parse_hostport(f"{key}.nameserver", _str(table["nameserver"], f"{key}.nameserver"), 53)
+    if "ipv6" in table:
+        kw["ipv6"] = _bool(table["ipv6"], f"{key}.ipv6")
+    return DnsblZone(**kw)
+
+
+def _code_range(key: str, text: str) -> CodeRange:
+    try:
+        return parse_code_range(text)
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not a return code, range or network: {exc}") from exc
+
+
+def _range_text(r: CodeRange) -> str:
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
 
 
 def _toml_list(items: Any) -> str:

@@ -34,9 +34,16 @@ def config(knot) -> Config:
 
 
 def run_check(config, ip, helo, **kw):
-    checker = Checker(config)
     env = Envelope(ip=ipaddress.ip_address(ip) if ip else None, helo=helo, **kw)
-    return asyncio.run(checker.check(env))
+
+    async def once():
+        checker = Checker(config)
+        try:
+            return await checker.check(env)
+        finally:
+            checker.close()
+
+    return asyncio.run(once())
 
 
 HEAVEN_RATINGS = "ratings=S1:A,M2:A,H1:B"
