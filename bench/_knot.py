@@ -8,10 +8,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
+import dns.exception
 import dns.message
 import dns.query
 
@@ -39,7 +40,9 @@ def knot(zones: dict[str, str], stats: bool = False) -> Iterator[tuple[str, int,
         "log:\n  - target: stderr\n    any: warning\n"
         f"database:\n    storage: {base}\n"
         f"template:\n  - id: default\n    storage: {base}/zones\n    zonefile-sync: -1\n    journal-content: none\n"
-        + module + "zone:\n" + "".join(lines)
+        + module
+        + "zone:\n"
+        + "".join(lines)
     )
     proc = subprocess.Popen([knotd, "-c", str(base / "knot.conf")], stderr=subprocess.DEVNULL)
     try:
@@ -48,7 +51,7 @@ def knot(zones: dict[str, str], stats: bool = False) -> Iterator[tuple[str, int,
             try:
                 dns.query.udp(q, "127.0.0.1", port=port, timeout=0.1)
                 break
-            except Exception:
+            except (OSError, dns.exception.Timeout):
                 time.sleep(0.02)
         yield "127.0.0.1", port, base
     finally:

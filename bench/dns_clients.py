@@ -17,18 +17,22 @@ import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _knot import knot  # noqa: E402
+from _knot import knot
 
-from rspamd_regcheck._transport import Transport  # noqa: E402
-from rspamd_regcheck._wire import RType  # noqa: E402
+from rspamd_regcheck._transport import Transport
+from rspamd_regcheck._wire import RType
 
 ORIGIN = "reg.bench.test"
 NAMES = [f"h{i:04d}.{ORIGIN}" for i in range(1000)]
 
 
 def zone() -> str:
-    head = f"$ORIGIN {ORIGIN}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\nns1 IN A 127.0.0.1\n"
-    return head + "".join(f'h{i:04d} IN TXT "v=reg1 svc=S1:A,M2:A,H1:B ip4=192.0.2.{i % 256}/32"\n' for i in range(1000))
+    head = (
+        f"$ORIGIN {ORIGIN}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\nns1 IN A 127.0.0.1\n"
+    )
+    return head + "".join(
+        f'h{i:04d} IN TXT "v=reg1 svc=S1:A,M2:A,H1:B ip4=192.0.2.{i % 256}/32"\n' for i in range(1000)
+    )
 
 
 async def drive(ask, n: int, c: int) -> tuple[float, float]:

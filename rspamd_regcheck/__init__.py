@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, lookup_record, make_resolver, parse_ip
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session
-from ._prescreen import DnsblZone, Finding, Listing
-from ._transport import Transport
 from ._evaluate import Facts, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, Identity, id_at_level, identify, normalise_helo
+from ._prescreen import DnsblZone, Finding, Listing
 from ._qr1 import qr1
 from ._ratings import RatingPolicy, ServiceScale, rate, rating_weight
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
+from ._transport import Transport
 from ._types import (
     Action,
     Method,
@@ -76,12 +76,12 @@ __all__ = [
     "RegistryFacts",
     "RegistryStatus",
     "Resolver",
-    "Session",
-    "Transport",
     "Result",
     "SeedVerdict",
     "ServiceScale",
+    "Session",
     "SymbolHit",
+    "Transport",
     "Verdict",
     "__version__",
     "build_reply",

@@ -102,4 +102,6 @@ def answer_from_reply(reply: Reply, name: str, rtype: int) -> DnsAnswer:
     else:
         return DnsAnswer(DnsStatus.ERROR, detail="CNAME chain too long")
     negative = _negative_ttl(reply)
-    return DnsAnswer(DnsStatus.NODATA, ttl=negative if ttl is None or negative is None else min(ttl, negative))
+    if ttl is not None and negative is not None:
+        ttl = min(ttl, negative)
+    return DnsAnswer(DnsStatus.NODATA, ttl=negative if ttl is None else ttl)

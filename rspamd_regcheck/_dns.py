@@ -326,6 +326,6 @@ class Session:
 def system_nameservers() -> list[str]:
     """The nameservers of /etc/resolv.conf (as dnspython reads it); empty if none."""
     try:
-        return list(dns.resolver.Resolver(configure=True).nameservers)
+        return [str(ns) for ns in dns.resolver.Resolver(configure=True).nameservers]
     except (dns.resolver.NoResolverConfiguration, OSError):
         return []

@@ -155,7 +155,7 @@ class _Evaluation:
     def run(self) -> Verdict:
         listed = self.prescreen()
         verdict = self.registry()
-        if listed and verdict.seed.action is not Action.REJECT:
+        if listed:
             # The seed rejected a listed client before anything else (checkSBL).
             seed = SeedVerdict(
                 Action.REJECT,

@@ -82,7 +82,11 @@ class _Server(asyncio.DatagramProtocol):
         # ICMP errors on a connected socket (port unreachable): every question here fails now.
         for fut, _, _ in self.pending.values():
             if not fut.done():
-                fut.set_result(DnsAnswer(DnsStatus.ERROR, detail=f"{self.host}:{self.port}: {exc.strerror or exc}"))
+                fut.set_result(
+                    DnsAnswer(
+                        DnsStatus.ERROR, detail=f"{self.host}:{self.port}: {getattr(exc, 'strerror', None) or exc}"
+                    )
+                )
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if len(data) < 2:

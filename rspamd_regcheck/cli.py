@@ -12,12 +12,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
 from dataclasses import asdict
+from typing import Any, TypeVar
 
 from . import __version__
-from ._check import Checker, CheckResult, Envelope, parse_ip
-from ._record import parse_record
+from ._answer import DnsAnswer, DnsStatus
+from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
+from ._identity import BadHelo, normalise_helo
+from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
 from .config import Config, load_config
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
@@ -57,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("record", help="registry record tools")
     rsub = r.add_subparsers(dest="record_command", required=True, metavar="SUBCOMMAND")
     lint = rsub.add_parser("lint", help="parse a registry record and print it or the reasons it is invalid")
-    lint.add_argument("text", help="the record text, e.g. 'v=reg1 svc=S1:A ip4=192.0.2.0/24'")
+    what = lint.add_mutually_exclusive_group(required=True)
+    what.add_argument("text", nargs="?", help="the record text, e.g. 'v=reg1 svc=S1:A ip4=192.0.2.0/24'")
+    what.add_argument("--id", metavar="ID", help="fetch the record of this Registered ID from the registry zones")
 
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
@@ -68,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "record":
+    if args.command == "record" and args.text is not None:
         return _lint(args.text)
     try:
         config = load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
@@ -78,7 +82,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(config.to_toml())
         return EXIT_OK
+    if not config.registry_zones:
+        print(
+            "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if args.command == "record":
+        return _lint_id(args.id, config)
     return _check(args, config)
+
+
+def _lint_id(ident: str, config: Config) -> int:
+    """Fetch the record of *ident* from each registry zone in order and lint the first found."""
+    name = normalise_helo(ident)
+    if isinstance(name, BadHelo):
+        print(f"rspamd-regcheck: --id: {ident!r} is not a domain name ({name.reason})", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def fetch() -> tuple[str, DnsAnswer] | None:
+        resolver = make_resolver(config)
+        try:
+            for zone in config.registry_zones:
+                answer = await resolver.query(f"{name}.{zone}", "TXT")
+                if answer.status not in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
+                    return zone, answer
+            return None
+        finally:
+            resolver.close()
+
+    try:
+        result = run_loop(fetch())
+    except InvalidZoneFile as exc:
+        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if result is None:
+        print(f"no record for {name} in {', '.join(config.registry_zones)}")
+        return EXIT_INVALID
+    zone, answer = result
+    if answer.status is not DnsStatus.OK:
+        print(f"rspamd-regcheck: {name}.{zone}: {answer.detail or answer.status.value}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{name}.{zone}:")
+    for text in answer.records:
+        print(f"  TXT {text!r}")
+    try:
+        text = select_record(answer.records)
+    except InvalidRecord as exc:
+        print("invalid record:")
+        for reason in exc.reasons:
+            print(f"  {reason}")
+        return EXIT_INVALID
+    return _lint(text)
 
 
 def _lint(text: str) -> int:
@@ -111,12 +166,6 @@ def _show(value: object) -> str:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
-    if not config.registry_zones:
-        print(
-            "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     try:
         ip = parse_ip(args.ip)
     except ValueError:

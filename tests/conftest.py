@@ -24,15 +24,31 @@ KNOT_START_TIMEOUT = 15.0  # seconds; knot answers in ~30 ms on an idle machine
 
 @dataclass(frozen=True)
 class Knot:
-    """A running knotd on a loopback port."""
+    """A running knotd on a loopback port, with mod-stats to count what it was asked."""
 
     host: str
     port: int
     zones: tuple[str, ...]
+    conf: Path
 
     @property
     def nameserver(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def queries(self) -> int:
+        """How many queries knot has answered so far (UDP and TCP), read with knotc."""
+        knotc = shutil.which("knotc") or "/usr/sbin/knotc"
+        out = subprocess.run(
+            [knotc, "-c", str(self.conf), "stats", "mod-stats.server-operation"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("mod-stats.server-operation[query]"):
+                return int(line.rsplit("=", 1)[1])
+        return 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -97,14 +113,15 @@ def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
         "log:\n  - target: stderr\n    any: warning\n"
         f"database:\n    storage: {base}\n"
         f"template:\n  - id: default\n    storage: {zones_dir}\n"
-        "    zonefile-sync: -1\n    journal-content: none\n"
+        "    zonefile-sync: -1\n    journal-content: none\n    global-module: mod-stats\n"
+        f"control:\n    listen: {base}/knot.sock\n"
         "zone:\n" + "".join(zone_lines)
     )
     with open(base / "knotd.log", "wb") as log:
         proc = subprocess.Popen([knotd, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for(host, port, zones[0], proc)
-            yield Knot(host, port, tuple(zones))
+            yield Knot(host, port, tuple(zones), conf)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

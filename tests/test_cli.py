@@ -136,3 +136,18 @@ def test_text_output_like_rspamc():
     assert "Symbol: REGCHECK_QR1_FAIL (6.00)[heaven.net, 208.20.133.32, ratings=S1:A,M2:A,H1:B]" in lines
     assert any(line.startswith("Verdict: REJECT 550 5.7.1 ") for line in lines)
     assert "Header: X-Regcheck: 208.20.133.32 heaven.net QR1 fail ratings=S1:A,M2:A,H1:B" in lines
+
+
+@pytest.mark.parametrize(
+    "ident,status,text",
+    [
+        pytest.param("heaven.net", 0, "ratings: [S1:A, M2:A, H1:B]", id="found"),
+        pytest.param("Heaven.NET.", 0, "heaven.net.id.regcheck.example:", id="normalised"),
+        pytest.param("nowhere.example", 1, "no record for nowhere.example", id="none"),
+        pytest.param("JUPITER", 2, "", id="not-a-domain"),
+    ],
+)
+def test_record_lint_by_id(ident, status, text):
+    proc = cli("--config", str(ROOT / "demo" / "regcheck.toml"), "record", "lint", "--id", ident)
+    assert proc.returncode == status, proc.stderr
+    assert text in proc.stdout

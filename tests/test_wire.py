@@ -1,0 +1,156 @@
+"""The wire codec: replies built by dnspython read back the same; malformed input is refused."""
+
+from __future__ import annotations
+
+import random
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from rspamd_regcheck._answer import DnsStatus, answer_from_reply
+from rspamd_regcheck._wire import MalformedReply, RType, build_query, encode_name, parse_reply
+
+QNAME = "heaven.net.id.regcheck.test"
+
+
+def reply(qtype, answers=(), authority=(), rcode=dns.rcode.NOERROR, qname=QNAME):
+    """A reply made by dnspython: answers/authority are (owner, type, ttl, rdata text)."""
+    query = dns.message.make_query(qname + ".", qtype)
+    msg = dns.message.make_response(query)
+    msg.set_rcode(rcode)
+    for section, rows in ((msg.answer, answers), (msg.authority, authority)):
+        for owner, rtype, ttl, text in rows:
+            rrset = dns.rrset.from_text(owner + ".", ttl, "IN", rtype, *([text] if isinstance(text, str) else text))
+            section.append(rrset)
+    return msg.to_wire()
+
+
+SOA = ("id.regcheck.test", "SOA", 600, "ns1.id.regcheck.test. host.id.regcheck.test. 1 3600 600 86400 300")
+
+CASES = [
+    pytest.param("TXT", [(QNAME, "TXT", 300, '"v=reg1 svc=S1:A"')], DnsStatus.OK, ("v=reg1 svc=S1:A",), 300, id="txt"),
+    pytest.param("TXT", [(QNAME, "TXT", 60, '"ab" "cd" ""')], DnsStatus.OK, ("abcd",), 60, id="txt-strings-joined"),
+    pytest.param("TXT", [(QNAME, "TXT", 60, ['"one"', '"two"'])], DnsStatus.OK, ("one", "two"), 60, id="two-txt"),
+    pytest.param("TXT", [(QNAME, "TXT", 60, '"caf\\195\\169"')], DnsStatus.OK, ("caf\u00c3\u00a9",), 60,
+                 id="txt-bytes-as-latin1"),
+    pytest.param("A", [(QNAME, "A", 10, ["192.0.2.1", "192.0.2.2"])], DnsStatus.OK, ("192.0.2.1", "192.0.2.2"),
+                 10, id="a"),
+    pytest.param("AAAA", [(QNAME, "AAAA", 10, "2001:db8::1")], DnsStatus.OK, ("2001:db8::1",), 10, id="aaaa"),
+    pytest.param("MX", [(QNAME, "MX", 10, "10 MX1.Heaven.NET.")], DnsStatus.OK, ((10, "mx1.heaven.net"),), 10,
+                 id="mx-lowercased"),
+    pytest.param("SRV", [(QNAME, "SRV", 10, "1 2 25 mx.heaven.net.")], DnsStatus.OK,
+                 ((1, 2, 25, "mx.heaven.net"),), 10, id="srv"),
+    pytest.param("PTR", [(QNAME, "PTR", 10, "mx.heaven.net.")], DnsStatus.OK, ("mx.heaven.net",), 10, id="ptr"),
+    pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example."), ("real.example", "TXT", 100, '"x"')],
+                 DnsStatus.OK, ("x",), 50, id="cname-chain-lowest-ttl"),
+    pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example.")], DnsStatus.NODATA, (), 50, id="cname-dangling"),
+    pytest.param("TXT", [("other.example", "TXT", 10, '"x"')], DnsStatus.NODATA, (), None, id="unrelated-owner"),
+    pytest.param("TXT", [(QNAME, "A", 10, "192.0.2.1")], DnsStatus.NODATA, (), None, id="other-type-only"),
+]
+
+
+@pytest.mark.parametrize("qtype,answers,status,records,ttl", CASES)
+def test_answers(qtype, answers, status, records, ttl):
+    parsed = parse_reply(reply(qtype, answers))
+    answer = answer_from_reply(parsed, QNAME, RType.make(qtype))
+    assert (answer.status, tuple(sorted(answer.records)), answer.ttl) == (status, records, ttl)
+
+
+@pytest.mark.parametrize(
+    "rcode,authority,status,ttl",
+    [
+        pytest.param(dns.rcode.NXDOMAIN, [SOA], DnsStatus.NXDOMAIN, 300, id="nxdomain-soa-minimum"),
+        pytest.param(dns.rcode.NXDOMAIN, [], DnsStatus.NXDOMAIN, None, id="nxdomain-no-soa"),
+        pytest.param(dns.rcode.NOERROR, [SOA], DnsStatus.NODATA, 300, id="nodata"),
+        pytest.param(dns.rcode.SERVFAIL, [], DnsStatus.SERVFAIL, None, id="servfail"),
+        pytest.param(dns.rcode.REFUSED, [], DnsStatus.REFUSED, None, id="refused"),
+        pytest.param(dns.rcode.NOTIMP, [], DnsStatus.ERROR, None, id="notimp"),
+    ],
+)
+def test_negative_and_failed(rcode, authority, status, ttl):
+    answer = answer_from_reply(parse_reply(reply("TXT", authority=authority, rcode=rcode)), QNAME, RType.TXT)
+    assert (answer.status, answer.ttl) == (status, ttl)
+
+
+def test_soa_ttl_lower_than_minimum():
+    soa = ("id.regcheck.test", "SOA", 30, SOA[3])
+    answer = answer_from_reply(parse_reply(reply("TXT", authority=[soa], rcode=dns.rcode.NXDOMAIN)), QNAME, RType.TXT)
+    assert answer.ttl == 30
+
+
+def test_question_is_read_back():
+    parsed = parse_reply(reply("TXT", qname="MiXeD.Example"))
+    assert (parsed.qname, parsed.qtype, parsed.qclass) == ("mixed.example", 16, 1)
+
+
+def test_build_query_round_trip():
+    msg = dns.message.from_wire(build_query(7, QNAME, RType.SRV))
+    assert msg.id == 7 and msg.flags & dns.flags.RD
+    assert msg.question[0].name == dns.name.from_text(QNAME) and msg.question[0].rdtype == dns.rdatatype.SRV
+
+
+@pytest.mark.parametrize("name", ["a..b", "a" * 64 + ".example", ".".join(["abcdefgh"] * 32)])
+def test_encode_name_limits(name):
+    with pytest.raises(ValueError):
+        encode_name(name)
+
+
+def test_every_truncation_is_malformed():
+    data = reply("TXT", [(QNAME, "TXT", 300, '"v=reg1 svc=S1:A"')], authority=[SOA])
+    for cut in range(len(data)):
+        with pytest.raises(MalformedReply):
+            parse_reply(data[:cut])
+
+
+@pytest.mark.parametrize(
+    "data,why",
+    [
+        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x10\x00\x01", "loop",
+                     id="pointer-to-itself"),
+        pytest.param(b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "not a reply",
+                     id="query-not-reply"),
+        pytest.param(b"\x00\x01\x81\x80\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "questions",
+                     id="two-questions"),
+        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x41a\x00\x00\x10\x00\x01", "label",
+                     id="bad-label-type"),
+        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x01\x00\x01"
+                     b"\x00\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x03\x7f\x00\x00", "4 bytes", id="short-a"),
+        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x10\x00\x01"
+                     b"\x00\x00\x10\x00\x01\x00\x00\x00\x3c\x00\x02\x05a", "TXT string", id="txt-overrun"),
+    ],
+)
+def test_malformed(data, why):
+    with pytest.raises(MalformedReply, match=why):
+        parse_reply(data)
+
+
+def test_dot_inside_a_label_stays_one_label():
+    data = b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x03a.b\x01c\x00\x00\x10\x00\x01"
+    assert parse_reply(data).qname == "a\\.b.c"
+
+
+def test_random_and_mutated_input_only_ever_raises_malformed():
+    rng = random.Random(20261127)
+    good = reply("MX", [(QNAME, "MX", 10, ["10 mx1.heaven.net.", "20 mx2.heaven.net."])], authority=[SOA])
+    tried = 0
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 80)))
+        else:
+            data = bytearray(good)
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] = rng.getrandbits(8)
+            data = bytes(data)
+        tried += 1
+        try:
+            parse_reply(data)
+        except MalformedReply:
+            pass
+    assert tried == 3000
