@@ -92,6 +92,8 @@ async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> R
         answer = await fetcher.query(f"{ident}.{zone}", "TXT")
         if answer.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
             continue
+        if answer.status is DnsStatus.BUDGET:
+            return RegistryFacts(RegistryStatus.BUDGET, reasons=(answer.detail,), zone=zone)
         if answer.status is not DnsStatus.OK:
             return RegistryFacts(RegistryStatus.DNSFAIL, reasons=(answer.detail or answer.status.value,), zone=zone)
         try:

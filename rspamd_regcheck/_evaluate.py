@@ -43,6 +43,7 @@ class RegistryStatus(enum.Enum):
     NO_RECORD = "no-record"
     INVALID = "invalid"
     DNSFAIL = "dnsfail"
+    BUDGET = "budget"  # the check's query cap was spent before the registry answered
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,12 @@ class _Evaluation:
                 TEMPFAIL_CODE,
                 TEMPFAIL_DNS_X,
                 f"Sender registry lookup for '{ident}' failed ({why}); please try again later",
+            )
+        if reg.status is RegistryStatus.BUDGET:
+            # The receiver's own limit, not the sender's fault nor DNS's: fail open.
+            self.hit(S.BUDGET, ident, *reg.reasons)
+            return self.done(
+                Action.CONTINUE, OK_CODE, OK_X, f"'{ident}' could not be checked within the DNS query budget"
             )
         if reg.status is RegistryStatus.NO_RECORD:
             self.hit(S.NO_RECORD, ident)

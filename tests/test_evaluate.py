@@ -152,6 +152,12 @@ CASES = [
         Action.TEMPFAIL, 451, {"REGCHECK_DNSFAIL": ("slow.example", "timeout")}, None, id="dns-failure",
     ),
     pytest.param(
+        Facts(ip=IP, helo="mx.deep.example", id="deep.example",
+              registry=RegistryFacts(RegistryStatus.BUDGET, reasons=("check query cap 2 reached",))),
+        Action.CONTINUE, 250, {"REGCHECK_BUDGET": ("deep.example", "check query cap 2 reached")}, None,
+        id="registry-over-budget",
+    ),
+    pytest.param(
         Facts(ip=None, skipped="no client IP"),
         Action.CONTINUE, 250, {}, None, id="skipped",
     ),
