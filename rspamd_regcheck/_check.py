@@ -13,20 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsStatus
-from ._dns import Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
+from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, id_at_level, identify
 from ._prescreen import Finding, classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
+from ._spf import spf_method
 from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
 from .config import Config
 from .errors import InvalidRecord
 
 # Methods this build can run.  The others are planned but reported as not available.
-AVAILABLE_METHODS = frozenset({Method.QR1})
+AVAILABLE_METHODS = frozenset({Method.QR1, Method.SPF})
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Checker:
         # The pre-screen runs beside the registry check (DESIGN step 2).
         prescreen = asyncio.ensure_future(self._prescreen(ip, session)) if self.config.prescreen else None
         try:
-            facts = await self._registry_facts(env.helo, ip, session)
+            facts = await self._registry_facts(env.helo, ip, env.mail_from, session)
         except BaseException:
             if prescreen is not None:
                 prescreen.cancel()
@@ -166,7 +167,9 @@ class Checker:
         answers = await asyncio.gather(*(session.query(query_name(ip, z.zone), "A") for z in zones))
         return tuple(classify(z, a) for z, a in zip(zones, answers, strict=True))
 
-    async def _registry_facts(self, helo: str | None, ip: IPAddress, session: Session) -> Facts:
+    async def _registry_facts(
+        self, helo: str | None, ip: IPAddress, mail_from: str | None, session: Session
+    ) -> Facts:
         found = identify(helo)
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
@@ -192,14 +195,35 @@ class Checker:
         planned, budget_skips, unavailable = plan(record, ip, self.policy, AVAILABLE_METHODS)
         outcomes: list[MethodOutcome] = list(budget_skips)
         for step in planned:
-            outcome = await self._run(step, record, ip, session)
+            outcome = await self._run(step, record, ip, found.helo, facts.id or found.id, mail_from, session)
             outcomes.append(outcome)
             if outcome.result is not None and outcome.result.final:
                 break
         return replace(facts, methods=tuple(outcomes), unavailable=unavailable)
 
-    async def _run(self, step: Planned, record: Record, ip: IPAddress, session: Session) -> MethodOutcome:
+    async def _run(
+        self,
+        step: Planned,
+        record: Record,
+        ip: IPAddress,
+        helo: str,
+        ident: str,
+        mail_from: str | None,
+        session: Session,
+    ) -> MethodOutcome:
         """Run one planned method within its query budget (``Budget(step.budget)`` for DNS methods)."""
         if step.method is Method.QR1:
             return qr1(record, ip)
+        if step.method is Method.SPF:
+            return await spf_method(
+                session,
+                Budget(step.budget),
+                record,
+                ip,
+                helo,
+                ident,
+                mail_from,
+                self.config.spf_alignment,
+                self.config.spf_receiver,
+            )
         raise AssertionError(f"{step.method.value} was planned but is not available")

@@ -238,6 +238,15 @@ class Resolver:
                 return transport
         return self._default
 
+    def cached(self, name: str, rtype: RType) -> DnsAnswer | None:
+        """The answer a local zone or the cache holds now, without asking DNS; None if neither."""
+        name = normalise_name(name)
+        local = self._local_zone(name)
+        if local is not None:
+            self.stats.local += 1
+            return local.answer(name, rtype)
+        return self.cache.get((name, int(rtype)), asyncio.get_running_loop().time())
+
     async def query(self, name: str, rdtype: str | RType) -> DnsAnswer:
         """Answer (*name*, *rdtype*) from a local zone, the cache, or DNS."""
         try:
@@ -303,7 +312,8 @@ class Session:
         self.deadline = deadline  # loop time
         self.count = 0
 
-    async def query(self, name: str, rdtype: str, budget: Budget | None = None) -> DnsAnswer:
+    def _spend(self, budget: Budget | None) -> DnsAnswer | None:
+        """Count one question; a BUDGET answer instead when the budget or the cap is spent."""
         if self.count >= self.cap:
             return DnsAnswer(DnsStatus.BUDGET, detail=f"check query cap {self.cap} reached")
         if budget is not None:
@@ -311,6 +321,24 @@ class Session:
                 return DnsAnswer(DnsStatus.BUDGET, detail=f"method budget of {budget.limit} queries spent")
             budget.spent += 1
         self.count += 1
+        return None
+
+    def cached(self, name: str, rtype: RType, budget: Budget | None = None) -> DnsAnswer | None:
+        """An answer available now (local zone or cache), counted; None when DNS must be asked.
+
+        Nothing is counted when it returns None: the `query` that follows counts.
+        """
+        if self.count >= self.cap or (budget is not None and budget.spent >= budget.limit):
+            return self._spend(budget)
+        answer = self._resolver.cached(name, rtype)
+        if answer is not None:
+            self._spend(budget)
+        return answer
+
+    async def query(self, name: str, rdtype: str | RType, budget: Budget | None = None) -> DnsAnswer:
+        spent = self._spend(budget)
+        if spent is not None:
+            return spent
         if self.deadline is None:
             return await self._resolver.query(name, rdtype)
         remaining = self.deadline - asyncio.get_running_loop().time()

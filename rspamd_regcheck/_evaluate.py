@@ -89,6 +89,10 @@ class Policy:
     authent_header: str = "X-Regcheck"
 
 
+def _unique(*names: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
 def wants_methods(ratings: RatingSummary) -> bool:
     """Methods run only for IDs with trusted ratings that are not bad (the seed's rule)."""
     return ratings.klass in (RatingClass.LOW, RatingClass.HIGH)
@@ -147,8 +151,9 @@ class _Evaluation:
             seed=SeedVerdict(action, code, xcode, message),
             id=f.id,
             ratings=f.ratings,
-            add_headers=tuple(self.headers),
-            remove_headers=(self.p.authent_header,) if f.skipped is None else (),
+            add_headers=tuple(sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)),
+            # Headers we add are also removed from the message first, so a sender cannot forge them.
+            remove_headers=() if f.skipped is not None else _unique(self.p.authent_header, *(n for n, _ in self.headers)),
             skipped=f.skipped,
             methods=f.methods,
         )
@@ -263,6 +268,7 @@ class _Evaluation:
             if outcome.budget or outcome.result is None:
                 self.hit(S.BUDGET, ident, *outcome.options)
                 continue
+            self.headers.extend(outcome.headers)
             name = S.method_symbol(outcome.method, outcome.result)
             passed = outcome.result is Result.PASS
             # Good ratings are credited only to an ID that proved itself (DESIGN step 6).

@@ -161,6 +161,7 @@ class MethodOutcome:
     result: Result | None  # None: the method was stopped by its query budget
     options: tuple[str, ...] = ()
     budget: bool = False
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. Received-SPF
 
 
 @dataclass(frozen=True)

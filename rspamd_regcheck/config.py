@@ -12,6 +12,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
+from ._spf import ALIGNMENTS
 from ._types import IPNetwork, Method
 from .errors import ConfigError
 from .symbols import BY_NAME
@@ -72,6 +74,8 @@ class Config:
     method_order: tuple[Method, ...] = SEED_METHOD_ORDER
     method_limits: Mapping[Method, int] = field(default_factory=lambda: dict(SEED_METHOD_LIMITS))
     authent_header: str = "X-Regcheck"
+    spf_alignment: str = "relaxed"
+    spf_receiver: str = field(default_factory=socket.gethostname)
     mode: str = "score"
     local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
@@ -129,6 +133,7 @@ class Config:
         lines += ["", "[methods]", f"order = {_toml_list([m.value for m in self.method_order])}"]
         limits = ", ".join(f"{m.value} = {n}" for m, n in self.method_limits.items())
         lines.append(f"limits = {{ {limits} }}")
+        lines += ["", "[spf]", f'alignment = "{self.spf_alignment}"', f'receiver = "{self.spf_receiver}"']
         lines += ["", "[headers]", f'authent = "{self.authent_header}"']
         lines += ["", "[policy]", f'mode = "{self.mode}"']
         lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
@@ -164,7 +169,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
 
     :raises ConfigError: on an unknown key or a bad value.
     """
-    sections = ("dns", "registry", "prescreen", "services", "ratings", "methods", "headers", "policy", "scores")
+    sections = ("dns", "registry", "prescreen", "services", "ratings", "methods", "spf", "headers", "policy", "scores")
     _only(data, "", sections)
     base = Config()
     kw: dict[str, Any] = {}
@@ -237,6 +242,18 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         for name, value in table.items():
             limits[_method(f"methods.limits.{name}", name)] = _int(value, f"methods.limits.{name}", 0, 999)
         kw["method_limits"] = limits
+
+    spf_table = _table(data, "spf", ("alignment", "receiver"))
+    if "alignment" in spf_table:
+        alignment = _str(spf_table["alignment"], "spf.alignment")
+        if alignment not in ALIGNMENTS:
+            raise ConfigError("spf.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        kw["spf_alignment"] = alignment
+    if "receiver" in spf_table:
+        receiver = _str(spf_table["receiver"], "spf.receiver")
+        if not receiver or any(c.isspace() or c in ";()" for c in receiver):
+            raise ConfigError("spf.receiver", f"{receiver!r} is not a host name")
+        kw["spf_receiver"] = receiver
 
     hdr = _table(data, "headers", ("authent",))
     if "authent" in hdr:

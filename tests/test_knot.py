@@ -109,7 +109,7 @@ CASES = [
                   "REGCHECK_RATING_HIGH": ["split.example", HEAVEN_RATINGS]},
                  "192.0.2.9 split.example QR1 pass ratings=S1:A,M2:A,H1:B", id="split-txt-strings"),
     pytest.param("192.0.2.9", "mx.spfonly.example", Action.CONTINUE,
-                 {"REGCHECK_UNVERIFIED": ["spfonly.example", "not-available:SPF", HEAVEN_RATINGS]},
+                 {"REGCHECK_UNVERIFIED": ["spfonly.example", "not-available:SID", HEAVEN_RATINGS]},
                  "192.0.2.9 spfonly.example NONE unverified ratings=S1:A,M2:A,H1:B", id="method-not-available"),
     pytest.param("192.0.2.9", "mx.greedy.example", Action.CONTINUE,
                  {"REGCHECK_BUDGET": ["greedy.example", "SPF", "needs 31 queries, limit 30"],
