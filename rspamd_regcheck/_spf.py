@@ -9,6 +9,11 @@ again from the start; pyspf's own work is about 0.1 ms, the questions are
 the cost.  ``check()`` never awaits, so one event loop thread can run many
 checks this way; no thread pool, no second resolver.
 
+RFC 7208 5.5/7: a DNS error on the A/AAAA lookup of a name found by PTR
+(the ``ptr`` mechanism, the ``%{p}`` macro) skips that name; pyspf only does
+so for the CNAME loops it follows itself, so the dispatcher answers such a
+failure with "no address" for names the evaluation got from a PTR answer.
+
 pyspf swallows any exception in two places (fetching the ``exp=`` text, and
 PTR checks in its "harsh" mode, which we do not use).  The dispatcher
 therefore also remembers the question it could not answer, and the driver
@@ -73,6 +78,7 @@ class _Lookups:
         self.budget = budget
         self.answers: dict[tuple[str, str], DnsAnswer] = {}
         self.missing: tuple[str, str] | None = None
+        self.ptr_names: set[str] = set()
 
     def lookup(self, name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
         key = (name.rstrip(".").lower(), qtype)
@@ -86,6 +92,10 @@ class _Lookups:
                 self.missing = key
                 raise _Need(key)
             self.answers[key] = answer
+        if qtype == "PTR" and answer.status is DnsStatus.OK:
+            self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
+        elif qtype in ("A", "AAAA") and answer.status.failed and key[0] in self.ptr_names:
+            return []  # RFC 7208 5.5/7: skip this PTR name
         return _pyspf_records(key[0], qtype, answer)
 
     async def fetch(self, key: tuple[str, str]) -> None:
