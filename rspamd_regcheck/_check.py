@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsStatus
+from ._csa import csa_method
+from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, id_at_level, identify
@@ -20,14 +22,12 @@ from ._prescreen import Finding, classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
+from ._sid import sid_method
 from ._spf import spf_method
 from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
 from .config import Config
 from .errors import InvalidRecord
-
-# Methods this build can run.  The others are planned but reported as not available.
-AVAILABLE_METHODS = frozenset({Method.QR1, Method.SPF})
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Envelope:
     hostname: str | None = None
     queue_id: str | None = None
     user: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # the message's header block (Sender ID's PRA)
+    dkim_domains: tuple[str, ...] = ()  # d= of the DKIM signatures rspamd verified
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ class Checker:
         # The pre-screen runs beside the registry check (DESIGN step 2).
         prescreen = asyncio.ensure_future(self._prescreen(ip, session)) if self.config.prescreen else None
         try:
-            facts = await self._registry_facts(env.helo, ip, env.mail_from, session)
+            facts = await self._registry_facts(env, ip, session)
         except BaseException:
             if prescreen is not None:
                 prescreen.cancel()
@@ -167,10 +169,8 @@ class Checker:
         answers = await asyncio.gather(*(session.query(query_name(ip, z.zone), "A") for z in zones))
         return tuple(classify(z, a) for z, a in zip(zones, answers, strict=True))
 
-    async def _registry_facts(
-        self, helo: str | None, ip: IPAddress, mail_from: str | None, session: Session
-    ) -> Facts:
-        found = identify(helo)
+    async def _registry_facts(self, env: Envelope, ip: IPAddress, session: Session) -> Facts:
+        found = identify(env.helo)
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
         facts = Facts(ip=ip, helo=found.helo, id=found.id)
@@ -192,38 +192,33 @@ class Checker:
         facts = replace(facts, ratings=ratings)
         if not wants_methods(ratings):
             return facts
-        planned, budget_skips, unavailable = plan(record, ip, self.policy, AVAILABLE_METHODS)
+        planned, budget_skips = plan(record, ip, self.policy)
         outcomes: list[MethodOutcome] = list(budget_skips)
         for step in planned:
-            outcome = await self._run(step, record, ip, found.helo, facts.id or found.id, mail_from, session)
+            outcome = await self._run(step, record, ip, found.helo, facts.id or found.id, env, session)
             outcomes.append(outcome)
             if outcome.result is not None and outcome.result.final:
                 break
-        return replace(facts, methods=tuple(outcomes), unavailable=unavailable)
+        return replace(facts, methods=tuple(outcomes))
 
     async def _run(
-        self,
-        step: Planned,
-        record: Record,
-        ip: IPAddress,
-        helo: str,
-        ident: str,
-        mail_from: str | None,
-        session: Session,
+        self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session
     ) -> MethodOutcome:
-        """Run one planned method within its query budget (``Budget(step.budget)`` for DNS methods)."""
+        """Run one planned method within its query budget."""
+        budget = Budget(step.budget)
+        cfg = self.config
         if step.method is Method.QR1:
             return qr1(record, ip)
         if step.method is Method.SPF:
             return await spf_method(
-                session,
-                Budget(step.budget),
-                record,
-                ip,
-                helo,
-                ident,
-                mail_from,
-                self.config.spf_alignment,
-                self.config.spf_receiver,
+                session, budget, record, ip, helo, ident, env.mail_from, cfg.spf_alignment, cfg.spf_receiver
             )
-        raise AssertionError(f"{step.method.value} was planned but is not available")
+        if step.method is Method.CSA:
+            return await csa_method(session, budget, helo, ip)
+        if step.method is Method.SID:
+            return await sid_method(
+                session, budget, record, ip, helo, ident, env.headers, cfg.spf_alignment, cfg.spf_receiver
+            )
+        if step.method is Method.DKIM:
+            return dkim_method(env.dkim_domains, ident)
+        raise AssertionError(f"no runner for {step.method.value}")  # every Method has one above

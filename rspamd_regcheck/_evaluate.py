@@ -8,7 +8,7 @@ them, what it all means (`evaluate`).  No awaits, sockets or clocks here.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from . import symbols as S
@@ -74,7 +74,6 @@ class Facts:
     registry: RegistryFacts | None = None
     ratings: RatingSummary | None = None
     methods: tuple[MethodOutcome, ...] = ()
-    unavailable: tuple[Method, ...] = ()  # offered and allowed, but not implemented here
     prescreen: tuple[Finding, ...] = ()
     skipped: str | None = None
 
@@ -98,19 +97,15 @@ def wants_methods(ratings: RatingSummary) -> bool:
     return ratings.klass in (RatingClass.LOW, RatingClass.HIGH)
 
 
-def plan(
-    record: Record, ip: IPAddress, policy: Policy, available: Collection[Method]
-) -> tuple[tuple[Planned, ...], tuple[MethodOutcome, ...], tuple[Method, ...]]:
+def plan(record: Record, ip: IPAddress, policy: Policy) -> tuple[tuple[Planned, ...], tuple[MethodOutcome, ...]]:
     """Choose the methods to run, in order (DESIGN step 7).
 
     QR1 comes first when the record lists netblocks for the client's family;
     then, in the receiver's order, each method the sender offers within the
-    receiver's query limit.  Returns the plan, the budget skips (as outcomes)
-    and the methods left out because this build does not implement them.
+    receiver's query limit.  Returns the plan and the budget skips (as outcomes).
     """
     planned: list[Planned] = []
     skipped: list[MethodOutcome] = []
-    unavailable: list[Method] = []
     if record.netblocks_for(ip) is not None:
         planned.append(Planned(Method.QR1, 0))
     offers = {o.method: o.queries for o in record.methods}
@@ -122,11 +117,9 @@ def plan(
             skipped.append(
                 MethodOutcome(method, None, (method.value, f"needs {wanted} queries, limit {limit}"), budget=True)
             )
-        elif method not in available:
-            unavailable.append(method)
         else:
             planned.append(Planned(method, min(wanted, limit)))
-    return tuple(planned), tuple(skipped), tuple(unavailable)
+    return tuple(planned), tuple(skipped)
 
 
 def evaluate(facts: Facts, policy: Policy) -> Verdict:
@@ -153,7 +146,9 @@ class _Evaluation:
             ratings=f.ratings,
             add_headers=tuple(sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)),
             # Headers we add are also removed from the message first, so a sender cannot forge them.
-            remove_headers=() if f.skipped is not None else _unique(self.p.authent_header, *(n for n, _ in self.headers)),
+            remove_headers=()
+            if f.skipped is not None
+            else _unique(self.p.authent_header, *(n for n, _ in self.headers)),
             skipped=f.skipped,
             methods=f.methods,
         )
@@ -280,9 +275,8 @@ class _Evaluation:
                 final = outcome
                 break
         if final is None:
-            not_run = [f"not-available:{m.value}" for m in f.unavailable]
             extra = rtext if r.klass is RatingClass.HIGH else ""
-            self.hit(S.UNVERIFIED, ident, *not_run, extra)
+            self.hit(S.UNVERIFIED, ident, extra)
             self.headers.append((p.authent_header, f"{ip} {ident} NONE unverified {rtext}"))
             if temperror:
                 return self.done(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from . import __version__
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
+from ._headers import MAX_HEADER_BLOCK, header_block
 from ._identity import BadHelo, normalise_helo
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
@@ -54,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="mail_from", metavar="ADDR", help="MAIL FROM ('' or '<>' is the null sender)")
     c.add_argument("--rcpt", metavar="ADDR", action="append", default=[], help="RCPT TO (repeatable)")
     c.add_argument("--user", help="authenticated user (such sessions are skipped by default)")
+    c.add_argument(
+        "--dkim-domain",
+        metavar="D",
+        action="append",
+        default=[],
+        help="d= of a DKIM signature already verified (repeatable; rspamd sends these)",
+    )
+    c.add_argument("--header-file", metavar="FILE", help="the message (or its header block), for Sender ID's PRA")
     c.add_argument("--json", action="store_true", help="print the reply object as JSON")
 
     r = sub.add_parser("record", help="registry record tools")
@@ -174,7 +183,23 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     mail_from = args.mail_from
     if mail_from is not None and mail_from.strip() in ("", "<>"):
         mail_from = ""
-    env = Envelope(ip=ip, helo=args.helo, mail_from=mail_from, rcpts=tuple(args.rcpt), user=args.user)
+    headers: tuple[tuple[str, str], ...] = ()
+    if args.header_file is not None:
+        try:
+            with open(args.header_file, "rb") as fh:
+                headers = header_block(fh.read(MAX_HEADER_BLOCK))
+        except OSError as exc:
+            print(f"rspamd-regcheck: --header-file: {exc.strerror}: {args.header_file}", file=sys.stderr)
+            return EXIT_USAGE
+    env = Envelope(
+        ip=ip,
+        helo=args.helo,
+        mail_from=mail_from,
+        rcpts=tuple(args.rcpt),
+        user=args.user,
+        headers=headers,
+        dkim_domains=tuple(args.dkim_domain),
+    )
     try:
         checker = Checker(config)
     except InvalidZoneFile as exc:

@@ -15,8 +15,8 @@ def test_defaults_are_the_seeds():
     c = config_from_mapping({})
     assert c == Config()
     assert c.registry_zones == ()  # no default registry (DESIGN step 4)
-    assert c.method_order == (Method.QR1, Method.CSA, Method.SPF, Method.SID)
-    assert dict(c.method_limits) == {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30}
+    assert c.method_order == (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
+    assert dict(c.method_limits) == {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
     r = c.ratings
     assert (r.enough_weight, r.reject_below, r.min_allowed, r.high_min, r.high_max) == (14, 3.0, 1, 4, 8)
     assert set(r.services) == {"S1", "M2", "H1"}

@@ -192,25 +192,23 @@ def test_messages_are_the_projects_own():
 
 # -- the plan (DESIGN step 7) ----------------------------------------------------------------
 
-ALL = frozenset(Method)
+NO_DKIM = Policy(RatingPolicy(), SEED_METHOD_ORDER[:-1], SEED_METHOD_LIMITS)
 PLANS = [
-    pytest.param("ip4=192.0.2.0/24 meth=SPF:10,SID:10", IP, ALL, ["QR1:0", "SPF:10", "SID:10"], [], [],
+    pytest.param("ip4=192.0.2.0/24 meth=SPF:10,SID:10", POLICY, ["QR1:0", "SPF:10", "SID:10"], [],
                  id="qr1-first-then-receiver-order"),
-    pytest.param("meth=SID:10,SPF:10,CSV:2", IP, ALL, ["CSA:2", "SPF:10", "SID:10"], [], [],
+    pytest.param("meth=DKIM:1,SID:10,SPF:10,CSV:2", POLICY, ["CSA:2", "SPF:10", "SID:10", "DKIM:1"], [],
                  id="receiver-order-not-sender-order"),
-    pytest.param("ip6=2001:db8::/32 meth=SPF:10", IP, ALL, ["SPF:10"], [], [], id="no-list-for-family"),
-    pytest.param("ip4=192.0.2.0/24 meth=SPF:31,CSV:5", IP, ALL, ["QR1:0"], ["CSA", "SPF"], [],
-                 id="over-limit-skipped"),
-    pytest.param("meth=QR1:0,DKIM:3", IP, ALL, [], [], [], id="not-in-receiver-order"),
-    pytest.param("ip4=192.0.2.0/24 meth=SPF:10", IP, {Method.QR1}, ["QR1:0"], [], ["SPF"], id="not-implemented"),
-    pytest.param("meth=SPF:0", IP, ALL, ["SPF:0"], [], [], id="zero-queries"),
+    pytest.param("ip6=2001:db8::/32 meth=SPF:10", POLICY, ["SPF:10"], [], id="no-list-for-family"),
+    pytest.param("ip4=192.0.2.0/24 meth=SPF:31,CSV:5", POLICY, ["QR1:0"], ["CSA", "SPF"], id="over-limit-skipped"),
+    pytest.param("meth=QR1:0,DKIM:3", NO_DKIM, [], [], id="not-in-receiver-order"),
+    pytest.param("meth=QR1:0,DKIM:3", POLICY, ["DKIM:3"], [], id="qr1-needs-netblocks"),
+    pytest.param("meth=SPF:0", POLICY, ["SPF:0"], [], id="zero-queries"),
 ]
 
 
-@pytest.mark.parametrize("record,ip,available,planned,budget,unavailable", PLANS)
-def test_plan(record, ip, available, planned, budget, unavailable):
-    steps, skips, missing = plan(parse_record(record), ip, POLICY, available)
+@pytest.mark.parametrize("record,policy,planned,budget", PLANS)
+def test_plan(record, policy, planned, budget):
+    steps, skips = plan(parse_record(record), IP, policy)
     assert [f"{s.method.value}:{s.budget}" for s in steps] == planned
     assert [s.method.value for s in skips] == budget
     assert all(s.budget and s.result is None for s in skips)
-    assert [m.value for m in missing] == unavailable

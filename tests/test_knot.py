@@ -109,8 +109,10 @@ CASES = [
                   "REGCHECK_RATING_HIGH": ["split.example", HEAVEN_RATINGS]},
                  "192.0.2.9 split.example QR1 pass ratings=S1:A,M2:A,H1:B", id="split-txt-strings"),
     pytest.param("192.0.2.9", "mx.spfonly.example", Action.CONTINUE,
-                 {"REGCHECK_UNVERIFIED": ["spfonly.example", "not-available:SID", HEAVEN_RATINGS]},
-                 "192.0.2.9 spfonly.example NONE unverified ratings=S1:A,M2:A,H1:B", id="method-not-available"),
+                 {"REGCHECK_SID_NA": ["spfonly.example", "no PRA: no Resent-Sender, Resent-From, Sender or From header",
+                                      HEAVEN_RATINGS],
+                  "REGCHECK_UNVERIFIED": ["spfonly.example", HEAVEN_RATINGS]},
+                 "192.0.2.9 spfonly.example NONE unverified ratings=S1:A,M2:A,H1:B", id="sid-without-headers"),
     pytest.param("192.0.2.9", "mx.greedy.example", Action.CONTINUE,
                  {"REGCHECK_BUDGET": ["greedy.example", "SPF", "needs 31 queries, limit 30"],
                   "REGCHECK_UNVERIFIED": ["greedy.example", HEAVEN_RATINGS]},
@@ -242,3 +244,18 @@ def _timeout_config(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text("[dns]\ntimeout = 0.5\n")
     return path
+
+
+def test_cli_header_file_and_dkim_domain(knot, tmp_path):
+    message = tmp_path / "m.eml"
+    message.write_bytes(b"From: Alice <alice@fail.sid.example>\r\nSubject: x\r\n\r\nFrom: nobody@pass.sid.example\r\n")
+    common = ("--registry", REG, "--nameserver", knot.nameserver)
+    proc = cli(*common, "check", "--ip", "192.0.2.77", "--helo", "mx.sid.example", "--header-file", str(message),
+               "--json")
+    assert "REGCHECK_SID_FAIL" in json.loads(proc.stdout)["symbols"]
+    proc = cli(*common, "check", "--ip", "192.0.2.1", "--helo", "mx.dkim.example", "--dkim-domain", "dkim.example",
+               "--json")
+    assert json.loads(proc.stdout)["regcheck"]["verdict"]["action"] == "ACCEPT"
+    missing = cli(*common, "check", "--ip", "192.0.2.1", "--helo", "a.b", "--header-file", str(tmp_path / "none"),
+                  check=False)
+    assert missing.returncode == 2 and "--header-file" in missing.stderr
