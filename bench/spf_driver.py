@@ -22,11 +22,10 @@ import time
 import warnings
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _knot import knot
-
 import dns.resolver
 import spf
 import uvloop
+from _knot import knot
 
 from rspamd_regcheck import Budget, Cache, Resolver, Session, Transport
 from rspamd_regcheck._spf import check_host
