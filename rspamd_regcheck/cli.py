@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
@@ -22,7 +23,8 @@ from ._headers import MAX_HEADER_BLOCK, header_block
 from ._identity import BadHelo, normalise_helo
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
-from .config import Config, load_config
+from ._serve import serve
+from .config import Config, load_config, parse_hostport
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -48,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         help="answer names under this zone file's $ORIGIN from the file (repeatable)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    srv = sub.add_parser("serve", help="run the worker: rspamd's HTTP protocol (POST /checkv2)")
+    srv.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:11340)")
+    srv.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
     c = sub.add_parser("check", help="check one SMTP session and print the verdict")
     c.add_argument("--ip", required=True, help="client IP address")
@@ -99,7 +105,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "record":
         return _lint_id(args.id, config)
+    if args.command == "serve":
+        return _serve(args, config)
     return _check(args, config)
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    host, port = config.listen
+    if args.listen is not None:
+        try:
+            host, port = parse_hostport("--listen", args.listen, 11340)
+        except ConfigError as exc:
+            print(f"rspamd-regcheck: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        run_loop(serve(config, host, port))
+    except InvalidZoneFile as exc:
+        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"rspamd-regcheck: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _lint_id(ident: str, config: Config) -> int:

@@ -60,6 +60,11 @@ class Config:
     """The effective configuration."""
 
     registry_zones: tuple[str, ...] = ()
+    listen: tuple[str, int] = ("127.0.0.1", 11340)
+    body_limit: int = 10 * 1024 * 1024  # bytes of a request body (the message; only its header block is kept)
+    max_headers: int = 100  # HTTP request header fields
+    request_timeout: float = 10.0  # seconds for a client to send one request
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may sit idle
     nameservers: tuple[str, ...] = ()  # empty: the system's resolvers
     dns_port: int = 53
     dns_timeout: float = 2.0  # per question, all tries together
@@ -103,7 +108,13 @@ class Config:
 
     def to_toml(self) -> str:
         """The effective configuration, written back as TOML (``config check``)."""
-        lines = ["[dns]"]
+        host, port = self.listen
+        lines = ["[server]", f'listen = "{f"[{host}]" if ":" in host else host}:{port}"']
+        lines.append(f"body_limit = {self.body_limit}")
+        lines.append(f"max_headers = {self.max_headers}")
+        lines.append(f"request_timeout = {self.request_timeout}")
+        lines.append(f"idle_timeout = {self.idle_timeout}")
+        lines += ["", "[dns]"]
         lines.append(f"nameservers = {_toml_list(self.nameservers)}")
         lines.append(f"port = {self.dns_port}")
         lines.append(f"timeout = {self.dns_timeout}")
@@ -170,10 +181,22 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
 
     :raises ConfigError: on an unknown key or a bad value.
     """
-    sections = ("dns", "registry", "prescreen", "services", "ratings", "methods", "spf", "headers", "policy", "scores")
+    sections = ("server", "dns", "registry", "prescreen", "services", "ratings", "methods", "spf", "headers", "policy", "scores")
     _only(data, "", sections)
     base = Config()
     kw: dict[str, Any] = {}
+
+    srv = _table(data, "server", ("listen", "body_limit", "max_headers", "request_timeout", "idle_timeout"))
+    if "listen" in srv:
+        kw["listen"] = parse_hostport("server.listen", _str(srv["listen"], "server.listen"), 11340)
+    if "body_limit" in srv:
+        kw["body_limit"] = _int(srv["body_limit"], "server.body_limit", 1024, 1024 * 1024 * 1024)
+    if "max_headers" in srv:
+        kw["max_headers"] = _int(srv["max_headers"], "server.max_headers", 8, 10_000)
+    if "request_timeout" in srv:
+        kw["request_timeout"] = _number(srv["request_timeout"], "server.request_timeout", 0.1, 3600.0)
+    if "idle_timeout" in srv:
+        kw["idle_timeout"] = _number(srv["idle_timeout"], "server.idle_timeout", 0.1, 3600.0)
 
     dns = _table(
         data,

@@ -1,0 +1,378 @@
+"""The worker's HTTP shell: rspamd's scan protocol on an asyncio Protocol with httptools.
+
+httptools is llhttp (Node.js's parser), the one uvicorn uses: a well-kept C
+parser, so this module only routes requests and writes replies.  One request
+per connection is answered at a time, in order (pipelined requests wait,
+bounded); keep-alive, HTTP/1.0 and 1.1, chunked bodies.
+
+The contract (DESIGN section 4): ``POST /checkv2`` (also ``/check`` and
+``/symbols``) with rspamd's request headers, matched case-insensitively; of
+the body only the message header block is kept (for Sender ID); the reply is
+JSON, or msgpack when the request accepts ``application/msgpack``.
+``GET /ping`` answers ``pong``.  Every bad request gets a 4xx with a JSON
+``{"error": ...}`` and never affects another connection; a client that goes
+away cancels its check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+import msgpack
+
+from ._check import Checker, Envelope, parse_ip
+from ._headers import MAX_HEADER_BLOCK, header_block
+from ._reply import build_reply
+
+log = logging.getLogger("rspamd_regcheck.http")
+
+CHECK_PATHS = frozenset({b"/checkv2", b"/check", b"/symbols"})
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send, and how long a connection may take."""
+
+    body: int = 10 * 1024 * 1024  # bytes of request body (the message); only its header block is kept
+    header_block: int = MAX_HEADER_BLOCK  # bytes of the message's header block kept for Sender ID
+    headers: int = 100  # HTTP request header fields
+    header_bytes: int = 64 * 1024  # bytes of HTTP request header fields in all
+    request_timeout: float = 10.0  # seconds from a request's first byte to its last
+    idle_timeout: float = 60.0  # seconds a kept-alive connection may wait for its next request
+
+
+class HttpError(Exception):
+    """A request we answer with a 4xx; the message goes in ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str, close: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.close = close
+
+
+@dataclass
+class _Request:
+    method: bytes = b""
+    url: bytes = b""
+    headers: list[tuple[str, str]] | None = None
+    header_bytes: int = 0
+    body: bytearray | None = None
+    body_seen: int = 0
+    keep_alive: bool = False  # read when the header fields are complete: llhttp resets it later
+    version: str = "1.1"
+
+
+class App:
+    """What the protocol needs: the checker, the limits, the config for replies."""
+
+    def __init__(self, checker: Checker, limits: Limits | None = None):
+        self.checker = checker
+        self.limits = limits or Limits()
+        self.active: set[asyncio.Task[Any]] = set()
+
+
+def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelope:
+    """Build the envelope from rspamd's request headers (names matched case-insensitively).
+
+    :raises HttpError: 400 for an ``IP`` header that is not an address.
+    """
+    single: dict[str, str] = {}
+    rcpts: list[str] = []
+    dkim: list[str] = []
+    for name, value in headers:
+        key = name.lower()
+        if key == "rcpt":
+            rcpts.append(_address(value))
+        elif key == "dkim-domain":
+            dkim.extend(d.strip() for d in value.split(",") if d.strip())
+        elif key not in single:
+            single[key] = value.strip()
+    try:
+        ip = parse_ip(single.get("ip"))
+    except ValueError:
+        raise HttpError(400, f"IP header {single.get('ip')!r} is not an IP address") from None
+    mail_from = single.get("from")
+    return Envelope(
+        ip=ip,
+        helo=single.get("helo") or None,
+        mail_from=None if mail_from is None else _address(mail_from),
+        rcpts=tuple(rcpts),
+        hostname=single.get("hostname") or None,
+        queue_id=single.get("queue-id") or None,
+        user=single.get("user") or None,
+        headers=header_block(body) if body else (),
+        dkim_domains=tuple(dkim),
+    )
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+def wants_msgpack(headers: list[tuple[str, str]]) -> bool:
+    return any(n.lower() == "accept" and "application/msgpack" in v.lower() for n, v in headers)
+
+
+MAX_PIPELINE = 16  # requests parsed ahead of their answers on one connection
+
+
+@dataclass
+class _Reply:
+    """An answer decided while parsing (an error), queued in order with the requests."""
+
+    status: int
+    body: bytes
+    content_type: str
+    close: bool
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection.
+
+    Requests are parsed as they come and answered in order, one check at a
+    time (HTTP/1.1 pipelining); reading never stops, so a client that goes
+    away is noticed at once and its check cancelled.
+    """
+
+    def __init__(self, app: App):
+        self.app = app
+        self.limits = app.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.request = _Request()
+        self.queue: deque[_Request | _Reply] = deque()
+        self.current: _Request | None = None  # the request being answered
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.loop = asyncio.get_running_loop()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Without it rspamd's keep-alive requests wait for delayed ACKs (+40 ms each).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm(self.limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        self.queue.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # the client went away: so does its check
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__  # httptools wraps what our callbacks raise
+            if isinstance(cause, HttpError):
+                self._fail(cause.status, cause.message)
+            else:
+                log.error("request handling failed", exc_info=cause or exc)
+                self._fail(500, "internal error")
+        except httptools.HttpParserUpgrade:
+            # We ignore Upgrade (RFC 9110 7.8 allows it), but the parser cannot go on past it:
+            # the requests parsed so far are answered, then the connection closes.
+            self.queue.append(_Reply(0, b"", "", close=True))
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed HTTP request: {exc}")
+        self._next()
+
+    def _fail(self, status: int, message: str) -> None:
+        """Queue an error answer; the connection closes after it (the parser cannot resync)."""
+        self.queue.append(_Reply(status, _json({"error": message}), "application/json", close=True))
+        self.parser = httptools.HttpRequestParser(self)  # never fed again: closing follows
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.current is None and not self.queue and self.transport is not None:
+            # A slow or idle client: close rather than wait (a check has its own deadline).
+            self.closing = True
+            self.transport.close()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.request = _Request(headers=[])
+        if self.current is None:
+            self._arm(self.limits.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.request.url += url
+        if len(self.request.url) > 8192:
+            raise HttpError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        r = self.request
+        assert r.headers is not None
+        r.header_bytes += len(name) + len(value)
+        if len(r.headers) >= self.limits.headers or r.header_bytes > self.limits.header_bytes:
+            raise HttpError(431, "too many or too large request header fields")
+        r.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        r = self.request
+        r.method = self.parser.get_method()
+        r.keep_alive = self.parser.should_keep_alive()
+        r.version = self.parser.get_http_version()
+        path = r.url.split(b"?", 1)[0]
+        length = next((v for n, v in r.headers or () if n.lower() == "content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self.limits.body:
+            raise HttpError(413, f"body larger than {self.limits.body} bytes")
+        if path in CHECK_PATHS:
+            if r.method != b"POST":
+                raise HttpError(405, f"{path.decode('latin-1')} takes POST")
+            r.body = bytearray()
+        elif path in (b"/ping", b"/metrics"):
+            if r.method not in (b"GET", b"HEAD"):
+                raise HttpError(405, f"{path.decode('latin-1')} takes GET")
+        else:
+            raise HttpError(404, f"unknown path {path.decode('latin-1', 'replace')[:100]!r}")
+
+    def on_body(self, chunk: bytes) -> None:
+        r = self.request
+        r.body_seen += len(chunk)
+        if r.body_seen > self.limits.body:
+            raise HttpError(413, f"body larger than {self.limits.body} bytes")
+        if r.body is not None and len(r.body) < self.limits.header_block:
+            # Keep only what can hold the header block; the rest of the message is dropped as it comes.
+            r.body += chunk[: self.limits.header_block - len(r.body)]
+
+    def on_message_complete(self) -> None:
+        if len(self.queue) >= MAX_PIPELINE:
+            raise HttpError(503, "too many pipelined requests")
+        self.queue.append(self.request)
+        self.request = _Request()
+
+    # -- answering, in order ---------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer queued requests until one needs a check (it answers when done)."""
+        while self.current is None and self.queue and not self.closing:
+            item = self.queue.popleft()
+            if isinstance(item, _Reply):
+                if item.status:
+                    self.respond(item.status, item.body, item.content_type, close=item.close)
+                elif self.transport is not None:
+                    self.closing = True
+                    self.transport.close()
+                continue
+            self._start(item)
+
+    def _start(self, r: _Request) -> None:
+        self.current = r
+        self._disarm()
+        path = r.url.split(b"?", 1)[0]
+        if path == b"/ping":
+            self.respond(200, b"pong\r\n", "text/plain")
+            return
+        if path == b"/metrics":
+            self.respond(404, _json({"error": "metrics are not enabled in this build"}), "application/json")
+            return
+        try:
+            env = envelope_from_headers(r.headers or [], bytes(r.body or b""))
+        except HttpError as exc:
+            self.error(exc.status, exc.message)
+            return
+        self.task = self.loop.create_task(self.check(env, wants_msgpack(r.headers or [])))
+        self.app.active.add(self.task)
+        self.task.add_done_callback(self.app.active.discard)
+
+    async def check(self, env: Envelope, msgpack_reply: bool) -> None:
+        try:
+            result = await self.app.checker.check(env)
+            reply = build_reply(result.verdict, self.app.checker.config, result.queries)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: answer 500, log it, keep serving (STYLE item 9)
+            log.exception("check failed for ip=%s helo=%r", env.ip, env.helo)
+            self.task = None
+            self.error(500, "internal error")
+            return
+        self.task = None
+        if msgpack_reply:
+            self.respond(200, msgpack.packb(reply), "application/msgpack")
+        else:
+            self.respond(200, _json(reply), "application/json")
+
+    def error(self, status: int, message: str, close: bool = False) -> None:
+        self.respond(status, _json({"error": message}), "application/json", close=close)
+
+    def respond(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
+        """Write the answer to the current request (or to a request that failed to parse)."""
+        r = self.current or self.request
+        self.current = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        keep_alive = not close and r.keep_alive
+        version = r.version if r.version in ("1.0", "1.1") else "1.1"
+        head = [
+            f"HTTP/{version} {status} {REASONS.get(status, 'Error')}",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(body)}",
+            "Connection: keep-alive" if keep_alive else "Connection: close",
+        ]
+        if keep_alive:
+            head.append(f"Keep-Alive: timeout={int(self.limits.idle_timeout)}")
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        if r.method != b"HEAD":
+            payload += body
+        self.transport.write(payload)
+        if not keep_alive:
+            self.closing = True
+            self.transport.close()
+            return
+        self._arm(self.limits.idle_timeout)
+        if self.queue:
+            self.loop.call_soon(self._next)
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+async def start_server(app: App, host: str, port: int) -> asyncio.Server:
+    """Listen on (*host*, *port*) with one `HttpProtocol` per connection."""
+    loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app)
+    return await loop.create_server(factory, host, port, reuse_address=True)
