@@ -8,6 +8,7 @@ Only the fetching awaits; every decision is made by `_evaluate`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -85,6 +86,15 @@ def make_resolver(config: Config) -> Resolver:
     )
 
 
+@functools.lru_cache(maxsize=8192)
+def _parse_answer(texts: tuple[str, ...]) -> Record | InvalidRecord:
+    """The record in a registry answer, parsed once per distinct answer (records are immutable)."""
+    try:
+        return parse_record(select_record(texts))
+    except InvalidRecord as exc:
+        return exc
+
+
 async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> RegistryFacts:
     """Fetch and parse the record of *ident* from the registry *zones*, in order.
 
@@ -99,11 +109,10 @@ async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> R
             return RegistryFacts(RegistryStatus.BUDGET, reasons=(answer.detail,), zone=zone)
         if answer.status is not DnsStatus.OK:
             return RegistryFacts(RegistryStatus.DNSFAIL, reasons=(answer.detail or answer.status.value,), zone=zone)
-        try:
-            record = parse_record(select_record(answer.records))
-        except InvalidRecord as exc:
-            return RegistryFacts(RegistryStatus.INVALID, reasons=exc.reasons, zone=zone)
-        return RegistryFacts(RegistryStatus.FOUND, record=record, zone=zone)
+        parsed = _parse_answer(answer.records)
+        if isinstance(parsed, InvalidRecord):
+            return RegistryFacts(RegistryStatus.INVALID, reasons=parsed.reasons, zone=zone)
+        return RegistryFacts(RegistryStatus.FOUND, record=parsed, zone=zone)
     return RegistryFacts(RegistryStatus.NO_RECORD)
 
 

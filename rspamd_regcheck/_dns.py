@@ -37,7 +37,8 @@ from ._wire import RType
 from .errors import InvalidZoneFile
 
 MAX_CNAME_HOPS = 8  # inside a local zone file; loops end here
-LOCAL_TTL = 0  # local zone answers are not cached: they are already in memory
+LOCAL_TTL = 0  # local zone answers are not put in the DNS cache: the zone keeps its own
+MAX_LOCAL_ANSWERS = 10_000  # answers a zone file keeps ready (names asked, found or not)
 
 
 class Fetcher(Protocol):
@@ -119,8 +120,20 @@ class LocalZone:
                 names.add(n)
                 n = n.parent()
         self._names = frozenset(names)
+        self._answers: OrderedDict[tuple[str, RType], DnsAnswer] = OrderedDict()
 
     def answer(self, name: str, rtype: RType) -> DnsAnswer:
+        """The zone's answer; kept (bounded) since the zone never changes while loaded."""
+        key = (name, rtype)
+        found = self._answers.get(key)
+        if found is None:
+            found = self._lookup(name, rtype)
+            self._answers[key] = found
+            if len(self._answers) > MAX_LOCAL_ANSWERS:
+                self._answers.popitem(last=False)
+        return found
+
+    def _lookup(self, name: str, rtype: RType) -> DnsAnswer:
         qname = dns.name.from_text(name)
         for _ in range(MAX_CNAME_HOPS):
             node = self.zone.get_node(qname)

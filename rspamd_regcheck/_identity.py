@@ -84,6 +84,7 @@ def normalise_helo(helo: str | None) -> str | BadHelo:
     return name
 
 
+@functools.lru_cache(maxsize=16384)
 def identify(helo: str | None) -> Identity | BadHelo:
     """Validate *helo* and find its Registered ID by the public suffix list."""
     name = normalise_helo(helo)
