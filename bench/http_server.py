@@ -129,7 +129,16 @@ def wait_port(port: int) -> None:
 
 def wrk(port: int, seconds: int, connections: int, script: str) -> tuple[float, str]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, f"http://127.0.0.1:{port}/checkv2"],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script,
+            f"http://127.0.0.1:{port}/checkv2",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -150,19 +159,31 @@ def main() -> None:
     (work / "post.lua").write_text(WRK_LUA.format(**HEADERS))
     py = sys.executable
     servers = {
-        "regcheck worker (warm QR1)": lambda p: [py, "-m", "rspamd_regcheck", "--config",
-                                                 str(ROOT / "demo" / "regcheck.toml"), "serve", "--listen",
-                                                 f"127.0.0.1:{p}"],
-        "regcheck HTTP, fixed result": lambda p: [py, str(work / "stub.py"), str(p),
-                                                  str(ROOT / "demo" / "regcheck.toml")],
+        "regcheck worker (warm QR1)": lambda p: [
+            py,
+            "-m",
+            "rspamd_regcheck",
+            "--config",
+            str(ROOT / "demo" / "regcheck.toml"),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{p}",
+        ],
+        "regcheck HTTP, fixed result": lambda p: [
+            py,
+            str(work / "stub.py"),
+            str(p),
+            str(ROOT / "demo" / "regcheck.toml"),
+        ],
         "aiohttp, same reply": lambda p: [py, str(work / "aio.py"), str(p), str(work / "reply.bin")],
         "bare asyncio, same reply": lambda p: [py, str(work / "bare.py"), str(p), str(work / "reply.bin")],
     }
     print(f"wrk -t1 -c{connections} -d{seconds}s, msgpack POST /checkv2, keep-alive, uvloop")
     for label, cmd in servers.items():
         port = free_port()
-        proc = subprocess.Popen(cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        proc = subprocess.Popen(
+            cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT))
+        )
         try:
             wait_port(port)
             wrk(port, 1, connections, str(work / "post.lua"))  # warm-up

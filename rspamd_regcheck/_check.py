@@ -83,6 +83,7 @@ def make_resolver(config: Config) -> Resolver:
         Cache(config.cache_size, config.max_ttl, config.negative_ttl),
         [LocalZone(path) for path in config.zone_files],
         routes,
+        config.max_inflight,
     )
 
 

@@ -229,6 +229,7 @@ class Resolver:
         cache: Cache | None = None,
         local_zones: Sequence[LocalZone] = (),
         routes: Iterable[tuple[str, Transport]] = (),
+        max_inflight: int = 1000,
     ):
         self._default = default
         self.cache = cache if cache is not None else Cache()
@@ -237,6 +238,7 @@ class Resolver:
             ((normalise_name(zone), t) for zone, t in routes), key=lambda r: r[0].count("."), reverse=True
         )
         self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
+        self._slots = asyncio.Semaphore(max_inflight)  # questions on the wire at once
         self.stats = Stats()
 
     def _local_zone(self, name: str) -> LocalZone | None:
@@ -291,8 +293,9 @@ class Resolver:
             transport = self._transport(name)
             if transport is None:
                 return DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured")
-            self.stats.questions += 1
-            answer = await transport.ask(name, rtype)
+            async with self._slots:
+                self.stats.questions += 1
+                answer = await transport.ask(name, rtype)
             if answer.status.failed:
                 self.stats.failures[answer.status.value] = self.stats.failures.get(answer.status.value, 0) + 1
             self.cache.put(key, answer, asyncio.get_running_loop().time())

@@ -17,11 +17,12 @@ away cancels its check.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import socket
+import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,11 +31,15 @@ import msgpack
 
 from ._check import Checker, Envelope, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
+from ._log import CHECK_LOGGER, check_fields
+from ._metrics import Metrics, dns_counts
 from ._reply import build_reply
 
 log = logging.getLogger("rspamd_regcheck.http")
+check_log = logging.getLogger(CHECK_LOGGER)
 
 CHECK_PATHS = frozenset({b"/checkv2", b"/check", b"/symbols"})
+KNOWN_PATHS = CHECK_PATHS | {b"/ping", b"/metrics"}
 REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -60,6 +65,7 @@ class Limits:
     header_bytes: int = 64 * 1024  # bytes of HTTP request header fields in all
     request_timeout: float = 10.0  # seconds from a request's first byte to its last
     idle_timeout: float = 60.0  # seconds a kept-alive connection may wait for its next request
+    connections: int = 1024  # open connections per worker; past it: 503 and close
 
 
 class HttpError(Exception):
@@ -85,12 +91,29 @@ class _Request:
 
 
 class App:
-    """What the protocol needs: the checker, the limits, the config for replies."""
+    """What the protocols of one worker share: the checker, limits, metrics, connections."""
 
-    def __init__(self, checker: Checker, limits: Limits | None = None):
+    def __init__(self, checker: Checker, limits: Limits | None = None, metrics: bool = False, log_mask: bool = False):
         self.checker = checker
         self.limits = limits or Limits()
+        self.metrics = Metrics(metrics)
+        self.log_mask = log_mask
         self.active: set[asyncio.Task[Any]] = set()
+        self.connections: set[HttpProtocol] = set()
+        self.draining = False  # stopping: answer what is asked, then close each connection
+
+    def authorised(self, headers: list[tuple[str, str]]) -> bool:
+        """True without a secret; with one, when the Password header matches it (constant time)."""
+        secret = self.checker.config.secret
+        if not secret:
+            return True
+        given = next((v for n, v in headers if n.lower() == "password"), "")
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.current is None and conn.transport is not None:
+                conn.transport.close()
 
 
 def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelope:
@@ -176,6 +199,17 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.app.connections) >= self.limits.connections:
+            self.closing = True
+            body = _json({"error": "too many connections"})
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self.transport.close()
+            self.app.metrics.request("-", 503)
+            return
+        self.app.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Without it rspamd's keep-alive requests wait for delayed ACKs (+40 ms each).
@@ -183,6 +217,7 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self.limits.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.app.connections.discard(self)
         self.closing = True
         self._disarm()
         self.queue.clear()
@@ -306,8 +341,15 @@ class HttpProtocol(asyncio.Protocol):
         if path == b"/ping":
             self.respond(200, b"pong\r\n", "text/plain")
             return
+        if not self.app.authorised(r.headers or []):
+            self.error(403, "wrong or missing Password")
+            return
         if path == b"/metrics":
-            self.respond(404, _json({"error": "metrics are not enabled in this build"}), "application/json")
+            if not self.app.metrics.enabled:
+                self.error(404, "metrics are collected only under serve")
+                return
+            body, content_type = self.app.metrics.exposition()
+            self.respond(200, body, content_type)
             return
         try:
             env = envelope_from_headers(r.headers or [], bytes(r.body or b""))
@@ -319,9 +361,16 @@ class HttpProtocol(asyncio.Protocol):
         self.task.add_done_callback(self.app.active.discard)
 
     async def check(self, env: Envelope, msgpack_reply: bool) -> None:
+        started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
+        checker = self.app.checker  # a reload swaps it for later requests, not this one
         try:
-            result = await self.app.checker.check(env)
-            reply = build_reply(result.verdict, self.app.checker.config, result.queries)
+            result = await checker.check(env)
+            reply = build_reply(result.verdict, checker.config, result.queries)
+            seconds = time.perf_counter() - started
+            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver))
+            if check_log.isEnabledFor(logging.INFO):
+                fields = check_fields(env, result, seconds, checker.config.mode, self.app.log_mask)
+                check_log.info("check", extra={"fields": fields})
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: answer 500, log it, keep serving (STYLE item 9)
@@ -342,9 +391,10 @@ class HttpProtocol(asyncio.Protocol):
         """Write the answer to the current request (or to a request that failed to parse)."""
         r = self.current or self.request
         self.current = None
+        self.app.metrics.request(_path_label(r.url), status)
         if self.transport is None or self.transport.is_closing():
             return
-        keep_alive = not close and r.keep_alive
+        keep_alive = not close and r.keep_alive and not self.app.draining
         version = r.version if r.version in ("1.0", "1.1") else "1.1"
         head = [
             f"HTTP/{version} {status} {REASONS.get(status, 'Error')}",
@@ -367,12 +417,22 @@ class HttpProtocol(asyncio.Protocol):
             self.loop.call_soon(self._next)
 
 
+def _path_label(url: bytes) -> str:
+    path = url.split(b"?", 1)[0]
+    return path.decode("latin-1") if path in KNOWN_PATHS else "other"
+
+
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-async def start_server(app: App, host: str, port: int) -> asyncio.Server:
-    """Listen on (*host*, *port*) with one `HttpProtocol` per connection."""
+async def start_server(app: App, host: str, port: int, sock: socket.socket | None = None) -> asyncio.Server:
+    """Listen on (*host*, *port*), or on *sock*, with one `HttpProtocol` per connection."""
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = lambda: HttpProtocol(app)
+
+    def factory() -> asyncio.Protocol:
+        return HttpProtocol(app)
+
+    if sock is not None:
+        return await loop.create_server(factory, sock=sock)
     return await loop.create_server(factory, host, port, reuse_address=True)

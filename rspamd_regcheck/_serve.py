@@ -1,45 +1,284 @@
-"""``rspamd-regcheck serve``: run the HTTP worker until SIGTERM or SIGINT."""
+"""``rspamd-regcheck serve``: a supervisor and its worker processes.
+
+The supervisor checks the configuration and the listen address, then forks
+``server.workers`` workers.  Each worker listens on the same address with
+SO_REUSEPORT (the kernel spreads connections among them) and runs the
+asyncio server.  The supervisor:
+
+- restarts a worker that dies (after a pause when workers die young, so a
+  crash loop does not spin);
+- on SIGTERM or SIGINT, tells the workers to stop: they stop accepting,
+  let running checks answer (at most `DRAIN_SECONDS`), then exit;
+- on SIGHUP, reads the configuration again: a bad one is logged and the old
+  one kept; a good one is passed to the workers (each reloads in place, its
+  connections untouched) and the number of workers follows ``server.workers``.
+  A changed listen address needs a restart, and says so.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import os
+import shutil
 import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
 
-from ._check import Checker
+from ._check import Checker, make_resolver
 from ._http import App, Limits, start_server
+from ._metrics import ENV as METRICS_ENV
+from ._metrics import mark_dead
 from .config import Config
+from .errors import ConfigError, RegcheckError
 
 log = logging.getLogger("rspamd_regcheck.serve")
-DRAIN_SECONDS = 5.0  # checks still running at shutdown get this long to answer
+DRAIN_SECONDS = 10.0  # checks still running at shutdown get this long to answer
+YOUNG_SECONDS = 2.0  # a worker dying sooner than this after its start is restarted after a pause
+MAX_RESTART_PAUSE = 10.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+Loader = Callable[[], Config]
 
 
-async def serve(config: Config, host: str, port: int, ready: asyncio.Event | None = None) -> None:
-    """Serve until a termination signal; then stop listening and let running checks finish."""
-    checker = Checker(config)
-    limits = Limits(
+def limits_of(config: Config) -> Limits:
+    return Limits(
         body=config.body_limit,
         headers=config.max_headers,
+        header_bytes=config.max_header_bytes,
         request_timeout=config.request_timeout,
         idle_timeout=config.idle_timeout,
+        connections=config.max_connections,
     )
-    app = App(checker, limits)
-    server = await start_server(app, host, port)
-    stop = asyncio.Event()
+
+
+def is_loopback(host: str) -> bool:
+    return ipaddress.ip_address(host).is_loopback
+
+
+def check_exposure(config: Config, host: str) -> None:
+    """Refuse to listen beyond loopback without a shared secret.
+
+    :raises ConfigError: naming ``server.secret``.
+    """
+    if not is_loopback(host) and not config.secret:
+        raise ConfigError(
+            "server.secret",
+            f"listening on {host}, beyond loopback, needs a shared secret (rspamd sends it as Password)",
+        )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with SO_REUSEPORT, so every worker can have its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+async def worker_main(load: Loader, config: Config, host: str, port: int) -> None:
+    """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the configuration in place."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    bound = ", ".join(str(s.getsockname()[:2]) for s in server.sockets)
-    log.warning("rspamd-regcheck listening on %s; registry zones: %s", bound, ", ".join(config.registry_zones))
-    if ready is not None:
-        ready.set()
+    checker = Checker(config)
+    app = App(checker, limits_of(config), metrics=True, log_mask=config.log_mask_clients)
+    server = await start_server(app, host, port, sock=listening_socket(host, port))
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        try:
+            new = load()
+            new_checker = Checker(new)
+        except RegcheckError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        old = app.checker
+        app.checker, app.limits, app.log_mask = new_checker, limits_of(new), new.log_mask_clients
+        # Checks already running finish with the old checker; close it once they must be done.
+        loop.call_later(old.config.deadline + 1.0, old.close)
+        log.warning("configuration reloaded")
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
     finally:
-        log.warning("stopping: %d check(s) in flight", len(app.active))
-        server.close()
+        server.close()  # no new connections; open ones are answered, then close
+        app.draining = True
         if app.active:
+            log.warning("draining %d check(s)", len(app.active))
             await asyncio.wait(set(app.active), timeout=DRAIN_SECONDS)
-        checker.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        app.close_idle()
+        app.checker.close()
+
+
+def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
+    from .cli import run_loop  # the event loop choice lives with the command line
+
+    try:
+        run_loop(worker_main(load, config, host, port))
+    except Exception:
+        log.exception("worker failed")
+        return 1
+    return 0
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, load: Loader, config: Config, host: str, port: int):
+        self.load = load
+        self.config = config
+        self.host, self.port = host, port
+        self.children: dict[int, float] = {}  # pid -> start time
+        self.pending: list[float] = []  # times at which to start replacement workers
+        self.failures = 0
+        self.stopping = False
+
+    def spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                # A reload signal before the worker is ready must not kill it (it starts with
+                # the newest configuration anyway); its event loop handles SIGHUP from then on.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                code = _run_worker(self.load, self.config, self.host, self.port)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = time.monotonic()
+        log.info("started worker %d", pid)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            started = self.children.pop(pid, None)
+            mark_dead(pid)
+            if started is None or self.stopping:
+                continue
+            lived = time.monotonic() - started
+            log.error("worker %d died (%s) after %.1f s; starting another", pid, _describe(status), lived)
+            self.failures = self.failures + 1 if lived < YOUNG_SECONDS else 0
+            pause = min(MAX_RESTART_PAUSE, 0.5 * 2 ** (self.failures - 1)) if self.failures else 0.0
+            self.pending.append(time.monotonic() + pause)
+
+    def start_due(self) -> None:
+        now = time.monotonic()
+        due = [t for t in self.pending if t <= now]
+        self.pending = [t for t in self.pending if t > now]
+        for _ in due:
+            if len(self.children) < self.config.workers:
+                self.spawn()
+
+    def reload(self) -> None:
+        try:
+            new = self.load()
+            make_resolver(new).close()  # zone files load?
+            check_exposure(new, self.host)
+        except RegcheckError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if new.listen != self.config.listen:
+            log.warning("server.listen changed: that takes a restart; still listening on %s:%d", self.host, self.port)
+        self.config = new
+        for pid in list(self.children):
+            _signal(pid, signal.SIGHUP)
+        while len(self.children) + len(self.pending) < new.workers:
+            self.spawn()
+        extra = len(self.children) - new.workers
+        for pid in list(self.children)[: max(0, extra)]:
+            self.children.pop(pid)
+            _signal(pid, signal.SIGTERM)
+        log.warning("configuration reloaded: %d worker(s)", new.workers)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for pid in self.children:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_SECONDS + 5.0
+        while self.children and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            self.children.pop(pid, None)
+            mark_dead(pid)
+        for pid in self.children:
+            _signal(pid, signal.SIGKILL)
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        for _ in range(self.config.workers):
+            self.spawn()
+        log.warning(
+            "rspamd-regcheck listening on %s:%d with %d worker(s); registry zones: %s",
+            self.host,
+            self.port,
+            self.config.workers,
+            ", ".join(self.config.registry_zones),
+        )
+        while True:
+            received = signal.sigtimedwait(SIGNALS, 0.2)
+            sig = received.si_signo if received is not None else None
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.warning("stopping")
+                self.stop()
+                return 0
+            if sig == signal.SIGHUP:
+                self.reload()
+            self.reap()
+            self.start_due()
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def serve(load: Loader, config: Config, host: str, port: int) -> int:
+    """Run the supervisor until it is told to stop.  Returns the exit status.
+
+    :raises ConfigError: for a non-loopback address without a secret.
+    :raises OSError: when the address cannot be listened on.
+    :raises InvalidZoneFile: when a zone file cannot be loaded.
+    """
+    check_exposure(config, host)
+    make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
+    listening_socket(host, port).close()  # fail now on an address in use or not ours
+    metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
+    os.environ[METRICS_ENV] = metrics_dir
+    try:
+        return Supervisor(load, config, host, port).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+__all__: list[Any] = ["check_exposure", "serve", "worker_main"]

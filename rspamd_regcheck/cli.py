@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
@@ -21,10 +20,11 @@ from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
 from ._identity import BadHelo, normalise_helo
+from ._log import setup_logging
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
 from ._serve import serve
-from .config import Config, load_config, parse_hostport
+from .config import LEVELS, Config, load_config, parse_hostport
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="run the worker: rspamd's HTTP protocol (POST /checkv2)")
     srv.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1:11340)")
-    srv.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    srv.add_argument("--log-level", choices=LEVELS, help="overrides log.level")
 
     c = sub.add_parser("check", help="check one SMTP session and print the verdict")
     c.add_argument("--ip", required=True, help="client IP address")
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level or config.log_level, config.log_format)
     host, port = config.listen
     if args.listen is not None:
         try:
@@ -119,15 +119,19 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         except ConfigError as exc:
             print(f"rspamd-regcheck: {exc}", file=sys.stderr)
             return EXIT_USAGE
+
+    def load() -> Config:
+        # SIGHUP: the same file and the same command-line overrides, read again
+        return load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
+
     try:
-        run_loop(serve(config, host, port))
-    except InvalidZoneFile as exc:
+        return serve(load, config, host, port)
+    except (ConfigError, InvalidZoneFile) as exc:
         print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
         print(f"rspamd-regcheck: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
 
 
 def _lint_id(ident: str, config: Config) -> int:

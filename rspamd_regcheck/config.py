@@ -42,6 +42,8 @@ DEFAULT_LOCAL_NETWORKS = (
 SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
 SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
 MODES = ("score", "enforce")
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
 _ZONE_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 3.6.8 field name
 
@@ -61,6 +63,10 @@ class Config:
 
     registry_zones: tuple[str, ...] = ()
     listen: tuple[str, int] = ("127.0.0.1", 11340)
+    workers: int = 1  # worker processes sharing the port
+    secret: str = ""  # the shared secret rspamd sends as Password; needed beyond loopback
+    max_connections: int = 1024  # open connections per worker
+    max_header_bytes: int = 65536  # bytes of HTTP request header fields
     body_limit: int = 10 * 1024 * 1024  # bytes of a request body (the message; only its header block is kept)
     max_headers: int = 100  # HTTP request header fields
     request_timeout: float = 10.0  # seconds for a client to send one request
@@ -74,12 +80,16 @@ class Config:
     max_ttl: int = 86_400
     max_queries: int = 100  # per check: registry, DNSBL and methods together
     deadline: float = 3.0  # seconds per check; then it answers with what it has
+    max_inflight: int = 1000  # DNS questions on the wire at once, per worker
     zone_files: tuple[str, ...] = ()
     prescreen: tuple[DnsblZone, ...] = ()
     ratings: RatingPolicy = field(default_factory=RatingPolicy)
     method_order: tuple[Method, ...] = SEED_METHOD_ORDER
     method_limits: Mapping[Method, int] = field(default_factory=lambda: dict(SEED_METHOD_LIMITS))
     authent_header: str = "X-Regcheck"
+    log_level: str = "info"
+    log_format: str = "text"
+    log_mask_clients: bool = False
     spf_alignment: str = "relaxed"
     spf_receiver: str = field(default_factory=socket.gethostname)
     mode: str = "score"
@@ -110,10 +120,16 @@ class Config:
         """The effective configuration, written back as TOML (``config check``)."""
         host, port = self.listen
         lines = ["[server]", f'listen = "{f"[{host}]" if ":" in host else host}:{port}"']
+        lines.append(f"workers = {self.workers}")
+        lines.append(f"# secret: {'set (not shown)' if self.secret else 'not set'}")
         lines.append(f"body_limit = {self.body_limit}")
+        lines.append(f"max_header_bytes = {self.max_header_bytes}")
+        lines.append(f"max_connections = {self.max_connections}")
         lines.append(f"max_headers = {self.max_headers}")
         lines.append(f"request_timeout = {self.request_timeout}")
         lines.append(f"idle_timeout = {self.idle_timeout}")
+        lines += ["", "[log]", f'level = "{self.log_level}"', f'format = "{self.log_format}"']
+        lines.append(f"mask_clients = {str(self.log_mask_clients).lower()}")
         lines += ["", "[dns]"]
         lines.append(f"nameservers = {_toml_list(self.nameservers)}")
         lines.append(f"port = {self.dns_port}")
@@ -124,6 +140,7 @@ class Config:
         lines.append(f"max_ttl = {self.max_ttl}")
         lines.append(f"max_queries = {self.max_queries}")
         lines.append(f"deadline = {self.deadline}")
+        lines.append(f"max_inflight = {self.max_inflight}")
         lines.append(f"zone_files = {_toml_list(self.zone_files)}")
         lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
         for z in self.prescreen:
@@ -181,12 +198,50 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
 
     :raises ConfigError: on an unknown key or a bad value.
     """
-    sections = ("server", "dns", "registry", "prescreen", "services", "ratings", "methods", "spf", "headers", "policy", "scores")
+    sections = (
+        "server",
+        "log",
+        "dns",
+        "registry",
+        "prescreen",
+        "services",
+        "ratings",
+        "methods",
+        "spf",
+        "headers",
+        "policy",
+        "scores",
+    )
     _only(data, "", sections)
     base = Config()
     kw: dict[str, Any] = {}
 
-    srv = _table(data, "server", ("listen", "body_limit", "max_headers", "request_timeout", "idle_timeout"))
+    srv = _table(
+        data,
+        "server",
+        (
+            "listen",
+            "workers",
+            "secret",
+            "body_limit",
+            "max_headers",
+            "max_header_bytes",
+            "max_connections",
+            "request_timeout",
+            "idle_timeout",
+        ),
+    )
+    if "workers" in srv:
+        kw["workers"] = _int(srv["workers"], "server.workers", 1, 64)
+    if "secret" in srv:
+        secret = _str(srv["secret"], "server.secret")
+        if secret and len(secret) < 16:
+            raise ConfigError("server.secret", "use at least 16 characters")
+        kw["secret"] = secret
+    if "max_header_bytes" in srv:
+        kw["max_header_bytes"] = _int(srv["max_header_bytes"], "server.max_header_bytes", 1024, 1024 * 1024)
+    if "max_connections" in srv:
+        kw["max_connections"] = _int(srv["max_connections"], "server.max_connections", 1, 100_000)
     if "listen" in srv:
         kw["listen"] = parse_hostport("server.listen", _str(srv["listen"], "server.listen"), 11340)
     if "body_limit" in srv:
@@ -211,6 +266,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "max_ttl",
             "max_queries",
             "deadline",
+            "max_inflight",
             "zone_files",
         ),
     )
@@ -232,6 +288,22 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["max_queries"] = _int(dns["max_queries"], "dns.max_queries", 1, 1000)
     if "deadline" in dns:
         kw["deadline"] = _number(dns["deadline"], "dns.deadline", 0.05, 120.0)
+    if "max_inflight" in dns:
+        kw["max_inflight"] = _int(dns["max_inflight"], "dns.max_inflight", 1, 100_000)
+
+    lg = _table(data, "log", ("level", "format", "mask_clients"))
+    if "level" in lg:
+        level = _str(lg["level"], "log.level")
+        if level not in LEVELS:
+            raise ConfigError("log.level", f"{level!r} is not one of {', '.join(LEVELS)}")
+        kw["log_level"] = level
+    if "format" in lg:
+        fmt = _str(lg["format"], "log.format")
+        if fmt not in FORMATS:
+            raise ConfigError("log.format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
+        kw["log_format"] = fmt
+    if "mask_clients" in lg:
+        kw["log_mask_clients"] = _bool(lg["mask_clients"], "log.mask_clients")
     if "zone_files" in dns:
         files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
         kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)

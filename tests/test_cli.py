@@ -16,7 +16,13 @@ ROOT = Path(__file__).parent.parent
 def cli(*args, cwd=None):
     env = dict(os.environ, PYTHONWARNINGS="error")
     return subprocess.run(
-        [sys.executable, "-m", "rspamd_regcheck", *args], check=False, capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+        [sys.executable, "-m", "rspamd_regcheck", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -85,13 +91,20 @@ def test_check_needs_a_registry():
 @pytest.mark.parametrize(
     "args,message",
     [
-        pytest.param(["--registry", "x.test", "check", "--ip", "300.1.2.3", "--helo", "a.b"], "not an IP address",
-                     id="bad-ip"),
+        pytest.param(
+            ["--registry", "x.test", "check", "--ip", "300.1.2.3", "--helo", "a.b"], "not an IP address", id="bad-ip"
+        ),
         pytest.param(["--registry", "bad zone", "check", "--ip", "192.0.2.1"], "--registry", id="bad-zone"),
-        pytest.param(["--registry", "x.test", "--nameserver", "ns.example:53", "check", "--ip", "192.0.2.1"],
-                     "--nameserver", id="nameserver-not-ip"),
-        pytest.param(["--registry", "x.test", "--zone-file", "/nonexistent.zone", "check", "--ip", "192.0.2.1"],
-                     "zone file /nonexistent.zone", id="missing-zone-file"),
+        pytest.param(
+            ["--registry", "x.test", "--nameserver", "ns.example:53", "check", "--ip", "192.0.2.1"],
+            "--nameserver",
+            id="nameserver-not-ip",
+        ),
+        pytest.param(
+            ["--registry", "x.test", "--zone-file", "/nonexistent.zone", "check", "--ip", "192.0.2.1"],
+            "zone file /nonexistent.zone",
+            id="missing-zone-file",
+        ),
     ],
 )
 def test_usage_errors(args, message):
@@ -103,7 +116,7 @@ def test_usage_errors(args, message):
 
 def test_zone_file_without_origin(tmp_path):
     zone = tmp_path / "x.zone"
-    zone.write_text("foo IN TXT \"svc=S1:A\"\n")
+    zone.write_text('foo IN TXT "svc=S1:A"\n')
     proc = cli("--registry", "x.test", "--zone-file", str(zone), "check", "--ip", "192.0.2.1", "--helo", "a.b")
     assert proc.returncode == 2 and "no $ORIGIN" in proc.stderr
 
@@ -120,15 +133,23 @@ SEED = [
 @pytest.mark.parametrize("args,action", SEED)
 def test_demo_config_offline(args, action):
     """The demo answers from demo/registry.zone: its nameserver is unreachable on purpose."""
-    proc = cli("--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9",
-               "check", *args, "--json")
+    proc = cli(
+        "--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9", "check", *args, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["regcheck"]["verdict"]["action"] == action
 
 
 def test_text_output_like_rspamc():
-    proc = cli("--config", str(ROOT / "demo" / "regcheck.toml"), "check", "--ip", "208.20.133.32",
-               "--helo", "mailout32.heaven.net")
+    proc = cli(
+        "--config",
+        str(ROOT / "demo" / "regcheck.toml"),
+        "check",
+        "--ip",
+        "208.20.133.32",
+        "--helo",
+        "mailout32.heaven.net",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "Action: add header"

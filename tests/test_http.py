@@ -18,9 +18,10 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from conftest import free_port
 from rspamd_regcheck import Checker, Config
 from rspamd_regcheck._http import App, Limits, start_server
+
+from conftest import free_port
 
 REG = "id.regcheck.test"
 BODY_LIMIT = 65536
@@ -72,8 +73,9 @@ SEED = [
     pytest.param({"IP": "208.20.133.17", "Helo": "mailout17.heaven.net"}, "ACCEPT", id="heaven-pass"),
     pytest.param({"IP": "208.20.133.32", "Helo": "mailout32.heaven.net"}, "REJECT", id="heaven-fail"),
     pytest.param({"IP": "192.168.0.1", "Helo": "mx1.spammer.tld"}, "FILTER", id="spammer"),
-    pytest.param({"IP": "69.55.226.139", "Helo": "mx1.wayforward.net", "From": "<tway@optsw.com>"}, "ACCEPT",
-                 id="wayforward-spf"),
+    pytest.param(
+        {"IP": "69.55.226.139", "Helo": "mx1.wayforward.net", "From": "<tway@optsw.com>"}, "ACCEPT", id="wayforward-spf"
+    ),
     pytest.param({"IP": "192.0.4.1", "Helo": "mx1.abilene.texas.rr.tld", "From": "<>"}, "FILTER", id="rr-softfail"),
     pytest.param({"IP": "208.20.133.17", "Helo": "mx1.example.co.uk"}, "REJECT", id="stop-all"),
     pytest.param({"IP": "208.20.133.17", "Helo": "JUPITER"}, "REJECT", id="jupiter"),
@@ -100,7 +102,7 @@ def test_headers_match_case_insensitively_and_rcpt_repeats(worker):
         b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nip: 69.55.226.139\r\nHELO: mx1.wayforward.net\r\n"
         b"from: tway@optsw.com\r\nRcpt: a@x.test\r\nRcpt: b@x.test\r\nQueue-Id: 4ABC\r\nContent-Length: 0\r\n\r\n"
     )
-    status, headers, body = raw_request(worker, raw)
+    status, _headers, body = raw_request(worker, raw)
     assert status == 200
     assert "REGCHECK_SPF_ALLOW" in json.loads(body)["symbols"]
 
@@ -127,7 +129,9 @@ def test_http_1_0(worker):
 
 def test_chunked_body_header_block_is_read(worker):
     message = b"Received: from x\r\nFrom: Alice <alice@fail.sid.example>\r\n\r\nbody\r\n" + b"x" * 3000
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(message[i : i + 700]), message[i : i + 700]) for i in range(0, len(message), 700))
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(message[i : i + 700]), message[i : i + 700]) for i in range(0, len(message), 700)
+    )
     raw = (
         b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nIP: 192.0.2.77\r\nHelo: mx.sid.example\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
@@ -151,7 +155,7 @@ def test_pipelined_requests_are_answered_in_order(worker):
 
 
 def test_ping(worker):
-    status, headers, body = raw_request(worker, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _headers, body = raw_request(worker, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (status, body) == (200, b"pong\r\n")
 
 
@@ -202,20 +206,28 @@ def read_reply(s):
 
 
 BAD = [
-    pytest.param(b"POST /checkv2 HTTP/1.1\r\nIP: 300.1.2.3\r\nContent-Length: 0\r\n\r\n", 400, "not an IP address",
-                 id="bad-ip"),
-    pytest.param(b"POST /checkv2 HTTP/1.1\r\nIP: \xff\xfe\r\nContent-Length: 0\r\n\r\n", 400, "not an IP address",
-                 id="binary-ip"),
+    pytest.param(
+        b"POST /checkv2 HTTP/1.1\r\nIP: 300.1.2.3\r\nContent-Length: 0\r\n\r\n", 400, "not an IP address", id="bad-ip"
+    ),
+    pytest.param(
+        b"POST /checkv2 HTTP/1.1\r\nIP: \xff\xfe\r\nContent-Length: 0\r\n\r\n", 400, "not an IP address", id="binary-ip"
+    ),
     pytest.param(b"GARBAGE\r\n\r\n", 400, "malformed HTTP request", id="not-http"),
-    pytest.param(b"POST /checkv2 HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "malformed HTTP request",
-                 id="bad-content-length"),
+    pytest.param(
+        b"POST /checkv2 HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "malformed HTTP request", id="bad-content-length"
+    ),
     pytest.param(b"POST /nope HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 404, "unknown path", id="unknown-path"),
     pytest.param(b"DELETE /checkv2 HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "takes POST", id="bad-method"),
     pytest.param(b"POST /ping HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, "takes GET", id="post-ping"),
-    pytest.param(b"POST /checkv2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(60)) + b"\r\n", 431,
-                 "too many", id="too-many-headers"),
-    pytest.param(b"POST /checkv2 HTTP/1.1\r\nX-Big: " + b"y" * 70000 + b"\r\n\r\n", 431, "too large",
-                 id="oversize-header"),
+    pytest.param(
+        b"POST /checkv2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(60)) + b"\r\n",
+        431,
+        "too many",
+        id="too-many-headers",
+    ),
+    pytest.param(
+        b"POST /checkv2 HTTP/1.1\r\nX-Big: " + b"y" * 70000 + b"\r\n\r\n", 431, "too large", id="oversize-header"
+    ),
     pytest.param(b"POST /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "too long", id="long-url"),
 ]
 
@@ -275,23 +287,37 @@ def test_rspamc_prints_our_symbols(worker, tmp_path):
     if rspamc is None:
         pytest.fail("rspamc not found: install Debian's rspamd package (./dev test does)")
     eml = tmp_path / "m.eml"
-    eml.write_bytes(b"From: Tom <tway@optsw.com>\r\nTo: x@receiver.test\r\nSubject: hi\r\n"
-                    b"Message-ID: <1@optsw.com>\r\n\r\nhello\r\n")
+    eml.write_bytes(
+        b"From: Tom <tway@optsw.com>\r\nTo: x@receiver.test\r\nSubject: hi\r\n"
+        b"Message-ID: <1@optsw.com>\r\n\r\nhello\r\n"
+    )
     host, port = worker
     cases = [
-        (["-i", "208.20.133.17", "--helo", "mailout17.heaven.net"],
-         ["Score: -4.60 / 15.00", "Symbol: REGCHECK_QR1_ALLOW (-2.00)[heaven.net, 208.20.133.16/29]"]),
-        (["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-F", "x@heaven.net", "-r", "a@b.test"],
-         ["Action: add header", "Score: 6.00 / 15.00",
-          "Symbol: REGCHECK_QR1_FAIL (6.00)[heaven.net, 208.20.133.32, ratings=S1:A,M2:A,H1:B]"]),
-        (["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"],
-         ["Symbol: REGCHECK_SPF_ALLOW (-1.00)[wayforward.net, helo=mx1.wayforward.net, "
-          "unaligned=tway@optsw.com, mechanism=a]"]),
+        (
+            ["-i", "208.20.133.17", "--helo", "mailout17.heaven.net"],
+            ["Score: -4.60 / 15.00", "Symbol: REGCHECK_QR1_ALLOW (-2.00)[heaven.net, 208.20.133.16/29]"],
+        ),
+        (
+            ["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-F", "x@heaven.net", "-r", "a@b.test"],
+            [
+                "Action: add header",
+                "Score: 6.00 / 15.00",
+                "Symbol: REGCHECK_QR1_FAIL (6.00)[heaven.net, 208.20.133.32, ratings=S1:A,M2:A,H1:B]",
+            ],
+        ),
+        (
+            ["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"],
+            [
+                "Symbol: REGCHECK_SPF_ALLOW (-1.00)[wayforward.net, helo=mx1.wayforward.net, "
+                "unaligned=tway@optsw.com, mechanism=a]"
+            ],
+        ),
         (["-i", "208.20.133.17", "--helo", "JUPITER"], ["Symbol: REGCHECK_BAD_HELO (1.50)[bare-word, JUPITER]"]),
     ]
     for args, expected in cases:
-        proc = subprocess.run([rspamc, "-h", f"{host}:{port}", *args, str(eml)], capture_output=True, text=True,
-                              timeout=30, check=False)
+        proc = subprocess.run(
+            [rspamc, "-h", f"{host}:{port}", *args, str(eml)], capture_output=True, text=True, timeout=30, check=False
+        )
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
         for line in expected:
@@ -307,13 +333,20 @@ def test_client_disconnect_cancels_its_check(knot):
     async def go():
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
             silent.bind(("127.0.0.1", 0))
-            config = replace(Config(), registry_zones=(REG,), nameservers=("127.0.0.1",),
-                             dns_port=silent.getsockname()[1], dns_timeout=30.0, deadline=30.0, local_networks=())
+            config = replace(
+                Config(),
+                registry_zones=(REG,),
+                nameservers=("127.0.0.1",),
+                dns_port=silent.getsockname()[1],
+                dns_timeout=30.0,
+                deadline=30.0,
+                local_networks=(),
+            )
             checker = Checker(config)
             app = App(checker, Limits())
             server = await start_server(app, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"POST /checkv2 HTTP/1.1\r\nIP: 192.0.2.1\r\nHelo: mx.heaven.net\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
             for _ in range(100):
@@ -338,8 +371,16 @@ def test_client_disconnect_cancels_its_check(knot):
 def test_ip_header_variants():
     from rspamd_regcheck._http import HttpError, envelope_from_headers
 
-    env = envelope_from_headers([("IP", " 2001:DB8::1 "), ("From", "<a@b.example>"), ("Dkim-Domain", "a.example, b.example"),
-                                 ("dkim-domain", "c.example"), ("Rcpt", "<x@y.test>")], b"From: z@w.example\r\n\r\n")
+    env = envelope_from_headers(
+        [
+            ("IP", " 2001:DB8::1 "),
+            ("From", "<a@b.example>"),
+            ("Dkim-Domain", "a.example, b.example"),
+            ("dkim-domain", "c.example"),
+            ("Rcpt", "<x@y.test>"),
+        ],
+        b"From: z@w.example\r\n\r\n",
+    )
     assert env.ip == ipaddress.ip_address("2001:db8::1")
     assert env.mail_from == "a@b.example" and env.rcpts == ("x@y.test",)
     assert env.dkim_domains == ("a.example", "b.example", "c.example")
@@ -350,7 +391,12 @@ def test_ip_header_variants():
 
 
 def test_serve_refuses_to_start_without_a_registry(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rspamd_regcheck", "serve", "--listen", "127.0.0.1:1"],
-                          capture_output=True, text=True, timeout=30, check=False,
-                          env=dict(os.environ, PYTHONWARNINGS="error"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rspamd_regcheck", "serve", "--listen", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=dict(os.environ, PYTHONWARNINGS="error"),
+    )
     assert proc.returncode == 2 and "no registry zone configured" in proc.stderr

@@ -48,75 +48,211 @@ def run_check(config, ip, helo, **kw):
 
 HEAVEN_RATINGS = "ratings=S1:A,M2:A,H1:B"
 CASES = [
-    pytest.param("208.20.133.17", "mailout17.heaven.net", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["heaven.net", "208.20.133.16/29"],
-                  "REGCHECK_RATING_HIGH": ["heaven.net", HEAVEN_RATINGS]},
-                 "208.20.133.17 heaven.net QR1 pass ratings=S1:A,M2:A,H1:B", id="seed-heaven-qr1-pass"),
-    pytest.param("208.20.133.32", "mailout32.heaven.net", Action.REJECT,
-                 {"REGCHECK_QR1_FAIL": ["heaven.net", "208.20.133.32", HEAVEN_RATINGS]},
-                 "208.20.133.32 heaven.net QR1 fail ratings=S1:A,M2:A,H1:B", id="seed-heaven-qr1-fail"),
-    pytest.param("192.168.0.1", "mx1.spammer.tld", Action.FILTER,
-                 {"REGCHECK_QR1_ALLOW": ["spammer.tld", "192.168.0.0/16"],
-                  "REGCHECK_RATING_LOW": ["spammer.tld", "ratings=S1:C,M2:C"]},
-                 "192.168.0.1 spammer.tld QR1 pass ratings=S1:C,M2:C", id="seed-spammer-low-ratings"),
-    pytest.param("208.20.133.17", "mx1.example.co.uk", Action.REJECT,
-                 {"REGCHECK_STOP": ["example.co.uk"]}, None, id="seed-stop-all"),
-    pytest.param("208.20.133.17", "JUPITER", Action.REJECT,
-                 {"REGCHECK_BAD_HELO": ["bare-word", "JUPITER"]}, None, id="seed-bad-helo"),
-    pytest.param("192.0.2.1", "mx.nowhere.example", Action.REJECT,
-                 {"REGCHECK_NO_RECORD": ["nowhere.example"]}, None, id="no-record"),
-    pytest.param("192.0.2.1", "mx.broken.example", Action.TEMPFAIL,
-                 {"REGCHECK_RECORD_PERMFAIL": ["broken.example", "svc: given twice"]}, None, id="invalid-record"),
-    pytest.param("192.0.2.1", "mx.twotags.example", Action.TEMPFAIL,
-                 {"REGCHECK_RECORD_PERMFAIL": ["twotags.example", "v: several TXT records start with v=reg1"]},
-                 None, id="two-tagged-records"),
-    pytest.param("192.0.2.1", "mx.untrusted.example", Action.FILTER,
-                 {"REGCHECK_NO_RATINGS": ["untrusted.example"]},
-                 "192.0.2.1 untrusted.example NONE unverified ratings=", id="untrusted-only-ratings"),
-    pytest.param("192.0.2.1", "mx.lowrated.example", Action.REJECT,
-                 {"REGCHECK_RATING_BAD": ["lowrated.example", "ratings=S1:D,M2:C"]}, None, id="bad-ratings"),
-    pytest.param("2001:db8:6::25", "mx.six.example", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["six.example", "2001:db8:6::/48"],
-                  "REGCHECK_RATING_HIGH": ["six.example", HEAVEN_RATINGS]},
-                 "2001:db8:6::25 six.example QR1 pass ratings=S1:A,M2:A,H1:B", id="ipv6-client-pass"),
-    pytest.param("2001:db8:99::25", "mx.six.example", Action.REJECT,
-                 {"REGCHECK_QR1_FAIL": ["six.example", "2001:db8:99::25", HEAVEN_RATINGS]},
-                 "2001:db8:99::25 six.example QR1 fail ratings=S1:A,M2:A,H1:B", id="ipv6-client-fail"),
-    pytest.param("208.20.133.18", "MAILOUT18.Heaven.NET.", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["heaven.net", "208.20.133.16/29"],
-                  "REGCHECK_RATING_HIGH": ["heaven.net", HEAVEN_RATINGS]},
-                 "208.20.133.18 heaven.net QR1 pass ratings=S1:A,M2:A,H1:B", id="uppercase-helo-trailing-dot"),
-    pytest.param("198.51.100.7", "mx.Bücher.example", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["xn--bcher-kva.example", "198.51.100.0/24"],
-                  "REGCHECK_RATING_HIGH": ["xn--bcher-kva.example", HEAVEN_RATINGS]},
-                 "198.51.100.7 xn--bcher-kva.example QR1 pass ratings=S1:A,M2:A,H1:B", id="idn-helo"),
-    pytest.param("203.0.113.5", "mx.cust1.hoster.test", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["cust1.hoster.test", "203.0.113.0/24"],
-                  "REGCHECK_RATING_HIGH": ["cust1.hoster.test", HEAVEN_RATINGS]},
-                 "203.0.113.5 cust1.hoster.test QR1 pass ratings=S1:A,M2:A,H1:B", id="idlevel-reask"),
-    pytest.param("203.0.113.5", "mx.cust2.hoster.test", Action.REJECT,
-                 {"REGCHECK_NO_RECORD": ["cust2.hoster.test"]}, None, id="idlevel-reask-no-record"),
-    pytest.param("192.0.2.217", "mx.range.example", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["range.example", "192.0.2.216-218"],
-                  "REGCHECK_RATING_HIGH": ["range.example", HEAVEN_RATINGS]},
-                 "192.0.2.217 range.example QR1 pass ratings=S1:A,M2:A,H1:B", id="last-octet-range"),
-    pytest.param("192.0.2.9", "mx.withspf.example", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["withspf.example", "192.0.2.0/24"],
-                  "REGCHECK_RATING_HIGH": ["withspf.example", HEAVEN_RATINGS]},
-                 "192.0.2.9 withspf.example QR1 pass ratings=S1:A,M2:A,H1:B", id="tagged-record-among-txt"),
-    pytest.param("192.0.2.9", "mx.split.example", Action.ACCEPT,
-                 {"REGCHECK_QR1_ALLOW": ["split.example", "192.0.2.0/24"],
-                  "REGCHECK_RATING_HIGH": ["split.example", HEAVEN_RATINGS]},
-                 "192.0.2.9 split.example QR1 pass ratings=S1:A,M2:A,H1:B", id="split-txt-strings"),
-    pytest.param("192.0.2.9", "mx.spfonly.example", Action.CONTINUE,
-                 {"REGCHECK_SID_NA": ["spfonly.example", "no PRA: no Resent-Sender, Resent-From, Sender or From header",
-                                      HEAVEN_RATINGS],
-                  "REGCHECK_UNVERIFIED": ["spfonly.example", HEAVEN_RATINGS]},
-                 "192.0.2.9 spfonly.example NONE unverified ratings=S1:A,M2:A,H1:B", id="sid-without-headers"),
-    pytest.param("192.0.2.9", "mx.greedy.example", Action.CONTINUE,
-                 {"REGCHECK_BUDGET": ["greedy.example", "SPF", "needs 31 queries, limit 30"],
-                  "REGCHECK_UNVERIFIED": ["greedy.example", HEAVEN_RATINGS]},
-                 "192.0.2.9 greedy.example NONE unverified ratings=S1:A,M2:A,H1:B", id="method-over-limit"),
+    pytest.param(
+        "208.20.133.17",
+        "mailout17.heaven.net",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["heaven.net", "208.20.133.16/29"],
+            "REGCHECK_RATING_HIGH": ["heaven.net", HEAVEN_RATINGS],
+        },
+        "208.20.133.17 heaven.net QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="seed-heaven-qr1-pass",
+    ),
+    pytest.param(
+        "208.20.133.32",
+        "mailout32.heaven.net",
+        Action.REJECT,
+        {"REGCHECK_QR1_FAIL": ["heaven.net", "208.20.133.32", HEAVEN_RATINGS]},
+        "208.20.133.32 heaven.net QR1 fail ratings=S1:A,M2:A,H1:B",
+        id="seed-heaven-qr1-fail",
+    ),
+    pytest.param(
+        "192.168.0.1",
+        "mx1.spammer.tld",
+        Action.FILTER,
+        {
+            "REGCHECK_QR1_ALLOW": ["spammer.tld", "192.168.0.0/16"],
+            "REGCHECK_RATING_LOW": ["spammer.tld", "ratings=S1:C,M2:C"],
+        },
+        "192.168.0.1 spammer.tld QR1 pass ratings=S1:C,M2:C",
+        id="seed-spammer-low-ratings",
+    ),
+    pytest.param(
+        "208.20.133.17",
+        "mx1.example.co.uk",
+        Action.REJECT,
+        {"REGCHECK_STOP": ["example.co.uk"]},
+        None,
+        id="seed-stop-all",
+    ),
+    pytest.param(
+        "208.20.133.17",
+        "JUPITER",
+        Action.REJECT,
+        {"REGCHECK_BAD_HELO": ["bare-word", "JUPITER"]},
+        None,
+        id="seed-bad-helo",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        "mx.nowhere.example",
+        Action.REJECT,
+        {"REGCHECK_NO_RECORD": ["nowhere.example"]},
+        None,
+        id="no-record",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        "mx.broken.example",
+        Action.TEMPFAIL,
+        {"REGCHECK_RECORD_PERMFAIL": ["broken.example", "svc: given twice"]},
+        None,
+        id="invalid-record",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        "mx.twotags.example",
+        Action.TEMPFAIL,
+        {"REGCHECK_RECORD_PERMFAIL": ["twotags.example", "v: several TXT records start with v=reg1"]},
+        None,
+        id="two-tagged-records",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        "mx.untrusted.example",
+        Action.FILTER,
+        {"REGCHECK_NO_RATINGS": ["untrusted.example"]},
+        "192.0.2.1 untrusted.example NONE unverified ratings=",
+        id="untrusted-only-ratings",
+    ),
+    pytest.param(
+        "192.0.2.1",
+        "mx.lowrated.example",
+        Action.REJECT,
+        {"REGCHECK_RATING_BAD": ["lowrated.example", "ratings=S1:D,M2:C"]},
+        None,
+        id="bad-ratings",
+    ),
+    pytest.param(
+        "2001:db8:6::25",
+        "mx.six.example",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["six.example", "2001:db8:6::/48"],
+            "REGCHECK_RATING_HIGH": ["six.example", HEAVEN_RATINGS],
+        },
+        "2001:db8:6::25 six.example QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="ipv6-client-pass",
+    ),
+    pytest.param(
+        "2001:db8:99::25",
+        "mx.six.example",
+        Action.REJECT,
+        {"REGCHECK_QR1_FAIL": ["six.example", "2001:db8:99::25", HEAVEN_RATINGS]},
+        "2001:db8:99::25 six.example QR1 fail ratings=S1:A,M2:A,H1:B",
+        id="ipv6-client-fail",
+    ),
+    pytest.param(
+        "208.20.133.18",
+        "MAILOUT18.Heaven.NET.",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["heaven.net", "208.20.133.16/29"],
+            "REGCHECK_RATING_HIGH": ["heaven.net", HEAVEN_RATINGS],
+        },
+        "208.20.133.18 heaven.net QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="uppercase-helo-trailing-dot",
+    ),
+    pytest.param(
+        "198.51.100.7",
+        "mx.Bücher.example",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["xn--bcher-kva.example", "198.51.100.0/24"],
+            "REGCHECK_RATING_HIGH": ["xn--bcher-kva.example", HEAVEN_RATINGS],
+        },
+        "198.51.100.7 xn--bcher-kva.example QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="idn-helo",
+    ),
+    pytest.param(
+        "203.0.113.5",
+        "mx.cust1.hoster.test",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["cust1.hoster.test", "203.0.113.0/24"],
+            "REGCHECK_RATING_HIGH": ["cust1.hoster.test", HEAVEN_RATINGS],
+        },
+        "203.0.113.5 cust1.hoster.test QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="idlevel-reask",
+    ),
+    pytest.param(
+        "203.0.113.5",
+        "mx.cust2.hoster.test",
+        Action.REJECT,
+        {"REGCHECK_NO_RECORD": ["cust2.hoster.test"]},
+        None,
+        id="idlevel-reask-no-record",
+    ),
+    pytest.param(
+        "192.0.2.217",
+        "mx.range.example",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["range.example", "192.0.2.216-218"],
+            "REGCHECK_RATING_HIGH": ["range.example", HEAVEN_RATINGS],
+        },
+        "192.0.2.217 range.example QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="last-octet-range",
+    ),
+    pytest.param(
+        "192.0.2.9",
+        "mx.withspf.example",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["withspf.example", "192.0.2.0/24"],
+            "REGCHECK_RATING_HIGH": ["withspf.example", HEAVEN_RATINGS],
+        },
+        "192.0.2.9 withspf.example QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="tagged-record-among-txt",
+    ),
+    pytest.param(
+        "192.0.2.9",
+        "mx.split.example",
+        Action.ACCEPT,
+        {
+            "REGCHECK_QR1_ALLOW": ["split.example", "192.0.2.0/24"],
+            "REGCHECK_RATING_HIGH": ["split.example", HEAVEN_RATINGS],
+        },
+        "192.0.2.9 split.example QR1 pass ratings=S1:A,M2:A,H1:B",
+        id="split-txt-strings",
+    ),
+    pytest.param(
+        "192.0.2.9",
+        "mx.spfonly.example",
+        Action.CONTINUE,
+        {
+            "REGCHECK_SID_NA": [
+                "spfonly.example",
+                "no PRA: no Resent-Sender, Resent-From, Sender or From header",
+                HEAVEN_RATINGS,
+            ],
+            "REGCHECK_UNVERIFIED": ["spfonly.example", HEAVEN_RATINGS],
+        },
+        "192.0.2.9 spfonly.example NONE unverified ratings=S1:A,M2:A,H1:B",
+        id="sid-without-headers",
+    ),
+    pytest.param(
+        "192.0.2.9",
+        "mx.greedy.example",
+        Action.CONTINUE,
+        {
+            "REGCHECK_BUDGET": ["greedy.example", "SPF", "needs 31 queries, limit 30"],
+            "REGCHECK_UNVERIFIED": ["greedy.example", HEAVEN_RATINGS],
+        },
+        "192.0.2.9 greedy.example NONE unverified ratings=S1:A,M2:A,H1:B",
+        id="method-over-limit",
+    ),
 ]
 
 
@@ -162,8 +298,9 @@ def test_zone_knot_does_not_serve_is_a_dns_failure(config):
 def test_dead_server_times_out_within_the_timeout():
     from conftest import free_port
 
-    cfg = Config(registry_zones=(REG,), nameservers=("127.0.0.1",), dns_port=free_port(), dns_timeout=0.5,
-                 local_networks=())
+    cfg = Config(
+        registry_zones=(REG,), nameservers=("127.0.0.1",), dns_port=free_port(), dns_timeout=0.5, local_networks=()
+    )
     # a UDP port with nobody listening: ICMP unreachable or silence, either way a DNS failure
     started = time.monotonic()
     result = run_check(cfg, "192.0.2.1", "mx.heaven.net")
@@ -190,7 +327,12 @@ def test_local_and_missing_ips_are_skipped(knot):
 def cli(*args, check=True):
     env = dict(os.environ, PYTHONWARNINGS="error")
     proc = subprocess.run(
-        [sys.executable, "-m", "rspamd_regcheck", *args], check=False, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "rspamd_regcheck", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -217,24 +359,55 @@ def test_zone_file_overlay_answers_like_knot(knot, tmp_path):
     """The same zone, once from knot and once from --zone-file with no DNS server at all."""
     dead = "127.0.0.1:9"  # discard port: nothing answers DNS there
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[policy]\nlocal_networks = []\n[dns]\ntimeout = 0.5\n')
-    for ip, helo in [("208.20.133.17", "mailout17.heaven.net"), ("192.168.0.1", "mx1.spammer.tld"),
-                     ("192.0.2.1", "mx.broken.example"), ("192.0.2.1", "mx.nowhere.example"),
-                     ("203.0.113.5", "mx.cust1.hoster.test")]:
+    cfg.write_text("[policy]\nlocal_networks = []\n[dns]\ntimeout = 0.5\n")
+    for ip, helo in [
+        ("208.20.133.17", "mailout17.heaven.net"),
+        ("192.168.0.1", "mx1.spammer.tld"),
+        ("192.0.2.1", "mx.broken.example"),
+        ("192.0.2.1", "mx.nowhere.example"),
+        ("203.0.113.5", "mx.cust1.hoster.test"),
+    ]:
         common = ("--config", str(cfg), "--registry", REG)
-        via_knot = json.loads(cli(*common, "--nameserver", knot.nameserver,
-                                  "check", "--ip", ip, "--helo", helo, "--json").stdout)
-        via_file = json.loads(cli(*common, "--nameserver", dead, "--zone-file", str(ZONES / f"{REG}.zone"),
-                                  "check", "--ip", ip, "--helo", helo, "--json").stdout)
+        via_knot = json.loads(
+            cli(*common, "--nameserver", knot.nameserver, "check", "--ip", ip, "--helo", helo, "--json").stdout
+        )
+        via_file = json.loads(
+            cli(
+                *common,
+                "--nameserver",
+                dead,
+                "--zone-file",
+                str(ZONES / f"{REG}.zone"),
+                "check",
+                "--ip",
+                ip,
+                "--helo",
+                helo,
+                "--json",
+            ).stdout
+        )
         assert via_file == via_knot, helo
         assert via_file["symbols"], helo
 
 
 def test_zone_file_does_not_answer_other_names(tmp_path):
     """A name outside the file's origin goes to DNS: here a dead server, so a DNS failure."""
-    proc = cli("--registry", "elsewhere.test", "--nameserver", "127.0.0.1:9", "--zone-file", str(ZONES / f"{REG}.zone"),
-               "--config", str(_timeout_config(tmp_path)), "check", "--ip", "192.0.2.1", "--helo", "mx.heaven.net",
-               "--json")
+    proc = cli(
+        "--registry",
+        "elsewhere.test",
+        "--nameserver",
+        "127.0.0.1:9",
+        "--zone-file",
+        str(ZONES / f"{REG}.zone"),
+        "--config",
+        str(_timeout_config(tmp_path)),
+        "check",
+        "--ip",
+        "192.0.2.1",
+        "--helo",
+        "mx.heaven.net",
+        "--json",
+    )
     reply = json.loads(proc.stdout)
     assert list(reply["symbols"]) == ["REGCHECK_DNSFAIL"]
     assert reply["regcheck"]["verdict"]["action"] == "TEMPFAIL"
@@ -250,12 +423,15 @@ def test_cli_header_file_and_dkim_domain(knot, tmp_path):
     message = tmp_path / "m.eml"
     message.write_bytes(b"From: Alice <alice@fail.sid.example>\r\nSubject: x\r\n\r\nFrom: nobody@pass.sid.example\r\n")
     common = ("--registry", REG, "--nameserver", knot.nameserver)
-    proc = cli(*common, "check", "--ip", "192.0.2.77", "--helo", "mx.sid.example", "--header-file", str(message),
-               "--json")
+    proc = cli(
+        *common, "check", "--ip", "192.0.2.77", "--helo", "mx.sid.example", "--header-file", str(message), "--json"
+    )
     assert "REGCHECK_SID_FAIL" in json.loads(proc.stdout)["symbols"]
-    proc = cli(*common, "check", "--ip", "192.0.2.1", "--helo", "mx.dkim.example", "--dkim-domain", "dkim.example",
-               "--json")
+    proc = cli(
+        *common, "check", "--ip", "192.0.2.1", "--helo", "mx.dkim.example", "--dkim-domain", "dkim.example", "--json"
+    )
     assert json.loads(proc.stdout)["regcheck"]["verdict"]["action"] == "ACCEPT"
-    missing = cli(*common, "check", "--ip", "192.0.2.1", "--helo", "a.b", "--header-file", str(tmp_path / "none"),
-                  check=False)
+    missing = cli(
+        *common, "check", "--ip", "192.0.2.1", "--helo", "a.b", "--header-file", str(tmp_path / "none"), check=False
+    )
     assert missing.returncode == 2 and "--header-file" in missing.stderr

@@ -162,8 +162,11 @@ VALID_SYNTAX = [
     pytest.param('note="a; b c" svc=S1:A', {"ratings": (R("S1", "A"),)}, id="quoted-unknown-key"),
     pytest.param('spf=""', {"params": ((Method.SPF, ""),)}, id="empty-quoted-value"),
     pytest.param("spf=v=spf1", {"params": ((Method.SPF, "v=spf1"),)}, id="equals-in-bare-value"),
-    pytest.param("meth=QR1:0,XYZ:3,csv:4", {"methods": (MethodOffer(Method.QR1, 0), MethodOffer(Method.CSA, 4))},
-                 id="unknown-method-ignored"),
+    pytest.param(
+        "meth=QR1:0,XYZ:3,csv:4",
+        {"methods": (MethodOffer(Method.QR1, 0), MethodOffer(Method.CSA, 4))},
+        id="unknown-method-ignored",
+    ),
     pytest.param("stop=all opt=stop:all", {"stop": True}, id="stop-both-ways-agree"),
     pytest.param("opt=IDlevel:4,future:1", {"idlevel": 4}, id="opt-idlevel-unknown-option"),
     pytest.param("ip4=192.0.2.7/24", {}, id="host-bits-allowed"),

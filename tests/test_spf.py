@@ -42,28 +42,94 @@ def symbols(result):
 
 
 RESULTS = [
-    pytest.param("192.0.2.10", "a@pass.spf.example", Action.ACCEPT, "REGCHECK_SPF_ALLOW",
-                 ["spf.example", "mailfrom=pass.spf.example", "mechanism=ip4:192.0.2.0/24"], id="pass"),
-    pytest.param("192.0.2.10", "a@fail.spf.example", Action.REJECT, "REGCHECK_SPF_FAIL",
-                 ["spf.example", "mailfrom=fail.spf.example", "mechanism=-all", GOOD], id="fail"),
-    pytest.param("192.0.2.10", "a@soft.spf.example", Action.FILTER, "REGCHECK_SPF_SOFTFAIL",
-                 ["spf.example", "mailfrom=soft.spf.example", "mechanism=~all", GOOD], id="softfail"),
-    pytest.param("192.0.2.10", "a@neutral.spf.example", Action.FILTER, "REGCHECK_SPF_NEUTRAL",
-                 ["spf.example", "mailfrom=neutral.spf.example", "mechanism=?all", GOOD], id="neutral"),
-    pytest.param("192.0.2.10", "a@none.spf.example", Action.CONTINUE, "REGCHECK_SPF_NA",
-                 ["spf.example", "mailfrom=none.spf.example", GOOD], id="none"),
-    pytest.param("192.0.2.10", "a@perm.spf.example", Action.CONTINUE, "REGCHECK_SPF_PERMFAIL",
-                 ["spf.example", "mailfrom=perm.spf.example", GOOD], id="permerror"),
-    pytest.param("192.0.2.10", "a@temp.spf.example", Action.TEMPFAIL, "REGCHECK_SPF_DNSFAIL",
-                 ["spf.example", "mailfrom=temp.spf.example", GOOD], id="temperror"),
-    pytest.param("192.0.2.25", "a@mxpass.spf.example", Action.ACCEPT, "REGCHECK_SPF_ALLOW",
-                 ["spf.example", "mailfrom=mxpass.spf.example", "mechanism=mx"], id="pass-via-mx"),
-    pytest.param("192.0.2.10", "a@toomany.spf.example", Action.CONTINUE, "REGCHECK_SPF_PERMFAIL",
-                 ["spf.example", "mailfrom=toomany.spf.example", GOOD], id="more-than-10-lookups"),
-    pytest.param("192.0.2.10", "a@voids.spf.example", Action.CONTINUE, "REGCHECK_SPF_PERMFAIL",
-                 ["spf.example", "mailfrom=voids.spf.example", GOOD], id="more-than-2-void-lookups"),
-    pytest.param("192.0.2.25", "", Action.ACCEPT, "REGCHECK_SPF_ALLOW",
-                 ["spf.example", "helo=mx.spf.example", "mechanism=a"], id="null-sender-helo-identity"),
+    pytest.param(
+        "192.0.2.10",
+        "a@pass.spf.example",
+        Action.ACCEPT,
+        "REGCHECK_SPF_ALLOW",
+        ["spf.example", "mailfrom=pass.spf.example", "mechanism=ip4:192.0.2.0/24"],
+        id="pass",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@fail.spf.example",
+        Action.REJECT,
+        "REGCHECK_SPF_FAIL",
+        ["spf.example", "mailfrom=fail.spf.example", "mechanism=-all", GOOD],
+        id="fail",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@soft.spf.example",
+        Action.FILTER,
+        "REGCHECK_SPF_SOFTFAIL",
+        ["spf.example", "mailfrom=soft.spf.example", "mechanism=~all", GOOD],
+        id="softfail",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@neutral.spf.example",
+        Action.FILTER,
+        "REGCHECK_SPF_NEUTRAL",
+        ["spf.example", "mailfrom=neutral.spf.example", "mechanism=?all", GOOD],
+        id="neutral",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@none.spf.example",
+        Action.CONTINUE,
+        "REGCHECK_SPF_NA",
+        ["spf.example", "mailfrom=none.spf.example", GOOD],
+        id="none",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@perm.spf.example",
+        Action.CONTINUE,
+        "REGCHECK_SPF_PERMFAIL",
+        ["spf.example", "mailfrom=perm.spf.example", GOOD],
+        id="permerror",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@temp.spf.example",
+        Action.TEMPFAIL,
+        "REGCHECK_SPF_DNSFAIL",
+        ["spf.example", "mailfrom=temp.spf.example", GOOD],
+        id="temperror",
+    ),
+    pytest.param(
+        "192.0.2.25",
+        "a@mxpass.spf.example",
+        Action.ACCEPT,
+        "REGCHECK_SPF_ALLOW",
+        ["spf.example", "mailfrom=mxpass.spf.example", "mechanism=mx"],
+        id="pass-via-mx",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@toomany.spf.example",
+        Action.CONTINUE,
+        "REGCHECK_SPF_PERMFAIL",
+        ["spf.example", "mailfrom=toomany.spf.example", GOOD],
+        id="more-than-10-lookups",
+    ),
+    pytest.param(
+        "192.0.2.10",
+        "a@voids.spf.example",
+        Action.CONTINUE,
+        "REGCHECK_SPF_PERMFAIL",
+        ["spf.example", "mailfrom=voids.spf.example", GOOD],
+        id="more-than-2-void-lookups",
+    ),
+    pytest.param(
+        "192.0.2.25",
+        "",
+        Action.ACCEPT,
+        "REGCHECK_SPF_ALLOW",
+        ["spf.example", "helo=mx.spf.example", "mechanism=a"],
+        id="null-sender-helo-identity",
+    ),
 ]
 
 
@@ -75,8 +141,15 @@ def test_spf_results(config, ip, mail_from, action, symbol, options):
     assert got[symbol] == options
     headers = dict(result.verdict.add_headers)
     spf_word = symbol.rsplit("_", 1)[1]
-    expected_word = {"ALLOW": "Pass", "FAIL": "Fail", "SOFTFAIL": "SoftFail", "NEUTRAL": "Neutral", "NA": "None",
-                     "PERMFAIL": "PermError", "DNSFAIL": "TempError"}[spf_word]
+    expected_word = {
+        "ALLOW": "Pass",
+        "FAIL": "Fail",
+        "SOFTFAIL": "SoftFail",
+        "NEUTRAL": "Neutral",
+        "NA": "None",
+        "PERMFAIL": "PermError",
+        "DNSFAIL": "TempError",
+    }[spf_word]
     assert headers["Received-SPF"].startswith(f"{expected_word} (mx.receiver.test: ")
     assert f"client-ip={ip};" in headers["Received-SPF"]
     assert set(result.verdict.remove_headers) == {"X-Regcheck", "Received-SPF"}
@@ -88,24 +161,35 @@ def test_spf_results(config, ip, mail_from, action, symbol, options):
 def test_seed_wayforward_alignment_none(config):
     result = check(replace(config, spf_alignment="none"), "69.55.226.139", "mx1.wayforward.net", "tway@optsw.com")
     assert result.verdict.seed.action is Action.ACCEPT
-    assert symbols(result)["REGCHECK_SPF_ALLOW"] == ["wayforward.net", "mailfrom=optsw.com",
-                                                    "mechanism=ip4:69.55.226.128/25"]
+    assert symbols(result)["REGCHECK_SPF_ALLOW"] == [
+        "wayforward.net",
+        "mailfrom=optsw.com",
+        "mechanism=ip4:69.55.226.128/25",
+    ]
     assert dict(result.verdict.add_headers)["X-Regcheck"] == "69.55.226.139 wayforward.net SPF pass " + GOOD
 
 
 def test_seed_wayforward_relaxed_checks_the_helo(config):
     result = check(config, "69.55.226.139", "mx1.wayforward.net", "tway@optsw.com")
     assert result.verdict.seed.action is Action.ACCEPT
-    assert symbols(result)["REGCHECK_SPF_ALLOW"] == ["wayforward.net", "helo=mx1.wayforward.net",
-                                                    "unaligned=tway@optsw.com", "mechanism=a"]
+    assert symbols(result)["REGCHECK_SPF_ALLOW"] == [
+        "wayforward.net",
+        "helo=mx1.wayforward.net",
+        "unaligned=tway@optsw.com",
+        "mechanism=a",
+    ]
     assert "identity=helo" in dict(result.verdict.add_headers)["Received-SPF"]
 
 
 def test_seed_rr_tld_null_sender_softfail(config):
     result = check(config, "192.0.4.1", "mx1.abilene.texas.rr.tld", "")
     assert result.verdict.seed.action is Action.FILTER
-    assert symbols(result)["REGCHECK_SPF_SOFTFAIL"] == ["rr.tld", "helo=mx1.abilene.texas.rr.tld",
-                                                       "mechanism=~all", GOOD]
+    assert symbols(result)["REGCHECK_SPF_SOFTFAIL"] == [
+        "rr.tld",
+        "helo=mx1.abilene.texas.rr.tld",
+        "mechanism=~all",
+        GOOD,
+    ]
     assert dict(result.verdict.add_headers)["X-Regcheck"] == "192.0.4.1 rr.tld SPF softfail " + GOOD
 
 
@@ -118,8 +202,9 @@ def test_seed_rr_tld_null_sender_softfail(config):
 )
 def test_spammer_mail_from_does_not_borrow_a_good_id(config, alignment, action, high):
     """A good ID's HELO with the spammer's own SPF-passing MAIL FROM, from an IP the ID does not use."""
-    result = check(replace(config, spf_alignment=alignment), "203.0.113.66", "mx.spf.example",
-                   "boss@spammer-own.example")
+    result = check(
+        replace(config, spf_alignment=alignment), "203.0.113.66", "mx.spf.example", "boss@spammer-own.example"
+    )
     assert result.verdict.seed.action is action
     assert ("REGCHECK_RATING_HIGH" in symbols(result)) is high
 
@@ -127,8 +212,12 @@ def test_spammer_mail_from_does_not_borrow_a_good_id(config, alignment, action, 
 def test_registry_supplied_record(config):
     result = check(config, "198.51.100.5", "mx.partner.example", "")
     got = symbols(result)
-    assert got["REGCHECK_SPF_ALLOW"] == ["partner.example", "helo=mx.partner.example", "record=registry",
-                                        "mechanism=ip4:198.51.100.0/24"]
+    assert got["REGCHECK_SPF_ALLOW"] == [
+        "partner.example",
+        "helo=mx.partner.example",
+        "record=registry",
+        "mechanism=ip4:198.51.100.0/24",
+    ]
     assert result.verdict.seed.action is Action.FILTER  # S1:B only: low ratings
     other = check(config, "203.0.113.5", "mx.partner.example", "")
     assert "REGCHECK_SPF_FAIL" in symbols(other)
@@ -151,7 +240,9 @@ def test_budget_counts_cache_hits(config):
 
     async def go():
         checker = Checker(config)
-        env = Envelope(ip=ipaddress.ip_address("203.0.113.4"), helo="mx.spfgreedy.example", mail_from="a@spfgreedy.example")
+        env = Envelope(
+            ip=ipaddress.ip_address("203.0.113.4"), helo="mx.spfgreedy.example", mail_from="a@spfgreedy.example"
+        )
         try:
             return [await checker.check(env) for _ in range(2)]
         finally:
@@ -166,8 +257,14 @@ def test_check_host_evaluates_a_supplied_record_without_dns(config):
         resolver = make_resolver(config)
         try:
             session = Session(resolver, cap=10)
-            return await check_host(session, Budget(5), ipaddress.ip_address("192.0.2.1"), "a@x.example",
-                                    "mx.x.example", "v=spf1 ip4:192.0.2.0/24 -all"), session.count
+            return await check_host(
+                session,
+                Budget(5),
+                ipaddress.ip_address("192.0.2.1"),
+                "a@x.example",
+                "mx.x.example",
+                "v=spf1 ip4:192.0.2.0/24 -all",
+            ), session.count
         finally:
             resolver.close()
 

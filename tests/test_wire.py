@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import dns.flags
@@ -38,18 +39,28 @@ CASES = [
     pytest.param("TXT", [(QNAME, "TXT", 300, '"v=reg1 svc=S1:A"')], DnsStatus.OK, ("v=reg1 svc=S1:A",), 300, id="txt"),
     pytest.param("TXT", [(QNAME, "TXT", 60, '"ab" "cd" ""')], DnsStatus.OK, ("abcd",), 60, id="txt-strings-joined"),
     pytest.param("TXT", [(QNAME, "TXT", 60, ['"one"', '"two"'])], DnsStatus.OK, ("one", "two"), 60, id="two-txt"),
-    pytest.param("TXT", [(QNAME, "TXT", 60, '"caf\\195\\169"')], DnsStatus.OK, ("caf\u00c3\u00a9",), 60,
-                 id="txt-bytes-as-latin1"),
-    pytest.param("A", [(QNAME, "A", 10, ["192.0.2.1", "192.0.2.2"])], DnsStatus.OK, ("192.0.2.1", "192.0.2.2"),
-                 10, id="a"),
+    pytest.param(
+        "TXT", [(QNAME, "TXT", 60, '"caf\\195\\169"')], DnsStatus.OK, ("caf\u00c3\u00a9",), 60, id="txt-bytes-as-latin1"
+    ),
+    pytest.param(
+        "A", [(QNAME, "A", 10, ["192.0.2.1", "192.0.2.2"])], DnsStatus.OK, ("192.0.2.1", "192.0.2.2"), 10, id="a"
+    ),
     pytest.param("AAAA", [(QNAME, "AAAA", 10, "2001:db8::1")], DnsStatus.OK, ("2001:db8::1",), 10, id="aaaa"),
-    pytest.param("MX", [(QNAME, "MX", 10, "10 MX1.Heaven.NET.")], DnsStatus.OK, ((10, "mx1.heaven.net"),), 10,
-                 id="mx-lowercased"),
-    pytest.param("SRV", [(QNAME, "SRV", 10, "1 2 25 mx.heaven.net.")], DnsStatus.OK,
-                 ((1, 2, 25, "mx.heaven.net"),), 10, id="srv"),
+    pytest.param(
+        "MX", [(QNAME, "MX", 10, "10 MX1.Heaven.NET.")], DnsStatus.OK, ((10, "mx1.heaven.net"),), 10, id="mx-lowercased"
+    ),
+    pytest.param(
+        "SRV", [(QNAME, "SRV", 10, "1 2 25 mx.heaven.net.")], DnsStatus.OK, ((1, 2, 25, "mx.heaven.net"),), 10, id="srv"
+    ),
     pytest.param("PTR", [(QNAME, "PTR", 10, "mx.heaven.net.")], DnsStatus.OK, ("mx.heaven.net",), 10, id="ptr"),
-    pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example."), ("real.example", "TXT", 100, '"x"')],
-                 DnsStatus.OK, ("x",), 50, id="cname-chain-lowest-ttl"),
+    pytest.param(
+        "TXT",
+        [(QNAME, "CNAME", 50, "real.example."), ("real.example", "TXT", 100, '"x"')],
+        DnsStatus.OK,
+        ("x",),
+        50,
+        id="cname-chain-lowest-ttl",
+    ),
     pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example.")], DnsStatus.NODATA, (), 50, id="cname-dangling"),
     pytest.param("TXT", [("other.example", "TXT", 10, '"x"')], DnsStatus.NODATA, (), None, id="unrelated-owner"),
     pytest.param("TXT", [(QNAME, "A", 10, "192.0.2.1")], DnsStatus.NODATA, (), None, id="other-type-only"),
@@ -112,18 +123,30 @@ def test_every_truncation_is_malformed():
 @pytest.mark.parametrize(
     "data,why",
     [
-        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x10\x00\x01", "loop",
-                     id="pointer-to-itself"),
-        pytest.param(b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "not a reply",
-                     id="query-not-reply"),
-        pytest.param(b"\x00\x01\x81\x80\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "questions",
-                     id="two-questions"),
-        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x41a\x00\x00\x10\x00\x01", "label",
-                     id="bad-label-type"),
-        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x01\x00\x01"
-                     b"\x00\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x03\x7f\x00\x00", "4 bytes", id="short-a"),
-        pytest.param(b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x10\x00\x01"
-                     b"\x00\x00\x10\x00\x01\x00\x00\x00\x3c\x00\x02\x05a", "TXT string", id="txt-overrun"),
+        pytest.param(
+            b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x10\x00\x01", "loop", id="pointer-to-itself"
+        ),
+        pytest.param(
+            b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "not a reply", id="query-not-reply"
+        ),
+        pytest.param(
+            b"\x00\x01\x81\x80\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x01", "questions", id="two-questions"
+        ),
+        pytest.param(
+            b"\x00\x01\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x41a\x00\x00\x10\x00\x01", "label", id="bad-label-type"
+        ),
+        pytest.param(
+            b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x01\x00\x01"
+            b"\x00\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x03\x7f\x00\x00",
+            "4 bytes",
+            id="short-a",
+        ),
+        pytest.param(
+            b"\x00\x01\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x10\x00\x01"
+            b"\x00\x00\x10\x00\x01\x00\x00\x00\x3c\x00\x02\x05a",
+            "TXT string",
+            id="txt-overrun",
+        ),
     ],
 )
 def test_malformed(data, why):
@@ -149,8 +172,6 @@ def test_random_and_mutated_input_only_ever_raises_malformed():
                 data[rng.randrange(len(data))] = rng.getrandbits(8)
             data = bytes(data)
         tried += 1
-        try:
+        with contextlib.suppress(MalformedReply):
             parse_reply(data)
-        except MalformedReply:
-            pass
     assert tried == 3000
