@@ -108,3 +108,24 @@ def method_symbol(method: Method, result: Result) -> str | None:
     """The catalogue symbol for a method's result, or None if the catalogue has none."""
     name = f"REGCHECK_{method.value}_{_SUFFIX[result]}"
     return name if name in BY_NAME else None
+
+
+GROUP_MAX_SCORE = 10.0  # regcheck alone can reach "add header" (6), never "reject" (15)
+
+
+def rules_group_conf() -> str:
+    """``rules/regcheck_group.conf``: the group, its cap, every symbol's score and description."""
+    lines = [
+        "# rspamd-regcheck symbols: scores and descriptions, generated from",
+        "# rspamd_regcheck/symbols.py by rules_group_conf(); tests/test_rules.py keeps",
+        "# the two equal. Install as $LOCAL_CONFDIR/local.d/regcheck_group.conf and",
+        '# include it from $LOCAL_CONFDIR/local.d/groups.conf (README "rspamd").',
+        f'group "{GROUP}" {{',
+        '  description = "Sender registry (rspamd-regcheck)";',
+        f"  max_score = {GROUP_MAX_SCORE};",
+        "  symbols {",
+    ]
+    for s in CATALOGUE:
+        lines.append(f'    "{s.name}" {{ weight = {s.score}; description = "{s.description}"; }}')
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"

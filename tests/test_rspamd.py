@@ -1,0 +1,191 @@
+"""End to end in a real rspamd 3.4: rspamc -> rspamd + the shim -> the worker -> knot."""
+
+from __future__ import annotations
+
+import pytest
+
+from rspamd_procs import free_port, rspamc, start_rspamd, start_worker
+
+REG = "id.regcheck.test"
+GOOD = "ratings=S1:A,M2:A,H1:B"
+SHIM_TIMEOUT = 1.5  # seconds: the score profile below
+
+
+def worker_config(knot, extra_dns: str = "") -> str:
+    return (
+        f'[registry]\nzones = ["{REG}"]\n'
+        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n{extra_dns}'
+        '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return tmp_path_factory.mktemp("rspamd")
+
+
+@pytest.fixture(scope="module")
+def worker_port():
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def worker(knot, base, worker_port):
+    """The worker the score-profile rspamd talks to; tests may stop and replace it (see below)."""
+    state = {"proc": start_worker(base, "worker", worker_config(knot), worker_port)}
+    yield state
+    state["proc"].stop()
+
+
+@pytest.fixture(scope="module")
+def rspamd(knot, base, worker, worker_port):
+    block = f'regcheck {{ servers = "127.0.0.1:{worker_port}"; timeout = {SHIM_TIMEOUT}s; }}'
+    proc, port = start_rspamd(base, "score", block, knot.port)
+    yield port
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def eml(base):
+    path = base / "message.eml"
+    path.write_bytes(
+        b"From: Tom <tway@optsw.com>\r\nTo: Ann <ann@receiver.test>\r\nSubject: hello\r\n"
+        b"Message-ID: <1@optsw.com>\r\nDate: Fri, 27 Nov 2026 08:00:00 +0000\r\n\r\nhello\r\n"
+    )
+    return path
+
+
+def regcheck_symbols(result: dict) -> dict:
+    return {n: (s["score"], s.get("options", [])) for n, s in result["symbols"].items() if n.startswith("REGCHECK")}
+
+
+SEED = [
+    pytest.param(
+        ["-i", "208.20.133.17", "--helo", "mailout17.heaven.net"],
+        {
+            "REGCHECK_QR1_ALLOW": (-2.0, ["heaven.net", "208.20.133.16/29"]),
+            "REGCHECK_RATING_HIGH": (-2.6001, ["heaven.net", GOOD]),
+        },
+        id="heaven-pass",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-F", "x@heaven.net", "-r", "a@b.test"],
+        {"REGCHECK_QR1_FAIL": (6.0, ["heaven.net", "208.20.133.32", GOOD])},
+        id="heaven-fail",
+    ),
+    pytest.param(
+        ["-i", "192.168.0.1", "--helo", "mx1.spammer.tld"],
+        {
+            "REGCHECK_QR1_ALLOW": (-2.0, ["spammer.tld", "192.168.0.0/16"]),
+            "REGCHECK_RATING_LOW": (0.6667, ["spammer.tld", "ratings=S1:C,M2:C"]),
+        },
+        id="spammer",
+    ),
+    pytest.param(
+        ["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"],
+        {
+            "REGCHECK_SPF_ALLOW": (
+                -1.0,
+                ["wayforward.net", "helo=mx1.wayforward.net", "unaligned=tway@optsw.com", "mechanism=a"],
+            ),
+            "REGCHECK_RATING_HIGH": (-2.6001, ["wayforward.net", GOOD]),
+        },
+        id="wayforward-spf",
+    ),
+    pytest.param(
+        ["-i", "192.0.4.1", "--helo", "mx1.abilene.texas.rr.tld", "-F", ""],
+        {"REGCHECK_SPF_SOFTFAIL": (1.5, ["rr.tld", "helo=mx1.abilene.texas.rr.tld", "mechanism=~all", GOOD])},
+        id="rr-softfail",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.17", "--helo", "mx1.example.co.uk"],
+        {"REGCHECK_STOP": (8.0, ["example.co.uk"])},
+        id="stop-all",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.17", "--helo", "JUPITER"],
+        {"REGCHECK_BAD_HELO": (1.5, ["bare-word", "JUPITER"])},
+        id="jupiter",
+    ),
+]
+
+
+@pytest.mark.parametrize("args,expected", SEED)
+def test_seed_examples_through_rspamd(rspamd, eml, args, expected):
+    result, _ = rspamc(rspamd, eml, *args)
+    got = regcheck_symbols(result)
+    assert {n: (pytest.approx(s, abs=1e-3), o) for n, (s, o) in expected.items()} == got
+    assert "TEST_OTHER" in result["symbols"]
+
+
+def test_milter_headers_are_applied(rspamd, eml):
+    result, _ = rspamc(rspamd, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+    milter = result["milter"]
+    assert milter["add_headers"]["X-Regcheck"] == "208.20.133.32 heaven.net QR1 fail " + GOOD
+    assert milter["remove_headers"]["X-Regcheck"] == 0
+
+
+def test_group_max_score_caps_the_sum(rspamd, eml):
+    """QR1_FAIL (6) + DNS pre-screen and the rest can never push past the group's 10."""
+    result, _ = rspamc(rspamd, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+    assert sum(s for s, _ in regcheck_symbols(result).values()) <= 10.0
+
+
+def test_no_envelope_is_skipped_quietly(rspamd, eml):
+    result, _ = rspamc(rspamd, eml)  # plain rspamc: no IP, no HELO
+    assert regcheck_symbols(result) == {}
+    assert "TEST_OTHER" in result["symbols"]
+
+
+@pytest.fixture
+def worker_stopped(worker, knot, base, worker_port):
+    worker["proc"].stop()
+    yield
+    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
+
+
+def test_fail_open_when_the_worker_is_down(rspamd, eml, worker_stopped):
+    result, elapsed = rspamc(rspamd, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+    got = regcheck_symbols(result)
+    assert list(got) == ["REGCHECK_FAIL"]
+    score, options = got["REGCHECK_FAIL"]
+    assert score == 0.0 and "Connection refused" in options[0]
+    assert "TEST_OTHER" in result["symbols"]  # every other result kept
+    assert result["action"] == "no action"
+    assert elapsed < SHIM_TIMEOUT * 3
+
+
+@pytest.fixture
+def worker_hanging(worker, knot, base, worker_port):
+    """A real worker whose DNS server never answers and whose deadline is far past the shim's timeout."""
+    import socket
+
+    worker["proc"].stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
+        config = config.replace("[dns]\n", "[dns]\ntimeout = 20.0\ndeadline = 20.0\n")
+        hanging = start_worker(base, "hanging", config, worker_port)
+        yield
+        hanging.stop()
+    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
+
+
+def test_fail_open_within_the_timeout_when_the_worker_hangs(rspamd, eml, worker_hanging):
+    result, elapsed = rspamc(rspamd, eml, "-i", "208.20.133.17", "--helo", "mailout17.heaven.net")
+    got = regcheck_symbols(result)
+    assert list(got) == ["REGCHECK_FAIL"] and "timeout" in got["REGCHECK_FAIL"][1][0].lower()
+    assert "TEST_OTHER" in result["symbols"]
+    assert elapsed < SHIM_TIMEOUT * 3  # generous: the point is that the scan does not wait for the worker
+
+
+def test_config_error_shows_on_every_scan(knot, base, eml):
+    proc, port = start_rspamd(base, "broken", 'regcheck { mode = "bogus"; }', knot.port)
+    try:
+        result, _ = rspamc(port, eml, "-i", "208.20.133.17", "--helo", "mailout17.heaven.net")
+    finally:
+        proc.stop()
+    got = regcheck_symbols(result)
+    assert list(got) == ["REGCHECK_FAIL"]
+    assert got["REGCHECK_FAIL"][1][0].startswith('config error: invalid settings: field "mode"')
+    assert "TEST_OTHER" in result["symbols"]
