@@ -237,6 +237,9 @@ function lib.pre_result(obj, settings, rcpt_locals)
       end
     end
   end
+  if action == 'add header' then
+    return action, nil -- the mail is accepted: no SMTP text to give
+  end
   local message = verdict.message and tostring(verdict.message) or nil
   if verdict.smtp_code and verdict.xcode and message then
     message = string.format('%s %s %s', verdict.smtp_code, verdict.xcode, message)

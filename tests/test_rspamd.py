@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rspamd_procs import free_port, rspamc, start_rspamd, start_worker
+from rspamd_procs import ROOT, free_port, rspamc, start_rspamd, start_worker
 
 REG = "id.regcheck.test"
 GOOD = "ratings=S1:A,M2:A,H1:B"
@@ -189,3 +189,153 @@ def test_config_error_shows_on_every_scan(knot, base, eml):
     assert list(got) == ["REGCHECK_FAIL"]
     assert got["REGCHECK_FAIL"][1][0].startswith('config error: invalid settings: field "mode"')
     assert "TEST_OTHER" in result["symbols"]
+
+
+# -- enforce mode, several servers, DKIM, Sender ID, the secret (issue 9) ------------------------
+
+
+@pytest.fixture(scope="module")
+def rspamd_enforce(knot, base, worker, worker_port):
+    block = (
+        f'regcheck {{ servers = "127.0.0.1:{worker_port}"; timeout = {SHIM_TIMEOUT}s; mode = "enforce"; }}'
+    )
+    proc, port = start_rspamd(base, "enforce", block, knot.port)
+    yield port
+    proc.stop()
+
+
+ENFORCE = [
+    pytest.param(["-i", "208.20.133.17", "--helo", "mailout17.heaven.net"], "no action", None, id="accept"),
+    pytest.param(["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "ann@receiver.test"], "reject",
+                 "550 5.7.1 Host 208.20.133.32 is not authorised to send mail for 'heaven.net' (QR1)", id="reject"),
+    pytest.param(["-i", "192.168.0.1", "--helo", "mx1.spammer.tld"], "add header", None, id="filter"),
+    pytest.param(["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"], "no action", None,
+                 id="spf-accept"),
+    pytest.param(["-i", "192.0.4.1", "--helo", "mx1.abilene.texas.rr.tld", "-F", ""], "add header", None,
+                 id="spf-softfail-filter"),
+    pytest.param(["-i", "208.20.133.17", "--helo", "mx1.example.co.uk"], "reject",
+                 "550 5.7.1 The sender registry says 'example.co.uk' sends no mail", id="stop-all"),
+    pytest.param(["-i", "208.20.133.17", "--helo", "JUPITER"], "reject",
+                 "550 5.7.1 HELO name 'JUPITER' is not a valid host name (bare-word)", id="bad-helo"),
+    pytest.param(["-i", "192.0.2.1", "--helo", "mx.nowhere.example"], "no action", None,
+                 id="no-record-sets-nothing-by-default"),
+    pytest.param(["-i", "192.0.2.1", "--helo", "mx.broken.example"], "no action", None,
+                 id="invalid-record-sets-nothing-by-default"),
+    pytest.param(["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "postmaster@receiver.test"],
+                 "add header", None, id="postmaster-never-rejected"),
+]
+
+
+@pytest.mark.parametrize("args,action,message", ENFORCE)
+def test_enforce_mode(rspamd_enforce, eml, args, action, message):
+    result, _ = rspamc(rspamd_enforce, eml, *args)
+    assert result["action"] == action
+    assert result.get("messages", {}).get("smtp_message") == message
+    assert "TEST_OTHER" in result["symbols"]
+
+
+def test_enforce_tempfail_is_a_soft_reject(rspamd_enforce, eml, worker_hanging_dns_fail):
+    result, _ = rspamc(rspamd_enforce, eml, "-i", "208.20.133.17", "--helo", "mailout17.heaven.net")
+    assert result["action"] == "soft reject"
+    assert result["messages"]["smtp_message"].startswith("451 4.4.3 Sender registry lookup for 'heaven.net' failed")
+
+
+@pytest.fixture
+def worker_hanging_dns_fail(worker, knot, base, worker_port):
+    """A worker whose DNS server never answers, with a deadline inside the shim's timeout: a TEMPFAIL."""
+    import socket
+
+    worker["proc"].stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
+        config = config.replace("[dns]\n", "[dns]\ntimeout = 0.3\ndeadline = 0.5\n")
+        slow = start_worker(base, "dnsfail", config, worker_port)
+        yield
+        slow.stop()
+    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
+
+
+def test_two_servers_one_stopped(knot, base, eml, worker_port):
+    """Round robin over two workers; with one stopped, every scan is still answered by the other."""
+    second_port = free_port()
+    second = start_worker(base, "second", worker_config(knot), second_port)
+    block = (
+        f'regcheck {{ servers = "127.0.0.1:{worker_port},127.0.0.1:{second_port}"; timeout = {SHIM_TIMEOUT}s; }}'
+    )
+    proc, port = start_rspamd(base, "two", block, knot.port)
+    try:
+        for _ in range(4):
+            result, _ = rspamc(port, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+            assert "REGCHECK_QR1_FAIL" in result["symbols"]
+        second.stop()
+        for _ in range(6):
+            result, elapsed = rspamc(port, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+            assert "REGCHECK_FAIL" not in result["symbols"]
+            assert "REGCHECK_QR1_FAIL" in result["symbols"]
+            assert elapsed < SHIM_TIMEOUT * 3
+    finally:
+        proc.stop()
+        second.stop()
+
+
+def test_dkim_signature_of_the_id(knot, base, worker, worker_port):
+    """rspamd verifies a dkimpy signature (key in knot); the plugin sends d= and the worker credits it."""
+    import dkim
+
+    message = (
+        b"From: Ann <ann@dkim.example>\r\nTo: bob@receiver.test\r\nSubject: signed\r\n"
+        b"Message-ID: <2@dkim.example>\r\nDate: Fri, 27 Nov 2026 08:00:00 +0000\r\n\r\nsigned body\r\n"
+    )
+    key = (ROOT / "tests" / "keys" / "dkim-test.key").read_bytes()
+    signature = dkim.sign(message, b"test", b"dkim.example", key, include_headers=[b"From", b"To", b"Subject"])
+    eml = base / "signed.eml"
+    eml.write_bytes(signature + message)
+    block = f'regcheck {{ servers = "127.0.0.1:{worker_port}"; timeout = {SHIM_TIMEOUT}s; }}'
+    proc, port = start_rspamd(base, "dkim", block, knot.port, extra='filters = "dkim";')
+    try:
+        result, _ = rspamc(port, eml, "-i", "192.0.2.1", "--helo", "mx.dkim.example")
+        assert "R_DKIM_ALLOW" in result["symbols"], result["symbols"]
+        assert regcheck_symbols(result)["REGCHECK_DKIM_ALLOW"] == (-1.0, ["dkim.example", "d=dkim.example"])
+        # the same message from another ID's HELO: the signature is not that ID's
+        result, _ = rspamc(port, eml, "-i", "192.0.2.9", "--helo", "mx.spfonly.example")
+        assert "REGCHECK_DKIM_ALLOW" not in result["symbols"]
+    finally:
+        proc.stop()
+
+
+def test_sender_id_from_the_header_block(rspamd, base):
+    eml = base / "pra.eml"
+    eml.write_bytes(b"From: Alice <alice@fail.sid.example>\r\nTo: bob@receiver.test\r\nSubject: x\r\n\r\nbody\r\n")
+    result, _ = rspamc(rspamd, eml, "-i", "192.0.2.77", "--helo", "mx.sid.example")
+    got = regcheck_symbols(result)
+    assert got["REGCHECK_SID_FAIL"][1][:3] == ["sid.example", "pra=alice@fail.sid.example", "from-header=From"]
+
+
+SECRET = "a secret of more than sixteen characters"
+
+
+@pytest.mark.parametrize(
+    "secret,expect",
+    [
+        pytest.param(SECRET, "REGCHECK_QR1_FAIL", id="right-secret"),
+        pytest.param("not the right secret at all", "REGCHECK_FAIL", id="wrong-secret"),
+        pytest.param(None, "REGCHECK_FAIL", id="no-secret"),
+    ],
+)
+def test_shared_secret(knot, base, eml, secret, expect):
+    port = free_port()
+    config = worker_config(knot).replace("[registry]", f'[server]\nsecret = "{SECRET}"\n[registry]')
+    guarded = start_worker(base, f"guarded-{expect}-{bool(secret)}", config, port)
+    password = f'secret = "{secret}";' if secret else ""
+    block = f'regcheck {{ servers = "127.0.0.1:{port}"; timeout = {SHIM_TIMEOUT}s; {password} }}'
+    proc, rport = start_rspamd(base, f"secret-{expect}-{bool(secret)}", block, knot.port)
+    try:
+        result, _ = rspamc(rport, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
+    finally:
+        proc.stop()
+        guarded.stop()
+    got = regcheck_symbols(result)
+    assert expect in got
+    if expect == "REGCHECK_FAIL":
+        assert got["REGCHECK_FAIL"][1][0].endswith("HTTP 403: wrong or missing Password")
