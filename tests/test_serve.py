@@ -74,6 +74,15 @@ class Server:
                     pids.append(int(entry))
         return sorted(pids)
 
+    def listeners(self) -> int:
+        """Listening TCP sockets on our port (one per ready worker: SO_REUSEPORT)."""
+        count = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                count += 1
+        return count
+
     def request(self, data: bytes, timeout=10.0):
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
             s.sendall(data)
@@ -157,10 +166,11 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 def test_killed_worker_is_replaced_and_serves(knot, start):
     server = start(config_text(knot, workers=2))
-    server.wait_until(lambda: len(server.workers()) == 2, "two workers")
+    server.wait_until(lambda: len(server.workers()) == 2 and server.listeners() == 2, "two listening workers")
     victim = server.workers()[0]
     os.kill(victim, signal.SIGKILL)
-    server.wait_until(lambda: len(server.workers()) == 2 and victim not in server.workers(), "a replacement")
+    server.wait_until(lambda: victim not in server.workers() and server.listeners() == 2, "a listening replacement")
+    assert len(server.workers()) == 2
     for _ in range(6):  # new connections reach both workers (SO_REUSEPORT)
         assert server.check()[0] == 200
     assert f"worker {victim} died (signal SIGKILL)" in server.log_path.read_text()
@@ -168,7 +178,7 @@ def test_killed_worker_is_replaced_and_serves(knot, start):
 
 def test_metrics_add_up_across_workers(knot, start):
     server = start(config_text(knot, workers=2))
-    server.wait_until(lambda: len(server.workers()) == 2, "two workers")
+    server.wait_until(lambda: len(server.workers()) == 2 and server.listeners() == 2, "two listening workers")
     for _ in range(30):
         assert server.check()[0] == 200
     pids = set(re.findall(r"rspamd_regcheck\.check pid=(\d+)", server.log_path.read_text()))
