@@ -89,7 +89,8 @@ from rspamd_regcheck._http import App, start_server
 from rspamd_regcheck.config import load_config
 config = load_config(sys.argv[2])
 class Stub:
-    def __init__(self, real, result): self.config, self.result = real.config, result
+    def __init__(self, real, result):
+        self.config, self.result, self.resolver, self.result_hits = real.config, result, real.resolver, 0
     async def check(self, env): return self.result
 async def main():
     real = Checker(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,7 @@ from ._prescreen import Finding, classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
-from ._sid import sid_method
+from ._sid import pra, sid_method
 from ._spf import spf_method
 from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
@@ -62,6 +63,11 @@ def parse_ip(text: str | None) -> IPAddress | None:
     if text is None or not text.strip():
         return None
     return ipaddress.ip_address(text.strip())
+
+
+def _result_key(env: Envelope) -> tuple[object, ...]:
+    """What a check's result depends on (besides DNS): not the recipients, queue id or host name."""
+    return (env.ip, env.helo, env.mail_from, env.user, env.dkim_domains, pra(env.headers) if env.headers else None)
 
 
 def make_resolver(config: Config) -> Resolver:
@@ -130,6 +136,9 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
+        self._results: OrderedDict[tuple[object, ...], tuple[float, CheckResult]] = OrderedDict()
+        self._results_max = config.result_cache_size
+        self.result_hits = 0
 
     def close(self) -> None:
         """Close the DNS sockets."""
@@ -150,12 +159,29 @@ class Checker:
         """Check one session.  Never raises for anything the sender or DNS controls.
 
         The check ends by its deadline (``dns.deadline``): questions still
-        unanswered then count as DNS failures.
+        unanswered then count as DNS failures.  A result is reused for the
+        same inputs while every DNS answer it rests on is still cached: a
+        fresh check would find the same answers, count the same questions and
+        decide the same.
         """
         loop = asyncio.get_running_loop()
-        session = Session(self.resolver, self.config.max_queries, loop.time() + self.config.deadline)
+        now = loop.time()
+        key = _result_key(env)
+        entry = self._results.get(key)
+        if entry is not None:
+            if entry[0] > now:
+                self._results.move_to_end(key)
+                self.result_hits += 1
+                return entry[1]
+            del self._results[key]
+        session = Session(self.resolver, self.config.max_queries, now + self.config.deadline)
         facts = await self._facts(env, session)
-        return CheckResult(evaluate(facts, self.policy), session.count)
+        result = CheckResult(evaluate(facts, self.policy), session.count)
+        if session.valid_until > loop.time() and self._results_max > 0:
+            self._results[key] = (session.valid_until, result)
+            if len(self._results) > self._results_max:
+                self._results.popitem(last=False)
+        return result
 
     async def _facts(self, env: Envelope, session: Session) -> Facts:
         skipped = self.skip_reason(env)

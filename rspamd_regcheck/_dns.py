@@ -19,6 +19,7 @@ never depends on what happens to be cached (DESIGN step 8).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,6 +190,11 @@ class Cache:
         self.hits += 1
         return answer
 
+    def expires(self, key: tuple[str, int]) -> float:
+        """When the cached answer for *key* expires (loop time); 0 when nothing is cached."""
+        entry = self._data.get(key)
+        return entry[0] if entry is not None else 0.0
+
     def put(self, key: tuple[str, int], answer: DnsAnswer, now: float) -> None:
         if self.max_entries <= 0 or answer.status.failed or answer.status is DnsStatus.BUDGET:
             return
@@ -262,22 +268,33 @@ class Resolver:
             return local.answer(name, rtype)
         return self.cache.get((name, int(rtype)), asyncio.get_running_loop().time())
 
+    def valid_until(self, name: str, rtype: RType) -> float:
+        """Until when the answer just given for (*name*, *rtype*) stays the answer (loop time).
+
+        A zone file's answers never change while it is loaded; a cached answer
+        holds until it expires; anything else (a failure) holds for no time.
+        """
+        name = normalise_name(name)
+        if self._local_zone(name) is not None:
+            return math.inf
+        return self.cache.expires((name, int(rtype)))
+
     async def query(self, name: str, rdtype: str | RType) -> DnsAnswer:
         """Answer (*name*, *rdtype*) from a local zone, the cache, or DNS."""
         try:
             rtype = rdtype if isinstance(rdtype, RType) else RType.make(rdtype)
         except ValueError as exc:
             return DnsAnswer(DnsStatus.ERROR, detail=str(exc))
-        name = normalise_name(name)
-        local = self._local_zone(name)
-        if local is not None:
-            self.stats.local += 1
-            return local.answer(name, rtype)
-        key = (name, int(rtype))
-        loop = asyncio.get_running_loop()
-        cached = self.cache.get(key, loop.time())
+        cached = self.cached(name, rtype)
         if cached is not None:
             return cached
+        return await self.fetch(name, rtype)
+
+    async def fetch(self, name: str, rtype: RType) -> DnsAnswer:
+        """Ask DNS (one question in flight per name and type), without looking in the cache first."""
+        name = normalise_name(name)
+        key = (name, int(rtype))
+        loop = asyncio.get_running_loop()
         task = self._inflight.get(key)
         if task is None:
             task = loop.create_task(self._fetch(key, name, rtype))
@@ -327,6 +344,13 @@ class Session:
         self.cap = cap
         self.deadline = deadline  # loop time
         self.count = 0
+        # Until when every answer this check saw stays valid: its result can be reused till then.
+        self.valid_until = math.inf
+
+    def _seen(self, name: str, rtype: RType, answer: DnsAnswer) -> DnsAnswer:
+        if answer.status is not DnsStatus.BUDGET:  # a spent budget does not depend on DNS
+            self.valid_until = min(self.valid_until, self._resolver.valid_until(name, rtype))
+        return answer
 
     def _spend(self, budget: Budget | None) -> DnsAnswer | None:
         """Count one question; a BUDGET answer instead when the budget or the cap is spent."""
@@ -349,22 +373,31 @@ class Session:
         answer = self._resolver.cached(name, rtype)
         if answer is not None:
             self._spend(budget)
+            self._seen(name, rtype, answer)
         return answer
 
     async def query(self, name: str, rdtype: str | RType, budget: Budget | None = None) -> DnsAnswer:
+        try:
+            rtype = rdtype if isinstance(rdtype, RType) else RType.make(rdtype)
+        except ValueError as exc:
+            return DnsAnswer(DnsStatus.ERROR, detail=str(exc))
         spent = self._spend(budget)
         if spent is not None:
             return spent
+        cached = self._resolver.cached(name, rtype)  # the common case, without a timer or a task
+        if cached is not None:
+            return self._seen(name, rtype, cached)
         if self.deadline is None:
-            return await self._resolver.query(name, rdtype)
+            return self._seen(name, rtype, await self._resolver.fetch(name, rtype))
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
-            return DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+            return self._seen(name, rtype, DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed"))
         try:
             async with asyncio.timeout(remaining):
-                return await self._resolver.query(name, rdtype)
+                answer = await self._resolver.fetch(name, rtype)
         except TimeoutError:
-            return DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+            answer = DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+        return self._seen(name, rtype, answer)
 
 
 def system_nameservers() -> list[str]:

@@ -22,21 +22,20 @@ import json
 import logging
 import socket
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 import msgpack
 
-from ._check import Checker, Envelope, parse_ip
+from ._check import Checker, CheckResult, Envelope, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
-from ._log import CHECK_LOGGER, check_fields
+from ._log import CheckLog, check_fields
 from ._metrics import Metrics, dns_counts
 from ._reply import build_reply
 
 log = logging.getLogger("rspamd_regcheck.http")
-check_log = logging.getLogger(CHECK_LOGGER)
 
 CHECK_PATHS = frozenset({b"/checkv2", b"/check", b"/symbols"})
 KNOWN_PATHS = CHECK_PATHS | {b"/ping", b"/metrics"}
@@ -101,6 +100,8 @@ class App:
         self.active: set[asyncio.Task[Any]] = set()
         self.connections: set[HttpProtocol] = set()
         self.draining = False  # stopping: answer what is asked, then close each connection
+        self._bodies: OrderedDict[tuple[int, int, bool], tuple[CheckResult, bytes]] = OrderedDict()
+        self.check_log = CheckLog(_running_loop())
 
     def authorised(self, headers: list[tuple[str, str]]) -> bool:
         """True without a secret; with one, when the Password header matches it (constant time)."""
@@ -109,6 +110,19 @@ class App:
             return True
         given = next((v for n, v in headers if n.lower() == "password"), "")
         return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
+
+    def encoded(self, checker: Checker, result: CheckResult, msgpack_reply: bool) -> bytes:
+        """The reply body for *result*; a reused result's body is encoded once."""
+        key = (id(checker), id(result), msgpack_reply)
+        entry = self._bodies.get(key)
+        if entry is not None and entry[0] is result:
+            return entry[1]
+        reply = build_reply(result.verdict, checker.config, result.queries)
+        body = msgpack.packb(reply) if msgpack_reply else _json(reply)
+        self._bodies[key] = (result, body)  # holding the result keeps its id from being reused
+        if len(self._bodies) > MAX_ENCODED:
+            self._bodies.popitem(last=False)
+        return body
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -161,6 +175,7 @@ def wants_msgpack(headers: list[tuple[str, str]]) -> bool:
     return any(n.lower() == "accept" and "application/msgpack" in v.lower() for n, v in headers)
 
 
+MAX_ENCODED = 2048  # reply bodies kept for reused check results
 MAX_PIPELINE = 16  # requests parsed ahead of their answers on one connection
 
 
@@ -365,12 +380,11 @@ class HttpProtocol(asyncio.Protocol):
         checker = self.app.checker  # a reload swaps it for later requests, not this one
         try:
             result = await checker.check(env)
-            reply = build_reply(result.verdict, checker.config, result.queries)
+            body = self.app.encoded(checker, result, msgpack_reply)
             seconds = time.perf_counter() - started
-            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver))
-            if check_log.isEnabledFor(logging.INFO):
-                fields = check_fields(env, result, seconds, checker.config.mode, self.app.log_mask)
-                check_log.info("check", extra={"fields": fields})
+            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
+            if self.app.check_log.enabled:
+                self.app.check_log.write(check_fields(env, result, seconds, checker.config.mode, self.app.log_mask))
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: answer 500, log it, keep serving (STYLE item 9)
@@ -379,10 +393,7 @@ class HttpProtocol(asyncio.Protocol):
             self.error(500, "internal error")
             return
         self.task = None
-        if msgpack_reply:
-            self.respond(200, msgpack.packb(reply), "application/msgpack")
-        else:
-            self.respond(200, _json(reply), "application/json")
+        self.respond(200, body, "application/msgpack" if msgpack_reply else "application/json")
 
     def error(self, status: int, message: str, close: bool = False) -> None:
         self.respond(status, _json({"error": message}), "application/json", close=close)
@@ -415,6 +426,13 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self.limits.idle_timeout)
         if self.queue:
             self.loop.call_soon(self._next)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _path_label(url: bytes) -> str:

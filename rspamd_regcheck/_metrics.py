@@ -6,67 +6,137 @@ there, and ``GET /metrics`` in any worker adds up all of them, those of dead
 workers included (counters never go back).  prometheus_client reads the
 variable when it is imported, so this module imports it lazily.
 
-DNS counters live in the resolver as plain integers (the hot path stays
-free of locks); after each check the worker adds what changed.
+A worker counts in plain dicts and hands the sums to prometheus_client at
+most once a second (and before it answers /metrics): each of its updates
+takes a lock and writes a file mapping, which per check would cost about as
+much as a warm check.  So another worker's figures can be a second late.
+DNS counters live in the resolver as plain integers; the worker adds what
+changed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
+from collections import Counter as Tally
 from typing import Any
 
 from ._types import Verdict
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+FLUSH_SECONDS = 1.0
+
+_instruments: dict[str, Any] = {}  # one set per process: prometheus_client refuses duplicates
+
+
+def _make_instruments() -> dict[str, Any]:
+    if not _instruments:
+        from prometheus_client import Counter, Histogram
+
+        _instruments.update(
+            requests=Counter("regcheck_requests", "HTTP requests answered", ["path", "status"]),
+            checks=Counter("regcheck_checks", "Checks by seed verdict", ["verdict"]),
+            symbols=Counter("regcheck_symbols", "Symbols given", ["symbol"]),
+            latency=Histogram("regcheck_check_seconds", "Time to answer a check", buckets=LATENCY_BUCKETS),
+            dns=Counter("regcheck_dns", "DNS events: questions sent, cache hits and misses, failures", ["event"]),
+            budget=Counter("regcheck_budget_stops", "Checks with a method or the check stopped by a query budget"),
+        )
+    return _instruments
 
 
 class Metrics:
-    """The worker's metrics; a no-op unless *enabled* (tests and `check` leave it off)."""
+    """The worker's metrics; a no-op unless *enabled* and under `serve` (the variable is set)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and bool(os.environ.get(ENV))
         self._last: dict[str, int] = {}
-        if not self.enabled:
-            return
-        from prometheus_client import Counter, Histogram
+        self._tally: Tally[tuple[str, str, str]] = Tally()  # (instrument, label 1, label 2) -> count
+        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        if self.enabled:
+            self._m = _make_instruments()
 
-        self.requests = Counter("regcheck_requests", "HTTP requests answered", ["path", "status"])
-        self.checks = Counter("regcheck_checks", "Checks by seed verdict", ["verdict"])
-        self.symbols = Counter("regcheck_symbols", "Symbols given", ["symbol"])
-        self.latency = Histogram("regcheck_check_seconds", "Time to answer a check", buckets=LATENCY_BUCKETS)
-        self.dns = Counter("regcheck_dns", "DNS events: questions sent, cache hits and misses, failures", ["event"])
-        self.budget = Counter("regcheck_budget_stops", "Checks with a method or the check stopped by a query budget")
+    def _soon(self) -> None:
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no loop (a test calling directly): hand over now
+                self.flush()
 
     def request(self, path: str, status: int) -> None:
         if self.enabled:
-            self.requests.labels(path, str(status)).inc()
+            self._tally["requests", path, str(status)] += 1
+            self._soon()
 
     def check(self, verdict: Verdict, seconds: float, dns_counts: dict[str, int]) -> None:
         if not self.enabled:
             return
-        self.checks.labels(verdict.seed.action.value).inc()
-        self.latency.observe(seconds)
+        tally = self._tally
+        tally["checks", verdict.seed.action.value, ""] += 1
+        self._latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
         budget = False
         for hit in verdict.symbols:
-            self.symbols.labels(hit.name).inc()
+            tally["symbols", hit.name, ""] += 1
             budget = budget or hit.name == "REGCHECK_BUDGET"
         if budget:
-            self.budget.inc()
+            tally["budget", "", ""] += 1
         for event, total in dns_counts.items():
             delta = total - self._last.get(event, 0)
             if delta > 0:
-                self.dns.labels(event).inc(delta)
-            self._last[event] = total
+                tally["dns", event, ""] += delta
+                self._last[event] = total
+        self._soon()
 
-    @staticmethod
-    def exposition() -> tuple[bytes, str]:
+    def flush(self) -> None:
+        """Hand the sums over to prometheus_client (its files are what /metrics reads)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.enabled:
+            return
+        m = self._m
+        for (kind, a, b), n in self._tally.items():
+            if kind == "requests":
+                m["requests"].labels(a, b).inc(n)
+            elif kind == "budget":
+                m["budget"].inc(n)
+            else:
+                m[kind].labels(a).inc(n)
+        self._tally.clear()
+        if any(self._latency):
+            _add_to_histogram(m["latency"], self._latency, self._latency_sum)
+            self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
+            self._latency_sum = 0.0
+
+    def exposition(self) -> tuple[bytes, str]:
         """The text format of every worker's metrics added up."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+        self.flush()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _add_to_histogram(histogram: Any, counts: list[int], total: float) -> None:
+    """Add bucketed observations at once (prometheus_client has no bulk observe)."""
+    buckets = getattr(histogram, "_buckets", None)
+    total_value = getattr(histogram, "_sum", None)
+    if buckets is not None and total_value is not None and len(buckets) == len(counts):
+        for value, n in zip(buckets, counts, strict=True):
+            if n:
+                value.inc(n)
+        total_value.inc(total)
+        return
+    # another prometheus_client layout: one observation per count, at each bucket's bound
+    bounds = (*LATENCY_BUCKETS, LATENCY_BUCKETS[-1] * 2)
+    for bound, n in zip(bounds, counts, strict=True):
+        for _ in range(n):
+            histogram.observe(bound)
 
 
 def mark_dead(pid: int) -> None:
@@ -77,8 +147,8 @@ def mark_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def dns_counts(resolver: Any) -> dict[str, int]:
-    """The resolver's cumulative DNS counters, by event name."""
+def dns_counts(resolver: Any, result_hits: int = 0) -> dict[str, int]:
+    """The resolver's cumulative DNS counters, by event name (and reused check results)."""
     stats = resolver.stats
     counts = {
         "question": stats.questions,
@@ -86,6 +156,7 @@ def dns_counts(resolver: Any) -> dict[str, int]:
         "local": stats.local,
         "cache_hit": resolver.cache.hits,
         "cache_miss": resolver.cache.misses,
+        "result_reused": result_hits,
     }
     for status, n in stats.failures.items():
         counts[status] = n

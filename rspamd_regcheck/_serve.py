@@ -121,6 +121,8 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
             log.warning("draining %d check(s)", len(app.active))
             await asyncio.wait(set(app.active), timeout=DRAIN_SECONDS)
         app.close_idle()
+        app.check_log.flush()
+        app.metrics.flush()
         app.checker.close()
 
 

@@ -76,6 +76,7 @@ class Config:
     dns_timeout: float = 2.0  # per question, all tries together
     dns_tries: int = 2
     cache_size: int = 50_000  # answers
+    result_cache_size: int = 10_000  # check results reused while their DNS answers are cached; 0: off
     negative_ttl: int = 300  # seconds, for NXDOMAIN/NODATA without an SOA
     max_ttl: int = 86_400
     max_queries: int = 100  # per check: registry, DNSBL and methods together
@@ -136,6 +137,7 @@ class Config:
         lines.append(f"timeout = {self.dns_timeout}")
         lines.append(f"tries = {self.dns_tries}")
         lines.append(f"cache_size = {self.cache_size}")
+        lines.append(f"result_cache_size = {self.result_cache_size}")
         lines.append(f"negative_ttl = {self.negative_ttl}")
         lines.append(f"max_ttl = {self.max_ttl}")
         lines.append(f"max_queries = {self.max_queries}")
@@ -262,6 +264,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "timeout",
             "tries",
             "cache_size",
+            "result_cache_size",
             "negative_ttl",
             "max_ttl",
             "max_queries",
@@ -280,6 +283,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["dns_tries"] = _int(dns["tries"], "dns.tries", 1, 10)
     if "cache_size" in dns:
         kw["cache_size"] = _int(dns["cache_size"], "dns.cache_size", 0, 10_000_000)
+    if "result_cache_size" in dns:
+        kw["result_cache_size"] = _int(dns["result_cache_size"], "dns.result_cache_size", 0, 1_000_000)
     if "negative_ttl" in dns:
         kw["negative_ttl"] = _int(dns["negative_ttl"], "dns.negative_ttl", 0, 86_400)
     if "max_ttl" in dns:

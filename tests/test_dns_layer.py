@@ -224,7 +224,7 @@ def test_method_budget_and_check_cap(knot, config):
 
 def test_results_do_not_depend_on_the_cache(knot, config):
     """With a cap of one question, the second registry zone is out of reach, warm or cold."""
-    cfg = replace(config, registry_zones=(REG, REG2), max_queries=1)
+    cfg = replace(config, registry_zones=(REG, REG2), max_queries=1, result_cache_size=0)
 
     async def go():
         checker = Checker(cfg)
@@ -490,3 +490,47 @@ def test_query_wire_form_is_what_dnspython_reads():
     msg = dns.message.from_wire(build_query(4242, "heaven.net.id.regcheck.test", RType.TXT))
     assert msg.id == 4242 and str(msg.question[0].name) == "heaven.net.id.regcheck.test."
     assert parse_reply is not None
+
+
+# -- reused check results --------------------------------------------------------------------
+
+
+def test_a_result_is_reused_while_its_answers_are_cached(knot, config):
+    async def go():
+        checker = Checker(config)
+        try:
+            env = Envelope(ip=ipaddress.ip_address("192.0.2.9"), helo="mx.ttl1.example")
+            before = knot.queries()
+            first = await checker.check(env)
+            again = await checker.check(replace(env, rcpts=("other@x.test",), queue_id="Q2"))  # same inputs that count
+            asked_once = knot.queries() - before
+            other = await checker.check(replace(env, mail_from="someone@else.example"))  # another input: checked
+            await asyncio.sleep(1.3)  # the registry record's TTL is 1 s
+            later = await checker.check(env)
+            return first, again, other, later, asked_once, checker.result_hits, knot.queries() - before
+        finally:
+            checker.close()
+
+    first, again, other, later, asked_once, hits, asked = run(go())
+    assert again is first and asked_once == 1 and hits == 1
+    assert other is not first
+    assert later is not first and later.verdict == first.verdict
+    assert asked == 2  # once at first (then cached for `other`), once after the TTL
+
+
+def test_failed_checks_are_not_reused(config, silent_port):
+    cfg = replace(config, nameservers=("127.0.0.1",), dns_port=silent_port, dns_timeout=0.2, deadline=0.5)
+
+    async def go():
+        checker = Checker(cfg)
+        try:
+            env = Envelope(ip=ipaddress.ip_address("192.0.2.9"), helo="mx.heaven.net")
+            a = await checker.check(env)
+            b = await checker.check(env)
+            return a, b, checker.result_hits
+        finally:
+            checker.close()
+
+    a, b, hits = run(go())
+    assert a is not b and hits == 0
+    assert a.verdict.symbols[0].name == "REGCHECK_DNSFAIL"
