@@ -62,7 +62,12 @@ def parse_ip(text: str | None) -> IPAddress | None:
     """
     if text is None or not text.strip():
         return None
-    return ipaddress.ip_address(text.strip())
+    return _parse_ip(text.strip())
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_ip(text: str) -> IPAddress:
+    return ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:

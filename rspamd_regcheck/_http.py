@@ -31,7 +31,7 @@ import msgpack
 
 from ._check import Checker, CheckResult, Envelope, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
-from ._log import CheckLog, check_fields
+from ._log import CheckLog
 from ._metrics import Metrics, dns_counts
 from ._reply import build_reply
 
@@ -175,6 +175,7 @@ def wants_msgpack(headers: list[tuple[str, str]]) -> bool:
     return any(n.lower() == "accept" and "application/msgpack" in v.lower() for n, v in headers)
 
 
+_HEADS: dict[tuple[object, ...], bytes] = {}  # response heads but the length, built once
 MAX_ENCODED = 2048  # reply bodies kept for reused check results
 MAX_PIPELINE = 16  # requests parsed ahead of their answers on one connection
 
@@ -384,7 +385,7 @@ class HttpProtocol(asyncio.Protocol):
             seconds = time.perf_counter() - started
             self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
             if self.app.check_log.enabled:
-                self.app.check_log.write(check_fields(env, result, seconds, checker.config.mode, self.app.log_mask))
+                self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: answer 500, log it, keep serving (STYLE item 9)
@@ -407,15 +408,18 @@ class HttpProtocol(asyncio.Protocol):
             return
         keep_alive = not close and r.keep_alive and not self.app.draining
         version = r.version if r.version in ("1.0", "1.1") else "1.1"
-        head = [
-            f"HTTP/{version} {status} {REASONS.get(status, 'Error')}",
-            f"Content-Type: {content_type}",
-            f"Content-Length: {len(body)}",
-            "Connection: keep-alive" if keep_alive else "Connection: close",
-        ]
-        if keep_alive:
-            head.append(f"Keep-Alive: timeout={int(self.limits.idle_timeout)}")
-        payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        key = (version, status, content_type, keep_alive, self.limits.idle_timeout)
+        head = _HEADS.get(key)
+        if head is None:
+            lines = [
+                f"HTTP/{version} {status} {REASONS.get(status, 'Error')}",
+                f"Content-Type: {content_type}",
+                "Connection: keep-alive" if keep_alive else "Connection: close",
+            ]
+            if keep_alive:
+                lines.append(f"Keep-Alive: timeout={int(self.limits.idle_timeout)}")
+            head = _HEADS[key] = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        payload = b"%s%d\r\n\r\n" % (head, len(body))
         if r.method != b"HEAD":
             payload += body
         self.transport.write(payload)

@@ -13,11 +13,13 @@ import os
 import re
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 from ._check import CheckResult, Envelope
 
 CHECK_LOGGER = "rspamd_regcheck.check"
+MAX_STATIC = 2048  # rendered log-line parts kept for reused results
 
 
 class _TextFormatter(logging.Formatter):
@@ -93,23 +95,48 @@ class CheckLog:
         self.pid = os.getpid()
         self._second = -1
         self._prefix = ""
+        self._static: OrderedDict[int, tuple[CheckResult, dict[str, Any], str]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
         return logging.getLogger(CHECK_LOGGER).isEnabledFor(logging.INFO)
 
-    def write(self, fields: dict[str, Any]) -> None:
+    def check(self, env: Envelope, result: CheckResult, seconds: float, mode: str, mask: bool) -> None:
+        """Log one check.  The part that only depends on the result is rendered once per result
+        (a reused result has the same IP, HELO and verdict): the queue id and the time vary."""
+        entry = self._static.get(id(result))
+        if entry is None or entry[0] is not result:
+            fields = check_fields(env, result, seconds, mode, mask)
+            del fields["qid"], fields["ms"]
+            entry = (result, fields, " ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+            self._static[id(result)] = entry  # holding the result keeps its id from being reused
+            if len(self._static) > MAX_STATIC:
+                self._static.popitem(last=False)
+        qid, ms = env.queue_id or "-", round(seconds * 1000, 3)
+        if _format == "json":
+            self.write({"event": "check", "qid": qid, **entry[1], "ms": ms})
+        else:
+            head = f"{self._stamp()} {CHECK_LOGGER} pid={self.pid} info event=check"
+            self._append(f"{head} qid={_text_value(qid)} {entry[2]} ms={ms}")
+
+    def _stamp(self) -> str:
         now = time.time()
         second = int(now)
         if second != self._second:  # formatting the date once a second, not once a line
             self._second, self._prefix = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-        stamp = f"{self._prefix},{int(now % 1 * 1000):03d}"
+        return f"{self._prefix},{int(now % 1 * 1000):03d}"
+
+    def write(self, fields: dict[str, Any]) -> None:
+        stamp = self._stamp()
         if _format == "json":
             obj = {"time": stamp, "logger": CHECK_LOGGER, "level": "info", "pid": self.pid, **fields}
             line = json.dumps(obj, separators=(",", ":"), default=str)
         else:
             body = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
             line = f"{stamp} {CHECK_LOGGER} pid={self.pid} info {body}"
+        self._append(line)
+
+    def _append(self, line: str) -> None:
         self.lines.append(line)
         if len(self.lines) >= self.MAX_LINES or self.loop is None:
             self.flush()
@@ -144,7 +171,6 @@ def check_fields(env: Envelope, result: CheckResult, seconds: float, mode: str, 
     """The fields of one check's log line."""
     v = result.verdict
     return {
-        "event": "check",
         "qid": env.queue_id or "-",
         "ip": mask_ip(env.ip, mask),
         "helo": env.helo or "-",
