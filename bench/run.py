@@ -498,7 +498,13 @@ def in_rspamd(work: Path, kport: int, sizes: Sizes) -> list[Result]:
             procs.append(proc)
             wait_port(port, proc, 180)
             wrk(port, work, "rspamd", 0, 100, 1, 8)  # warm the worker and rspamd
-            rates[mode] = [wrk(port, work, "rspamd", 0, 100, sizes.seconds, 8) for _ in range(sizes.rounds)]
+            # scans/s under load (8 connections); the latency one scan at a time, so that it is
+            # what the plugin adds to a scan, not time spent queueing behind other scans
+            rates[mode] = [
+                (wrk(port, work, "rspamd", 0, 100, sizes.seconds, 8)[0],
+                 wrk(port, work, "rspamd", 0, 100, sizes.seconds, 1)[1])
+                for _ in range(sizes.rounds)
+            ]
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -510,8 +516,8 @@ def in_rspamd(work: Path, kport: int, sizes: Sizes) -> list[Result]:
     return [
         Result("4. in rspamd: scans/s with the plugin (warm worker) vs without", f"{on_rps:.0f}/s",
                f"without {off_rps:.0f}/s", on_rps / off_rps, "informational", None),
-        Result("4. in rspamd: added p50 latency", f"{added:.2f} ms (p50 {on_p50:.2f} vs {off_p50:.2f} ms)", "",
-               added, "<= 1 ms", added <= 1.0),
+        Result("4. in rspamd: added p50 latency (one scan at a time)",
+               f"{added:.2f} ms (p50 {on_p50:.2f} vs {off_p50:.2f} ms)", "", added, "<= 1 ms", added <= 1.0),
     ]
 
 

@@ -214,33 +214,33 @@ class Checker:
         found = identify(env.helo)
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
-        facts = Facts(ip=ip, helo=found.helo, id=found.id)
+        ident = found.id
         zones = self.config.registry_zones
-        registry = await lookup_record(session, found.id, zones)
+        registry = await lookup_record(session, ident, zones)
         record = registry.record
         if record is not None and record.idlevel is not None:
             # A name the public suffix list does not split: the real IDs are
             # IDlevel labels deep.  Ask once more, never again (no chains).
             deeper = id_at_level(found.helo, record.idlevel)
-            if deeper is not None and len(deeper) > len(found.id):
-                facts = replace(facts, id=deeper)
+            if deeper is not None and len(deeper) > len(ident):
+                ident = deeper
                 registry = await lookup_record(session, deeper, zones)
                 record = registry.record
-        facts = replace(facts, registry=registry)
         if record is None or record.stop:
-            return facts
+            return Facts(ip=ip, helo=found.helo, id=ident, registry=registry)
         ratings = rate(record.ratings, self.config.ratings)
-        facts = replace(facts, ratings=ratings)
         if not wants_methods(ratings):
-            return facts
+            return Facts(ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings)
         planned, budget_skips = plan(record, ip, self.policy)
         outcomes: list[MethodOutcome] = list(budget_skips)
         for step in planned:
-            outcome = await self._run(step, record, ip, found.helo, facts.id or found.id, env, session)
+            outcome = await self._run(step, record, ip, found.helo, ident, env, session)
             outcomes.append(outcome)
             if outcome.result is not None and outcome.result.final:
                 break
-        return replace(facts, methods=tuple(outcomes))
+        return Facts(
+            ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings, methods=tuple(outcomes)
+        )
 
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session

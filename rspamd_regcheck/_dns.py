@@ -245,6 +245,8 @@ class Resolver:
         )
         self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
         self._slots = asyncio.Semaphore(max_inflight)  # questions on the wire at once
+        # The longest any question can take: its transport's timeout (waiting for a slot aside).
+        self.max_wait = max((t.timeout for t in self._all_transports()), default=0.0)
         self.stats = Stats()
 
     def _local_zone(self, name: str) -> LocalZone | None:
@@ -320,11 +322,14 @@ class Resolver:
         finally:
             self._inflight.pop(key, None)
 
-    def close(self) -> None:
+    def _all_transports(self) -> list[Transport]:
         transports = {id(t): t for _, t in self._routes}
         if self._default is not None:
             transports[id(self._default)] = self._default
-        for t in transports.values():
+        return list(transports.values())
+
+    def close(self) -> None:
+        for t in self._all_transports():
             t.close()
 
 
@@ -392,6 +397,9 @@ class Session:
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return self._seen(name, rtype, DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed"))
+        if remaining > self._resolver.max_wait:
+            # the transport gives up before the deadline anyway: no timer of our own needed
+            return self._seen(name, rtype, await self._resolver.fetch(name, rtype))
         try:
             async with asyncio.timeout(remaining):
                 answer = await self._resolver.fetch(name, rtype)

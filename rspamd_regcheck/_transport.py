@@ -140,6 +140,7 @@ class Transport:
             raise ValueError("no DNS server to ask")
         self._servers = [_Server(host, port) for host, port in servers]
         self._timeout = timeout
+        self.timeout = timeout  # the longest ask() takes (UDP tries and TCP together)
         self._tries = max(1, tries)
         self._recursion = recursion
         self._next = 0

@@ -32,6 +32,8 @@ MAX_CNAME = 10
 class SuiteTransport:
     """Answers from one scenario's ``zonedata`` the way a resolver would."""
 
+    timeout = 0.0  # answers at once (the Transport interface: the longest an ask takes)
+
     def __init__(self, zonedata: dict):
         self.zone = {name.lower().rstrip("."): list(entries) for name, entries in zonedata.items()}
 
