@@ -20,6 +20,17 @@ ENFORCE_ACTIONS = {
 }
 
 
+def safe(text: str) -> str:
+    """*text* that UTF-8 (so msgpack and JSON alike) can carry: a lone surrogate becomes U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def score_action(score: float, config: Config) -> str:
     """rspamd's action for *score* under the configured thresholds."""
     t = config.thresholds
@@ -45,7 +56,7 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
         if definition is not None:
             entry["description"] = definition.description
         if hit.options:
-            entry["options"] = list(hit.options)
+            entry["options"] = [safe(o) for o in hit.options]
         symbols[hit.name] = entry
     total = round(total, 4)
     seed = verdict.seed
@@ -53,7 +64,7 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
     if config.mode == "enforce":
         action = ENFORCE_ACTIONS.get(seed.action, "no action")
         if seed.action in (Action.REJECT, Action.TEMPFAIL):
-            messages["smtp_message"] = seed.message
+            messages["smtp_message"] = safe(seed.message)
     else:
         action = score_action(total, config)
     ratings = verdict.ratings
@@ -65,7 +76,7 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
         "symbols": symbols,
         "messages": messages,
         "milter": {
-            "add_headers": {name: value for name, value in verdict.add_headers},
+            "add_headers": {name: safe(value) for name, value in verdict.add_headers},
             "remove_headers": {name: 0 for name in verdict.remove_headers},
         },
         "regcheck": {
@@ -74,20 +85,20 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
                 "action": seed.action.value,
                 "smtp_code": seed.smtp_code,
                 "xcode": seed.xcode,
-                "message": seed.message,
+                "message": safe(seed.message),
             },
-            "id": verdict.id,
+            "id": None if verdict.id is None else safe(verdict.id),
             "ratings": None
             if ratings is None
             else {
                 "class": ratings.klass.value,
-                "used": ratings.text,
+                "used": safe(ratings.text),
                 "mean": None if ratings.mean is None else round(ratings.mean, 4),
                 "min": ratings.low,
                 "max": ratings.high,
             },
             "queries": queries,
-            "skipped": verdict.skipped,
+            "skipped": None if verdict.skipped is None else safe(verdict.skipped),
         },
     }
 
