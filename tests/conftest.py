@@ -90,42 +90,63 @@ def _wait_for(host: str, port: int, zone: str, proc: subprocess.Popen[bytes]) ->
     raise RuntimeError(f"knotd did not answer for {zone} within {KNOT_START_TIMEOUT} s")
 
 
+class KnotServer:
+    """knotd serving every tests/zones/*.zone; stop() and start() again on the same port."""
+
+    def __init__(self, base: Path):
+        self.knotd = shutil.which("knotd") or ("/usr/sbin/knotd" if os.path.exists("/usr/sbin/knotd") else None)
+        if self.knotd is None:
+            pytest.fail("knotd not found: install Debian's 'knot' package (./dev test does)")
+        self.base = base
+        zones_dir = base / "zones"
+        zones_dir.mkdir(parents=True)
+        zones = []
+        zone_lines = []
+        for path in sorted(ZONES_DIR.glob("*.zone")):
+            origin = _zone_origin(path)
+            shutil.copy(path, zones_dir / path.name)
+            zones.append(origin)
+            zone_lines.append(f"  - domain: {origin}\n    file: {path.name}\n")
+        self.host, self.port = "127.0.0.1", free_port()
+        self.conf = base / "knot.conf"
+        self.conf.write_text(
+            f"server:\n    listen: {self.host}@{self.port}\n    rundir: {base}\n"
+            "log:\n  - target: stderr\n    any: warning\n"
+            f"database:\n    storage: {base}\n"
+            f"template:\n  - id: default\n    storage: {zones_dir}\n"
+            "    zonefile-sync: -1\n    journal-content: none\n    global-module: mod-stats\n"
+            f"control:\n    listen: {base}/knot.sock\n"
+            "zone:\n" + "".join(zone_lines)
+        )
+        self.zones = tuple(zones)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        assert self.knotd is not None
+        with open(self.base / "knotd.log", "ab") as log:
+            self.proc = subprocess.Popen([self.knotd, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        _wait_for(self.host, self.port, self.zones[0], self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def info(self) -> Knot:
+        return Knot(self.host, self.port, self.zones, self.conf)
+
+
 @pytest.fixture(scope="session")
 def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
     """knotd serving every tests/zones/*.zone on a free loopback port."""
-    knotd = shutil.which("knotd") or ("/usr/sbin/knotd" if os.path.exists("/usr/sbin/knotd") else None)
-    if knotd is None:
-        pytest.fail("knotd not found: install Debian's 'knot' package (./dev test does)")
-    base = tmp_path_factory.mktemp("knot")
-    zones_dir = base / "zones"
-    zones_dir.mkdir()
-    zones = []
-    zone_lines = []
-    for path in sorted(ZONES_DIR.glob("*.zone")):
-        origin = _zone_origin(path)
-        shutil.copy(path, zones_dir / path.name)
-        zones.append(origin)
-        zone_lines.append(f"  - domain: {origin}\n    file: {path.name}\n")
-    host, port = "127.0.0.1", free_port()
-    conf = base / "knot.conf"
-    conf.write_text(
-        f"server:\n    listen: {host}@{port}\n    rundir: {base}\n"
-        "log:\n  - target: stderr\n    any: warning\n"
-        f"database:\n    storage: {base}\n"
-        f"template:\n  - id: default\n    storage: {zones_dir}\n"
-        "    zonefile-sync: -1\n    journal-content: none\n    global-module: mod-stats\n"
-        f"control:\n    listen: {base}/knot.sock\n"
-        "zone:\n" + "".join(zone_lines)
-    )
-    with open(base / "knotd.log", "wb") as log:
-        proc = subprocess.Popen([knotd, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_for(host, port, zones[0], proc)
-            yield Knot(host, port, tuple(zones), conf)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    server = KnotServer(tmp_path_factory.mktemp("knot"))
+    try:
+        yield server.info
+    finally:
+        server.stop()

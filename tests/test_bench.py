@@ -18,11 +18,23 @@ def test_benchmark_runs_at_tiny_size(tmp_path):
             pytest.fail(f"{tool} not found: ./dev test installs it")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = (tmp_path / "RESULTS-tiny.md").read_text()
-    for item in ("1. warm QR1", "1. warm SPF", "2. cold QR1", "3. critical path", "4. in rspamd",
-                 "5. warm SPF vs policyd-spf", "5. cold SPF", "6. memory", "7. /ping"):
+    for item in (
+        "1. warm QR1",
+        "1. warm SPF",
+        "2. cold QR1",
+        "3. critical path",
+        "4. in rspamd",
+        "5. warm SPF vs policyd-spf",
+        "5. cold SPF",
+        "6. memory",
+        "7. /ping",
+    ):
         assert item in table, item
     assert "FALLS SHORT" in table or "PASS" in table

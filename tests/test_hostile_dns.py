@@ -10,8 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from hostile_dns import GOOD_RECORD, HostileResponder
 from rspamd_regcheck import Action, Checker, Config, Envelope
+
+from hostile_dns import GOOD_RECORD, HostileResponder
 
 TIMEOUT = 0.5
 DEADLINE = 1.0
@@ -101,13 +102,13 @@ SPF = [
 @pytest.mark.parametrize("mail_from,symbol", SPF)
 def test_spf_against_hostile_dns(config, mail_from, symbol):
     cfg = replace(config, spf_alignment="none")  # the senders are under hostile.test, not the ID
-    (result, elapsed), = check_all(cfg, [env("mx.spfid.example", mail_from)])[0]
+    ((result, elapsed),) = check_all(cfg, [env("mx.spfid.example", mail_from)])[0]
     names = {s.name for s in result.verdict.symbols}
     assert symbol in names, names
     assert elapsed < DEADLINE * 3
 
 
 def test_record_text_is_the_good_one(config):
-    (result, _), = check_all(config, [env("mx.good.example")])[0]
+    ((result, _),) = check_all(config, [env("mx.good.example")])[0]
     assert result.verdict.id == "good.example"
     assert GOOD_RECORD.startswith("v=reg1")

@@ -30,14 +30,27 @@ settings.load_profile("ci")
 KEYS = ["v", "stop", "IDlevel", "svc", "ip4", "ip6", "meth", "mth", "opt", "spf", "sid", "x-future"]
 REASON = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*: .+")
 HELO_REASONS = {
-    "missing", "too-long", "nul", "control-char", "ip-literal", "bad-idn", "bare-word", "empty-label",
-    "label-too-long", "bad-label", "numeric-tld", "public-suffix",
+    "missing",
+    "too-long",
+    "nul",
+    "control-char",
+    "ip-literal",
+    "bad-idn",
+    "bare-word",
+    "empty-label",
+    "label-too-long",
+    "bad-label",
+    "numeric-tld",
+    "public-suffix",
 }
 
 # record-like text: known keys, plausible values, separators, and noise
 value = st.one_of(
-    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='";'), min_size=1,
-            max_size=30),
+    st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='";'),
+        min_size=1,
+        max_size=30,
+    ),
     st.from_regex(r'"[ -!#-~]{0,20}"', fullmatch=True),
     st.sampled_from(["all", "3", "S1:A,M2:B", "192.0.2.0/24", "192.0.2.1-9", "SPF:10,CSV+2", "df:3", "2001:db8::/32"]),
 )
@@ -92,8 +105,11 @@ def test_identity_is_valid_or_says_why(helo):
 
 
 header_name = st.sampled_from(["IP", "ip", "Helo", "From", "Rcpt", "Queue-Id", "User", "Dkim-Domain", "X-Other"])
-header_value = st.one_of(st.text(max_size=60), st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
-                         st.sampled_from(["192.0.2.1", "2001:db8::1", "<a@b.example>", "<>", "", "300.1.1.1"]))
+header_value = st.one_of(
+    st.text(max_size=60),
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    st.sampled_from(["192.0.2.1", "2001:db8::1", "<a@b.example>", "<>", "", "300.1.1.1"]),
+)
 
 
 @given(st.lists(st.tuples(header_name, header_value), max_size=10), st.binary(max_size=300))
@@ -193,7 +209,9 @@ surrogate_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0
 def test_replies_encode_as_json_and_msgpack_alike(reasons, ident):
     """Whatever strings reach a verdict, both encodings carry the same reply."""
     facts = Facts(
-        ip=ipaddress.ip_address("192.0.2.1"), helo="mx.a.example", id=ident or "a.example",
+        ip=ipaddress.ip_address("192.0.2.1"),
+        helo="mx.a.example",
+        id=ident or "a.example",
         registry=RegistryFacts(RegistryStatus.INVALID, reasons=tuple(reasons)),
     )
     cfg = Config()

@@ -196,9 +196,7 @@ def test_config_error_shows_on_every_scan(knot, base, eml):
 
 @pytest.fixture(scope="module")
 def rspamd_enforce(knot, base, worker, worker_port):
-    block = (
-        f'regcheck {{ servers = "127.0.0.1:{worker_port}"; timeout = {SHIM_TIMEOUT}s; mode = "enforce"; }}'
-    )
+    block = f'regcheck {{ servers = "127.0.0.1:{worker_port}"; timeout = {SHIM_TIMEOUT}s; mode = "enforce"; }}'
     proc, port = start_rspamd(base, "enforce", block, knot.port)
     yield port
     proc.stop()
@@ -206,23 +204,52 @@ def rspamd_enforce(knot, base, worker, worker_port):
 
 ENFORCE = [
     pytest.param(["-i", "208.20.133.17", "--helo", "mailout17.heaven.net"], "no action", None, id="accept"),
-    pytest.param(["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "ann@receiver.test"], "reject",
-                 "550 5.7.1 Host 208.20.133.32 is not authorised to send mail for 'heaven.net' (QR1)", id="reject"),
+    pytest.param(
+        ["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "ann@receiver.test"],
+        "reject",
+        "550 5.7.1 Host 208.20.133.32 is not authorised to send mail for 'heaven.net' (QR1)",
+        id="reject",
+    ),
     pytest.param(["-i", "192.168.0.1", "--helo", "mx1.spammer.tld"], "add header", None, id="filter"),
-    pytest.param(["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"], "no action", None,
-                 id="spf-accept"),
-    pytest.param(["-i", "192.0.4.1", "--helo", "mx1.abilene.texas.rr.tld", "-F", ""], "add header", None,
-                 id="spf-softfail-filter"),
-    pytest.param(["-i", "208.20.133.17", "--helo", "mx1.example.co.uk"], "reject",
-                 "550 5.7.1 The sender registry says 'example.co.uk' sends no mail", id="stop-all"),
-    pytest.param(["-i", "208.20.133.17", "--helo", "JUPITER"], "reject",
-                 "550 5.7.1 HELO name 'JUPITER' is not a valid host name (bare-word)", id="bad-helo"),
-    pytest.param(["-i", "192.0.2.1", "--helo", "mx.nowhere.example"], "no action", None,
-                 id="no-record-sets-nothing-by-default"),
-    pytest.param(["-i", "192.0.2.1", "--helo", "mx.broken.example"], "no action", None,
-                 id="invalid-record-sets-nothing-by-default"),
-    pytest.param(["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "postmaster@receiver.test"],
-                 "add header", None, id="postmaster-never-rejected"),
+    pytest.param(
+        ["-i", "69.55.226.139", "--helo", "mx1.wayforward.net", "-F", "tway@optsw.com"],
+        "no action",
+        None,
+        id="spf-accept",
+    ),
+    pytest.param(
+        ["-i", "192.0.4.1", "--helo", "mx1.abilene.texas.rr.tld", "-F", ""],
+        "add header",
+        None,
+        id="spf-softfail-filter",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.17", "--helo", "mx1.example.co.uk"],
+        "reject",
+        "550 5.7.1 The sender registry says 'example.co.uk' sends no mail",
+        id="stop-all",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.17", "--helo", "JUPITER"],
+        "reject",
+        "550 5.7.1 HELO name 'JUPITER' is not a valid host name (bare-word)",
+        id="bad-helo",
+    ),
+    pytest.param(
+        ["-i", "192.0.2.1", "--helo", "mx.nowhere.example"], "no action", None, id="no-record-sets-nothing-by-default"
+    ),
+    pytest.param(
+        ["-i", "192.0.2.1", "--helo", "mx.broken.example"],
+        "no action",
+        None,
+        id="invalid-record-sets-nothing-by-default",
+    ),
+    pytest.param(
+        ["-i", "208.20.133.32", "--helo", "mailout32.heaven.net", "-r", "postmaster@receiver.test"],
+        "add header",
+        None,
+        id="postmaster-never-rejected",
+    ),
 ]
 
 
@@ -260,9 +287,7 @@ def test_two_servers_one_stopped(knot, base, eml, worker_port):
     """Round robin over two workers; with one stopped, every scan is still answered by the other."""
     second_port = free_port()
     second = start_worker(base, "second", worker_config(knot), second_port)
-    block = (
-        f'regcheck {{ servers = "127.0.0.1:{worker_port},127.0.0.1:{second_port}"; timeout = {SHIM_TIMEOUT}s; }}'
-    )
+    block = f'regcheck {{ servers = "127.0.0.1:{worker_port},127.0.0.1:{second_port}"; timeout = {SHIM_TIMEOUT}s; }}'
     proc, port = start_rspamd(base, "two", block, knot.port)
     try:
         for _ in range(4):

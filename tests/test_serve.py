@@ -183,8 +183,10 @@ def test_metrics_add_up_across_workers(knot, start):
         assert server.check()[0] == 200
     # workers hand their counts over at least once a second; their log lines at most 0.25 s late
     server.wait_until(
-        lambda: metric(server.metrics(), "regcheck_checks_total", '{verdict="ACCEPT"}') == 30
-        and server.log_path.read_text().count("event=check") == 30,
+        lambda: (
+            metric(server.metrics(), "regcheck_checks_total", '{verdict="ACCEPT"}') == 30
+            and server.log_path.read_text().count("event=check") == 30
+        ),
         "the counts and the log lines",
         timeout=5,
     )
