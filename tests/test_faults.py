@@ -7,11 +7,11 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import KnotServer, free_port
+from helpers import children
 from load import open_fds, rss_kb, steady
 from rspamd_procs import rspamc, start_rspamd, start_worker
 
@@ -34,17 +34,6 @@ def heaven(i: int) -> bytes:
     )
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from rspamd_regcheck import Checker, Config
 from rspamd_regcheck._http import App, Limits, start_server
 
 from conftest import free_port
+from helpers import read_reply
 
 REG = "id.regcheck.test"
 BODY_LIMIT = 65536
@@ -185,24 +186,6 @@ def read_replies(s, n):
     return replies
 
 
-def read_reply(s):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            return None, {}, b""
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return status, headers, rest[:length]
 
 
 BAD = [

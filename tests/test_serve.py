@@ -19,6 +19,7 @@ from rspamd_regcheck import Cache, Resolver, Transport
 from rspamd_regcheck._wire import RType
 
 from conftest import free_port
+from helpers import children, read_reply
 
 REG = "id.regcheck.test"
 SECRET = "correct horse battery staple"
@@ -62,17 +63,7 @@ class Server:
         raise AssertionError(f"timed out waiting for {what}: {self.log_path.read_text()[-3000:]}")
 
     def workers(self) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == self.proc.pid:
-                    pids.append(int(entry))
-        return sorted(pids)
+        return children(self.proc.pid)
 
     def listeners(self) -> int:
         """Listening TCP sockets on our port (one per ready worker: SO_REUSEPORT)."""
@@ -114,23 +105,6 @@ class Server:
         self.log.close()
 
 
-def read_reply(s):
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            return None, {}, b""
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:length]
 
 
 def config_text(knot, workers=1, extra="", zones=REG, dns_port=None):

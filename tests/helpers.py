@@ -1,0 +1,41 @@
+"""Small helpers shared by the tests that talk to real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+def read_reply(s: socket.socket) -> tuple[int | None, dict[str, str], bytes]:
+    """Read one HTTP reply (Content-Length framed): (status, headers, body), or (None, {}, b"") if closed."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            return None, {}, b""
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return int(lines[0].split()[1]), headers, rest[:length]
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is *pid* (read from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return sorted(out)
