@@ -327,7 +327,7 @@ def dns_ceiling(port: int, n: int) -> tuple[float, float, str]:
     except ImportError:
         cares_rate, label = 0.0, "aiodns not installed"
     best = max(our_rate, cares_rate)
-    return best, our_rate, f"{label} {cares_rate:.0f} q/s, ours {our_rate:.0f} q/s"
+    return best, cares_rate, f"{label} {cares_rate:.0f} q/s, ours {our_rate:.0f} q/s"
 
 
 def run(size: str, out_dir: Path) -> list[Result]:
@@ -384,6 +384,8 @@ def run(size: str, out_dir: Path) -> list[Result]:
             results.append(judge("2. cold QR1 check (new ID and address each time)", f"{cold_rate:.0f}/s",
                                  f"fastest DNS client / 2 questions = {ceiling:.0f}/s ({label})",
                                  cold_rate / ceiling, 0.50))
+            if cares:
+                results[-1].notes.append(f"against c-ares alone: {cold_rate / (cares / 2):.2f}")
             next_free = cold_first + cold_count
 
             # 7. /ping while a cold run holds the worker at 70 % of its cold capacity
