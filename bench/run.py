@@ -373,7 +373,7 @@ def run(size: str, out_dir: Path) -> list[Result]:
             ]
 
             # 2. cold: a new ID and a new client address every check (2 questions: registry, DNSBL)
-            best, ours, label = dns_ceiling(kport, 20_000 if size != "tiny" else 2_000)
+            best, cares, label = dns_ceiling(kport, 20_000 if size != "tiny" else 2_000)
             cold_first = 100  # the warm runs used indexes 0-99
             cold_count = int(min(sizes.ids // 2 - cold_first, 60_000))
             cold_rate, cold_p50 = wrk(worker.port, work, "qr1", cold_first, cold_count, sizes.seconds, sizes.connections)
