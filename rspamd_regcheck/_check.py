@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -20,6 +19,7 @@ from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, id_at_level, identify
+from ._lru import TwoGenerationLRU, memo
 from ._prescreen import Finding, classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
@@ -65,7 +65,7 @@ def parse_ip(text: str | None) -> IPAddress | None:
     return _parse_ip(text.strip())
 
 
-@functools.lru_cache(maxsize=8192)
+@memo(8192)
 def _parse_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
 
@@ -141,8 +141,9 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
-        self._results: OrderedDict[tuple[object, ...], tuple[float, CheckResult]] = OrderedDict()
-        self._results_max = config.result_cache_size
+        self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult]] = TwoGenerationLRU(
+            config.result_cache_size
+        )
         self.result_hits = 0
 
     def close(self) -> None:
@@ -175,17 +176,14 @@ class Checker:
         entry = self._results.get(key)
         if entry is not None:
             if entry[0] > now:
-                self._results.move_to_end(key)
                 self.result_hits += 1
                 return entry[1]
-            del self._results[key]
+            self._results.discard(key)
         session = Session(self.resolver, self.config.max_queries, now + self.config.deadline)
         facts = await self._facts(env, session)
         result = CheckResult(evaluate(facts, self.policy), session.count)
-        if session.valid_until > loop.time() and self._results_max > 0:
-            self._results[key] = (session.valid_until, result)
-            if len(self._results) > self._results_max:
-                self._results.popitem(last=False)
+        if session.valid_until > loop.time():
+            self._results.put(key, (session.valid_until, result))
         return result
 
     async def _facts(self, env: Envelope, session: Session) -> Facts:

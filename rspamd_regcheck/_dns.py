@@ -33,6 +33,7 @@ import dns.resolver
 import dns.zone
 
 from ._answer import DnsAnswer, DnsStatus, record_value
+from ._lru import TwoGenerationLRU
 from ._transport import Transport
 from ._wire import RType
 from .errors import InvalidZoneFile
@@ -157,7 +158,7 @@ class LocalZone:
 
 
 class Cache:
-    """A bounded, TTL-respecting cache of answers (least recently used goes first).
+    """A bounded, TTL-respecting cache of answers (least recently used goes first, see `_lru`).
 
     Negative answers (NXDOMAIN, NODATA) are cached for their SOA-derived TTL
     (RFC 2308 5), or *negative_ttl* when the reply carried no SOA.  Failures
@@ -168,10 +169,13 @@ class Cache:
         self.max_entries = max_entries
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
-        self._data: OrderedDict[tuple[str, int], tuple[float, DnsAnswer]] = OrderedDict()
+        self._data: TwoGenerationLRU[tuple[str, int], tuple[float, DnsAnswer]] = TwoGenerationLRU(max_entries)
         self.hits = 0
         self.misses = 0
-        self.evictions = 0
+
+    @property
+    def evictions(self) -> int:
+        return self._data.evictions
 
     def __len__(self) -> int:
         return len(self._data)
@@ -183,16 +187,15 @@ class Cache:
             return None
         expires, answer = entry
         if expires <= now:
-            del self._data[key]
+            self._data.discard(key)
             self.misses += 1
             return None
-        self._data.move_to_end(key)
         self.hits += 1
         return answer
 
     def expires(self, key: tuple[str, int]) -> float:
         """When the cached answer for *key* expires (loop time); 0 when nothing is cached."""
-        entry = self._data.get(key)
+        entry = self._data.peek(key)
         return entry[0] if entry is not None else 0.0
 
     def put(self, key: tuple[str, int], answer: DnsAnswer, now: float) -> None:
@@ -206,11 +209,7 @@ class Cache:
         ttl = min(ttl, self.max_ttl)
         if ttl <= 0:
             return
-        self._data[key] = (now + ttl, answer)
-        self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
-            self.evictions += 1
+        self._data.put(key, (now + ttl, answer))
 
 
 # -- resolver --------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import idna
 from publicsuffixlist import PublicSuffixList
 
+from ._lru import memo
+
 MAX_NAME_LENGTH = 253  # RFC 1035 2.3.4: 255 octets on the wire, 253 as text
 MAX_LABEL_LENGTH = 63  # RFC 1035 2.3.4
 MAX_HELO_INPUT = 1024  # longer input is refused before any decoding work
@@ -84,7 +86,7 @@ def normalise_helo(helo: str | None) -> str | BadHelo:
     return name
 
 
-@functools.lru_cache(maxsize=16384)
+@memo(16384)
 def identify(helo: str | None) -> Identity | BadHelo:
     """Validate *helo* and find its Registered ID by the public suffix list."""
     name = normalise_helo(helo)
