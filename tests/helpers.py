@@ -39,3 +39,26 @@ def children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 out.append(int(entry))
     return sorted(out)
+
+
+def run_check(config, ip: str | None, helo: str | None, **envelope):  # type: ignore[no-untyped-def]
+    """One check with a fresh Checker (closed after), as `asyncio.run` gives it."""
+    import asyncio
+    import ipaddress
+
+    from rspamd_regcheck import Checker, Envelope
+
+    async def go():  # type: ignore[no-untyped-def]
+        checker = Checker(config)
+        try:
+            return await checker.check(
+                Envelope(ip=ipaddress.ip_address(ip) if ip else None, helo=helo, **envelope)
+            )
+        finally:
+            checker.close()
+
+    return asyncio.run(go())
+
+
+def symbol_options(result) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    return {s.name: list(s.options) for s in result.verdict.symbols}

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 from dataclasses import replace
 
 import pytest
 
-from rspamd_regcheck import Action, Checker, Config, Envelope
+from rspamd_regcheck import Action, Config
 from rspamd_regcheck._dkim import dkim_method
 from rspamd_regcheck._headers import header_block
 from rspamd_regcheck._sid import SidPermError, pra, select_record
 from rspamd_regcheck._types import Result
 from rspamd_regcheck.config import config_from_mapping
+
+from helpers import run_check, symbol_options
 
 REG = "id.regcheck.test"
 GOOD = "ratings=S1:A,M2:A,H1:B"
@@ -29,19 +29,8 @@ def config(knot) -> Config:
     )
 
 
-def check(config, ip, helo, **kw):
-    async def go():
-        checker = Checker(config)
-        try:
-            return await checker.check(Envelope(ip=ipaddress.ip_address(ip), helo=helo, **kw))
-        finally:
-            checker.close()
-
-    return asyncio.run(go())
-
-
-def symbols(result):
-    return {s.name: list(s.options) for s in result.verdict.symbols}
+check = run_check
+symbols = symbol_options
 
 
 # -- CSA -------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from rspamd_regcheck import Action, Budget, Checker, Config, Envelope, Session, 
 from rspamd_regcheck._spf import aligned, check_host, spf_identity, spf_record
 from rspamd_regcheck.config import config_from_mapping
 
+from helpers import run_check, symbol_options
+
 REG = "id.regcheck.test"
 GOOD = "ratings=S1:A,M2:A,H1:B"
 
@@ -27,18 +29,10 @@ def config(knot) -> Config:
 
 
 def check(config, ip, helo, mail_from=None):
-    async def go():
-        checker = Checker(config)
-        try:
-            return await checker.check(Envelope(ip=ipaddress.ip_address(ip), helo=helo, mail_from=mail_from))
-        finally:
-            checker.close()
-
-    return asyncio.run(go())
+    return run_check(config, ip, helo, mail_from=mail_from)
 
 
-def symbols(result):
-    return {s.name: list(s.options) for s in result.verdict.symbols}
+symbols = symbol_options
 
 
 RESULTS = [
