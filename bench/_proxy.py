@@ -18,13 +18,13 @@ class _Udp(asyncio.DatagramProtocol):
         self.delay = delay
         self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport):  # type: ignore[no-untyped-def]
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's transport
 
-    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         asyncio.get_running_loop().create_task(self._relay(data, addr))
 
-    async def _relay(self, data: bytes, addr) -> None:  # type: ignore[no-untyped-def]
+    async def _relay(self, data: bytes, addr: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
@@ -41,7 +41,9 @@ class _Udp(asyncio.DatagramProtocol):
             sock.close()
 
 
-async def _tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream, delay: float) -> None:  # type: ignore[no-untyped-def]
+async def _tcp(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: tuple[str, int], delay: float
+) -> None:
     try:
         up_r, up_w = await asyncio.open_connection(*upstream)
         while True:

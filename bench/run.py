@@ -244,7 +244,10 @@ def wrk(port: int, work: Path, mode: str, first: int, count: int, seconds: float
     ).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"no rate in wrk's output:\n{out}")
+    rps = float(found.group(1))
     p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)", out, re.MULTILINE)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     return rps, float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
