@@ -18,9 +18,18 @@ import dns.query
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free for both UDP and TCP (knot listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
 
 
 @contextmanager
@@ -47,12 +56,16 @@ def knot(zones: dict[str, str], stats: bool = False) -> Iterator[tuple[str, int,
     proc = subprocess.Popen([knotd, "-c", str(base / "knot.conf")], stderr=subprocess.DEVNULL)
     try:
         q = dns.message.make_query(next(iter(zones)) + ".", "SOA")
-        for _ in range(500):
+        for _ in range(1500):
+            if proc.poll() is not None:
+                raise RuntimeError(f"knotd exited with status {proc.returncode}")
             try:
                 dns.query.udp(q, "127.0.0.1", port=port, timeout=0.1)
                 break
             except (OSError, dns.exception.Timeout):
                 time.sleep(0.02)
+        else:
+            raise RuntimeError(f"knotd did not answer on port {port}")
         yield "127.0.0.1", port, base
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -76,14 +76,19 @@ class DelayProxy:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            udp, _ = await self._loop.create_datagram_endpoint(
-                lambda: _Udp(self.upstream, self.delay), local_addr=("127.0.0.1", 0)
-            )
-            self.port = udp.get_extra_info("sockname")[1]
-            await asyncio.start_server(
-                lambda r, w: _tcp(r, w, self.upstream, self.delay), "127.0.0.1", self.port
-            )
-            self._ready.set()
+            for _ in range(20):  # a port free for UDP may be taken for TCP: try another
+                udp, _ = await self._loop.create_datagram_endpoint(
+                    lambda: _Udp(self.upstream, self.delay), local_addr=("127.0.0.1", 0)
+                )
+                port = udp.get_extra_info("sockname")[1]
+                try:
+                    await asyncio.start_server(lambda r, w: _tcp(r, w, self.upstream, self.delay), "127.0.0.1", port)
+                except OSError:
+                    udp.close()
+                    continue
+                self.port = port
+                self._ready.set()
+                return
 
         self._loop.run_until_complete(start())
         self._loop.run_forever()

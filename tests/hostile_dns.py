@@ -163,10 +163,19 @@ class HostileResponder:
         held: list = []
 
         async def start() -> None:
-            udp, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=("127.0.0.1", 0))
-            self.port = udp.get_extra_info("sockname")[1]
-            held.extend([udp, await asyncio.start_server(self._tcp, "127.0.0.1", self.port)])
-            self._ready.set()
+            # A port free for UDP may be taken for TCP (another test's connection): try a few.
+            for _ in range(20):
+                udp, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=("127.0.0.1", 0))
+                port = udp.get_extra_info("sockname")[1]
+                try:
+                    tcp = await asyncio.start_server(self._tcp, "127.0.0.1", port)
+                except OSError:
+                    udp.close()
+                    continue
+                self.port = port
+                held.extend([udp, tcp])
+                self._ready.set()
+                return
 
         async def shutdown() -> None:
             for thing in held:
