@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
-from ._answer import DnsStatus
+from ._answer import DnsAnswer, DnsStatus
 from ._csa import csa_method
 from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
-from ._identity import BadHelo, id_at_level, identify
+from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
-from ._prescreen import Finding, classify, query_name
+from ._prescreen import classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
@@ -28,6 +29,7 @@ from ._sid import pra, sid_method
 from ._spf import spf_method
 from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
+from ._wire import RType
 from .config import Config
 from .errors import InvalidRecord
 
@@ -107,14 +109,20 @@ def _parse_answer(texts: tuple[str, ...]) -> Record | InvalidRecord:
         return exc
 
 
-async def lookup_record(fetcher: Fetcher, ident: str, zones: Sequence[str]) -> RegistryFacts:
+async def lookup_record(
+    fetcher: Fetcher, ident: str, zones: Sequence[str], first: Awaitable[DnsAnswer] | None = None
+) -> RegistryFacts:
     """Fetch and parse the record of *ident* from the registry *zones*, in order.
 
     NXDOMAIN (or no TXT at the name) falls through to the next zone; a DNS
-    failure stops the walk.
+    failure stops the walk.  *first*, when given, is the answer from the first
+    zone, already asked for.
     """
-    for zone in zones:
-        answer = await fetcher.query(f"{ident}.{zone}", "TXT")
+    for i, zone in enumerate(zones):
+        if i == 0 and first is not None:
+            answer = await first
+        else:
+            answer = await fetcher.query(f"{ident}.{zone}", "TXT")
         if answer.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
             continue
         if answer.status is DnsStatus.BUDGET:
@@ -170,8 +178,7 @@ class Checker:
         fresh check would find the same answers, count the same questions and
         decide the same.
         """
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()  # the DNS cache's clock
         key = _result_key(env)
         entry = self._results.get(key)
         if entry is not None:
@@ -179,10 +186,12 @@ class Checker:
                 self.result_hits += 1
                 return entry[1]
             self._results.discard(key)
-        session = Session(self.resolver, self.config.max_queries, now + self.config.deadline)
+        session = Session(
+            self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
+        )
         facts = await self._facts(env, session)
         result = CheckResult(evaluate(facts, self.policy), session.count)
-        if session.valid_until > loop.time():
+        if session.valid_until > time.monotonic():
             self._results.put(key, (session.valid_until, result))
         return result
 
@@ -191,30 +200,34 @@ class Checker:
         if skipped is not None or env.ip is None:
             return Facts(ip=env.ip, skipped=skipped or "no client IP")
         ip = client_address(env.ip)
-        # The pre-screen runs beside the registry check (DESIGN step 2).
-        prescreen = asyncio.ensure_future(self._prescreen(ip, session)) if self.config.prescreen else None
-        try:
-            facts = await self._registry_facts(env, ip, session)
-        except BaseException:
-            if prescreen is not None:
-                prescreen.cancel()
-            raise
-        if prescreen is not None:
-            facts = replace(facts, prescreen=await prescreen)
+        found = identify(env.helo)
+        zones = self.config.registry_zones
+        # The registry's first question goes out first (many DNSBL zones must not take the
+        # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
+        first = None
+        if not isinstance(found, BadHelo) and zones:
+            first = session.end(session.begin(f"{found.id}.{zones[0]}", RType.TXT))
+        dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
+        asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        facts = await self._registry_facts(env, ip, session, found, first)
+        if self.config.prescreen:
+            answers = [await session.end(a) for a in asked]
+            facts = replace(facts, prescreen=tuple(classify(z, a) for z, a in zip(dnsbl, answers, strict=True)))
         return facts
 
-    async def _prescreen(self, ip: IPAddress, session: Session) -> tuple[Finding, ...]:
-        zones = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
-        answers = await asyncio.gather(*(session.query(query_name(ip, z.zone), "A") for z in zones))
-        return tuple(classify(z, a) for z, a in zip(zones, answers, strict=True))
-
-    async def _registry_facts(self, env: Envelope, ip: IPAddress, session: Session) -> Facts:
-        found = identify(env.helo)
+    async def _registry_facts(
+        self,
+        env: Envelope,
+        ip: IPAddress,
+        session: Session,
+        found: Identity | BadHelo,
+        first: Awaitable[DnsAnswer] | None,
+    ) -> Facts:
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
         ident = found.id
         zones = self.config.registry_zones
-        registry = await lookup_record(session, ident, zones)
+        registry = await lookup_record(session, ident, zones, first)
         record = registry.record
         if record is not None and record.idlevel is not None:
             # A name the public suffix list does not split: the real IDs are
@@ -236,9 +249,7 @@ class Checker:
             outcomes.append(outcome)
             if outcome.result is not None and outcome.result.final:
                 break
-        return Facts(
-            ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings, methods=tuple(outcomes)
-        )
+        return Facts(ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings, methods=tuple(outcomes))
 
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -160,6 +161,8 @@ class LocalZone:
 class Cache:
     """A bounded, TTL-respecting cache of answers (least recently used goes first, see `_lru`).
 
+    Times are `time.monotonic()` seconds (``now`` arguments, expiries).
+
     Negative answers (NXDOMAIN, NODATA) are cached for their SOA-derived TTL
     (RFC 2308 5), or *negative_ttl* when the reply carried no SOA.  Failures
     are never cached.  TTLs are capped at *max_ttl*.
@@ -193,10 +196,10 @@ class Cache:
         self.hits += 1
         return answer
 
-    def expires(self, key: tuple[str, int]) -> float:
-        """When the cached answer for *key* expires (loop time); 0 when nothing is cached."""
+    def expires(self, key: tuple[str, int], answer: DnsAnswer) -> float:
+        """When *answer*, cached for *key*, expires (loop time); 0 when the cache holds another or none."""
         entry = self._data.peek(key)
-        return entry[0] if entry is not None else 0.0
+        return entry[0] if entry is not None and entry[1] is answer else 0.0
 
     def put(self, key: tuple[str, int], answer: DnsAnswer, now: float) -> None:
         if self.max_entries <= 0 or answer.status.failed or answer.status is DnsStatus.BUDGET:
@@ -226,7 +229,12 @@ class Stats:
 
 
 class Resolver:
-    """The shared part of the DNS layer: routes, cache and coalescing."""
+    """The shared part of the DNS layer: routes, cache and coalescing.
+
+    A question on the wire costs no task: the transport calls back, and the
+    answer goes to each waiter's own future (so a waiter that gives up, its
+    check cancelled, leaves the question and the other waiters alone).
+    """
 
     def __init__(
         self,
@@ -242,8 +250,12 @@ class Resolver:
         self._routes = sorted(
             ((normalise_name(zone), t) for zone, t in routes), key=lambda r: r[0].count("."), reverse=True
         )
-        self._inflight: dict[tuple[str, int], asyncio.Task[DnsAnswer]] = {}
-        self._slots = asyncio.Semaphore(max_inflight)  # questions on the wire at once
+        self._inflight: dict[tuple[str, int], list[asyncio.Future[DnsAnswer]]] = {}
+        self._max_inflight = max(1, max_inflight)  # questions on the wire at once
+        self._active = 0
+        self._queued: deque[tuple[tuple[str, int], str, RType, Transport]] = deque()
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()  # transports without `start` (test doubles)
         # The longest any question can take: its transport's timeout (waiting for a slot aside).
         self.max_wait = max((t.timeout for t in self._all_transports()), default=0.0)
         self.stats = Stats()
@@ -267,18 +279,19 @@ class Resolver:
         if local is not None:
             self.stats.local += 1
             return local.answer(name, rtype)
-        return self.cache.get((name, int(rtype)), asyncio.get_running_loop().time())
+        return self.cache.get((name, int(rtype)), time.monotonic())
 
-    def valid_until(self, name: str, rtype: RType) -> float:
-        """Until when the answer just given for (*name*, *rtype*) stays the answer (loop time).
+    def valid_until(self, name: str, rtype: RType, answer: DnsAnswer) -> float:
+        """Until when *answer*, just given for (*name*, *rtype*), stays the answer (`time.monotonic()`).
 
         A zone file's answers never change while it is loaded; a cached answer
-        holds until it expires; anything else (a failure) holds for no time.
+        holds until it expires; anything else (a failure, an answer the cache
+        no longer holds) holds for no time.
         """
         name = normalise_name(name)
         if self._local_zone(name) is not None:
             return math.inf
-        return self.cache.expires((name, int(rtype)))
+        return self.cache.expires((name, int(rtype)), answer)
 
     async def query(self, name: str, rdtype: str | RType) -> DnsAnswer:
         """Answer (*name*, *rdtype*) from a local zone, the cache, or DNS."""
@@ -291,35 +304,60 @@ class Resolver:
             return cached
         return await self.fetch(name, rtype)
 
-    async def fetch(self, name: str, rtype: RType) -> DnsAnswer:
-        """Ask DNS (one question in flight per name and type), without looking in the cache first."""
+    def fetch(self, name: str, rtype: RType) -> asyncio.Future[DnsAnswer]:
+        """Ask DNS (one question in flight per name and type), without looking in the cache first.
+
+        The question is sent before this returns (or queued, past
+        ``max_inflight``); the future is the caller's alone.
+        """
         name = normalise_name(name)
         key = (name, int(rtype))
-        loop = asyncio.get_running_loop()
-        task = self._inflight.get(key)
-        if task is None:
-            task = loop.create_task(self._fetch(key, name, rtype))
-            self._inflight[key] = task
-        else:
+        fut: asyncio.Future[DnsAnswer] = asyncio.get_running_loop().create_future()
+        waiters = self._inflight.get(key)
+        if waiters is not None:
             self.stats.coalesced += 1
-        # shield: a check that is cancelled (its client went away) must not
-        # cancel the question other checks are waiting for.
-        return await asyncio.shield(task)
+            waiters.append(fut)
+            return fut
+        transport = self._transport(name)
+        if transport is None:
+            fut.set_result(DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured"))
+            return fut
+        self._inflight[key] = [fut]
+        if self._active < self._max_inflight:
+            self._send(key, name, rtype, transport)
+        else:
+            self._queued.append((key, name, rtype, transport))
+        return fut
 
-    async def _fetch(self, key: tuple[str, int], name: str, rtype: RType) -> DnsAnswer:
+    def _send(self, key: tuple[str, int], name: str, rtype: RType, transport: Transport) -> None:
+        self._active += 1
+        self.stats.questions += 1
+        if isinstance(transport, Transport):
+            transport.start(name, rtype, self._answered, key)
+        else:
+            task = asyncio.get_running_loop().create_task(self._ask(transport, key, name, rtype))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ask(self, transport: Transport, key: tuple[str, int], name: str, rtype: RType) -> None:
+        self._answered(key, await transport.ask(name, rtype))
+
+    def _answered(self, key: tuple[str, int], answer: DnsAnswer) -> None:
+        self._active -= 1
+        if answer.status.failed:
+            self.stats.failures[answer.status.value] = self.stats.failures.get(answer.status.value, 0) + 1
+        self.cache.put(key, answer, time.monotonic())
+        for fut in self._inflight.pop(key, ()):
+            if not fut.done():
+                fut.set_result(answer)
+        if self._draining:  # a queued question that ended at once, inside the loop below
+            return
+        self._draining = True
         try:
-            transport = self._transport(name)
-            if transport is None:
-                return DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured")
-            async with self._slots:
-                self.stats.questions += 1
-                answer = await transport.ask(name, rtype)
-            if answer.status.failed:
-                self.stats.failures[answer.status.value] = self.stats.failures.get(answer.status.value, 0) + 1
-            self.cache.put(key, answer, asyncio.get_running_loop().time())
-            return answer
+            while self._queued and self._active < self._max_inflight:
+                self._send(*self._queued.popleft())
         finally:
-            self._inflight.pop(key, None)
+            self._draining = False
 
     def _all_transports(self) -> list[Transport]:
         transports = {id(t): t for _, t in self._routes}
@@ -353,7 +391,7 @@ class Session:
 
     def _seen(self, name: str, rtype: RType, answer: DnsAnswer) -> DnsAnswer:
         if answer.status is not DnsStatus.BUDGET:  # a spent budget does not depend on DNS
-            self.valid_until = min(self.valid_until, self._resolver.valid_until(name, rtype))
+            self.valid_until = min(self.valid_until, self._resolver.valid_until(name, rtype, answer))
         return answer
 
     def _spend(self, budget: Budget | None) -> DnsAnswer | None:
@@ -381,30 +419,55 @@ class Session:
         return answer
 
     async def query(self, name: str, rdtype: str | RType, budget: Budget | None = None) -> DnsAnswer:
+        return await self.end(self.begin(name, rdtype, budget))
+
+    def begin(self, name: str, rdtype: str | RType, budget: Budget | None = None) -> Asked:
+        """Count the question and send it now; `end` gives its answer.
+
+        Questions begun one after another are in flight together, without a task each.
+        """
         try:
             rtype = rdtype if isinstance(rdtype, RType) else RType.make(rdtype)
         except ValueError as exc:
-            return DnsAnswer(DnsStatus.ERROR, detail=str(exc))
+            return Asked(name, RType.A, DnsAnswer(DnsStatus.ERROR, detail=str(exc)))
         spent = self._spend(budget)
         if spent is not None:
-            return spent
-        cached = self._resolver.cached(name, rtype)  # the common case, without a timer or a task
+            return Asked(name, rtype, spent)
+        cached = self._resolver.cached(name, rtype)  # the common case, without a future
         if cached is not None:
-            return self._seen(name, rtype, cached)
-        if self.deadline is None:
-            return self._seen(name, rtype, await self._resolver.fetch(name, rtype))
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return self._seen(name, rtype, DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed"))
-        if remaining > self._resolver.max_wait:
-            # the transport gives up before the deadline anyway: no timer of our own needed
-            return self._seen(name, rtype, await self._resolver.fetch(name, rtype))
-        try:
-            async with asyncio.timeout(remaining):
-                answer = await self._resolver.fetch(name, rtype)
-        except TimeoutError:
-            answer = DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
-        return self._seen(name, rtype, answer)
+            return Asked(name, rtype, self._seen(name, rtype, cached))
+        return Asked(name, rtype, self._resolver.fetch(name, rtype))
+
+    async def end(self, asked: Asked) -> DnsAnswer:
+        """The answer to a question from `begin` (a DNS failure once the check's deadline passes)."""
+        pending = asked.answer
+        if isinstance(pending, DnsAnswer):
+            return pending
+        if not pending.done() and self.deadline is not None:
+            remaining = self.deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                pending.cancel()
+                return self._seen(asked.name, asked.rtype, _PAST_DEADLINE)
+            if remaining < self._resolver.max_wait:  # else the transport gives up first: no timer needed
+                try:
+                    async with asyncio.timeout(remaining):
+                        answer = await pending  # our own future: cancelling it leaves the question alone
+                except TimeoutError:
+                    answer = _PAST_DEADLINE
+                return self._seen(asked.name, asked.rtype, answer)
+        return self._seen(asked.name, asked.rtype, await pending)
+
+
+_PAST_DEADLINE = DnsAnswer(DnsStatus.TIMEOUT, detail="check deadline passed")
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A question `Session.begin` sent (or answered at once)."""
+
+    name: str
+    rtype: RType
+    answer: DnsAnswer | asyncio.Future[DnsAnswer]  # an answer now, or one on its way
 
 
 def system_nameservers() -> list[str]:

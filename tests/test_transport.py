@@ -1,0 +1,177 @@
+"""The DNS client's tries, EDNS fallback, dead servers and query IDs, against scripted responders.
+
+A responder here answers the n-th question it gets with the n-th step of its
+script (None: no answer at all), and keeps every query for the test to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+
+from rspamd_regcheck import DnsStatus, Transport
+from rspamd_regcheck._transport import _IDS
+from rspamd_regcheck._wire import RType
+
+NAME = "heaven.net.id.regcheck.test"
+
+
+def reply_to(query: bytes, rcode: int = 0, txt: bytes = b"v=reg1 svc=S1:A") -> bytes:
+    """A reply to *query* with *rcode*; a NOERROR one carries one TXT record."""
+    qid = struct.unpack("!H", query[:2])[0]
+    end = query.index(b"\x00", 12) + 5
+    question = query[12:end]
+    if rcode:
+        return struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, 0, 0, 0) + question
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 60, len(txt) + 1) + bytes([len(txt)]) + txt
+    return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr
+
+
+class Scripted(asyncio.DatagramProtocol):
+    def __init__(self, script):
+        self.script = list(script)
+        self.queries: list[bytes] = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.queries.append(data)
+        step = self.script[min(len(self.queries), len(self.script)) - 1]
+        if step is not None:
+            self.transport.sendto(step(data), addr)
+
+
+async def responder(script) -> tuple[asyncio.DatagramTransport, Scripted, int]:
+    loop = asyncio.get_running_loop()
+    proto = Scripted(script)
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+def arcount(query: bytes) -> int:
+    return struct.unpack("!H", query[10:12])[0]
+
+
+def closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_formerr_is_asked_again_without_edns():
+    async def go():
+        server, proto, port = await responder([lambda q: reply_to(q, rcode=1), reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
+        try:
+            return await client.ask(NAME, RType.TXT), proto.queries
+        finally:
+            client.close()
+            server.close()
+
+    answer, queries = asyncio.run(go())
+    assert answer.status is DnsStatus.OK
+    assert [arcount(q) for q in queries] == [1, 0]  # with the OPT record, then without
+
+
+def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout():
+    async def go():
+        server, proto, port = await responder([None, reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=0.6, tries=2)
+        try:
+            started = time.monotonic()
+            answer = await client.ask(NAME, RType.TXT)
+            return answer, time.monotonic() - started, proto.queries
+        finally:
+            client.close()
+            server.close()
+
+    answer, elapsed, queries = asyncio.run(go())
+    assert answer.status is DnsStatus.OK
+    assert len(queries) == 2 and queries[0][:2] != queries[1][:2]  # a new ID for the new try
+    assert 0.3 <= elapsed < 0.6 * 3  # the first try waited its 0.3 s; generous upper bound
+
+
+def test_a_dead_server_fails_at_once_and_the_next_one_answers():
+    async def go():
+        server, proto, port = await responder([reply_to])
+        client = Transport([("127.0.0.1", closed_udp_port()), ("127.0.0.1", port)], timeout=4.0, tries=2)
+        try:
+            started = time.monotonic()
+            answer = await client.ask(NAME, RType.TXT)
+            return answer, time.monotonic() - started
+        finally:
+            client.close()
+            server.close()
+
+    answer, elapsed = asyncio.run(go())
+    assert answer.status is DnsStatus.OK
+    assert elapsed < 2.0  # the refused first try did not wait out its 2 s share
+
+
+def test_every_silent_question_ends_by_its_timeout():
+    async def go():
+        server, proto, port = await responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=0.3, tries=1)
+        try:
+            started = time.monotonic()
+            answers = await asyncio.gather(*(client.ask(f"q{i}.example", RType.TXT) for i in range(300)))
+            return answers, time.monotonic() - started, len(proto.queries)
+        finally:
+            client.close()
+            server.close()
+
+    answers, elapsed, asked = asyncio.run(go())
+    assert {a.status for a in answers} == {DnsStatus.TIMEOUT}
+    assert asked == 300
+    assert 0.3 <= elapsed < 0.3 * 3
+
+
+def test_close_ends_waiting_questions_at_once():
+    async def go():
+        server, _, port = await responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=10.0, tries=1)
+        pending = asyncio.ensure_future(client.ask(NAME, RType.TXT))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        client.close()
+        answer = await pending
+        server.close()
+        return answer, time.monotonic() - started
+
+    answer, elapsed = asyncio.run(go())
+    assert answer.status is DnsStatus.ERROR and "closed" in answer.detail
+    assert elapsed < 1.0
+
+
+def test_a_name_that_cannot_be_sent_is_an_error_not_a_hang():
+    async def go():
+        client = Transport([("127.0.0.1", closed_udp_port())], timeout=10.0)
+        try:
+            return await asyncio.wait_for(client.ask("x" * 70 + ".example", RType.TXT), 5)
+        finally:
+            client.close()
+
+    answer = asyncio.run(go())
+    assert answer.status is DnsStatus.ERROR and "cannot ask" in answer.detail
+
+
+def test_query_ids_are_spread_and_not_shared_with_a_forked_child():
+    ids = [_IDS.next() for _ in range(2000)]
+    assert len(set(ids)) > 1900  # 2,000 draws from 65,536: about 30 repeats expected
+    assert max(ids) > 60000 and min(ids) < 5000
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next IDs, from a buffer of its own
+        os.write(write, struct.pack("!8H", *(_IDS.next() for _ in range(8))))
+        os._exit(0)
+    os.close(write)
+    child = struct.unpack("!8H", os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = tuple(_IDS.next() for _ in range(8))
+    assert child != parent
