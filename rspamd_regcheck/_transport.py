@@ -281,7 +281,7 @@ class Transport:
         if q is None:
             return
         try:
-            reply = parse_reply(data)
+            reply = parse_reply(data, (q.base[12:], q.name))
         except MalformedReply as exc:
             del server.pending[q.qid]
             self._unwait(q)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_NAME_WIRE = 255  # RFC 1035 2.3.4
 MAX_LABEL = 63  # RFC 1035 2.3.4
@@ -67,8 +67,7 @@ class MalformedReply(ValueError):
     """A reply that does not parse as a DNS message."""
 
 
-@dataclass(frozen=True)
-class RR:
+class RR(NamedTuple):
     """One resource record: owner name (lower case, no trailing dot), type, TTL, value.
 
     Values: TXT -> the strings joined (bytes, RFC 7208 3.3); A/AAAA -> address
@@ -83,8 +82,7 @@ class RR:
     value: object
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """A parsed reply."""
 
     id: int
@@ -184,6 +182,31 @@ def _read_name(data: bytes, pos: int, memo: dict[int, str]) -> tuple[str, int]:
     return name, (end if end >= 0 else pos)
 
 
+def _skip_name(data: bytes, pos: int) -> int:
+    """The offset after the name at *pos*, checked like `_read_name` checks it but not decoded.
+
+    A compression pointer ends the name here; where it points is not read.
+    """
+    size = len(data)
+    total = 0
+    while True:
+        if pos >= size:
+            raise MalformedReply("name runs past the end")
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= size:
+                raise MalformedReply("truncated compression pointer")
+            return pos + 2
+        if length & 0xC0:
+            raise MalformedReply("unknown label type")
+        total += length + 1
+        if total > MAX_NAME_WIRE:
+            raise MalformedReply("name too long")
+        pos += 1 + length
+
+
 def _rdata(data: bytes, rtype: int, start: int, length: int, memo: dict[int, str]) -> object:
     end = start + length
     if rtype == RType.TXT:
@@ -221,9 +244,8 @@ def _rdata(data: bytes, rtype: int, start: int, length: int, memo: dict[int, str
         name, after = _read_name(data, start, memo)
         _check_within(after, end, RType(rtype).name)
         return name
-    if rtype == RType.SOA:
-        _, pos = _read_name(data, start, memo)
-        _, pos = _read_name(data, pos, memo)
+    if rtype == RType.SOA:  # only the minimum field is wanted: step over the two names
+        pos = _skip_name(data, _skip_name(data, start))
         if pos + 20 != end:
             raise MalformedReply("SOA record has the wrong length")
         return struct.unpack_from("!I", data, pos + 16)[0]
@@ -235,8 +257,11 @@ def _check_within(after: int, end: int, what: str) -> None:
         raise MalformedReply(f"{what} record has the wrong length")
 
 
-def parse_reply(data: bytes) -> Reply:
+def parse_reply(data: bytes, asked: tuple[bytes, str] | None = None) -> Reply:
     """Parse a reply: header, the question, the answer and authority sections.
+
+    *asked*, the question as sent (its wire form after the header, and its
+    name), saves decoding a question the server echoed byte for byte.
 
     :raises MalformedReply: for anything that does not parse, or that is not
         a reply to a single question.
@@ -249,7 +274,11 @@ def parse_reply(data: bytes) -> Reply:
     if qdcount != 1:
         raise MalformedReply(f"{qdcount} questions")
     memo: dict[int, str] = {}
-    qname, pos = _read_name(data, HEADER.size, memo)
+    if asked is not None and data.startswith(asked[0], HEADER.size):
+        qname, pos = asked[1], HEADER.size + len(asked[0]) - 4
+        memo[HEADER.size] = qname
+    else:
+        qname, pos = _read_name(data, HEADER.size, memo)
     if pos + 4 > len(data):
         raise MalformedReply("question runs past the end")
     qtype, qclass = struct.unpack_from("!HH", data, pos)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import struct
 
 import dns.flags
 import dns.message
@@ -99,6 +100,38 @@ def test_soa_ttl_lower_than_minimum():
 def test_question_is_read_back():
     parsed = parse_reply(reply("TXT", qname="MiXeD.Example"))
     assert (parsed.qname, parsed.qtype, parsed.qclass) == ("mixed.example", 16, 1)
+
+
+@pytest.mark.parametrize("qtype,answers,status,records,ttl", CASES)
+def test_the_question_as_sent_reads_the_same(qtype, answers, status, records, ttl):
+    """Passing the question as sent (what the client does) changes nothing in what is read."""
+    data = reply(qtype, answers, authority=[SOA])
+    asked = (build_query(0, QNAME, RType.make(qtype))[12:], QNAME)
+    assert parse_reply(data, asked) == parse_reply(data)
+
+
+def test_a_question_echoed_differently_is_decoded():
+    data = reply("TXT", qname="MiXeD.Example")
+    asked = (build_query(0, "mixed.example", RType.TXT)[12:], "mixed.example")
+    assert parse_reply(data, asked).qname == "mixed.example"
+    other = (build_query(0, "other.example", RType.TXT)[12:], "other.example")
+    assert parse_reply(data, other).qname == "mixed.example"  # never the name we hoped for
+
+
+@pytest.mark.parametrize(
+    "rdata,why",
+    [
+        pytest.param(b"\x01", "runs past", id="label-past-end"),
+        pytest.param(b"\x00\x00" + bytes(19), "wrong length", id="short-fixed-part"),
+        pytest.param(b"\x40a\x00" + bytes(20), "label type", id="bad-label-type"),
+    ],
+)
+def test_broken_soa_is_malformed(rdata, why):
+    data = bytearray(reply("TXT", rcode=dns.rcode.NXDOMAIN))
+    data[9] = 1  # NSCOUNT 1
+    data += b"\xc0\x0c" + struct.pack("!HHIH", 6, 1, 60, len(rdata)) + rdata
+    with pytest.raises(MalformedReply, match=why):
+        parse_reply(bytes(data))
 
 
 def test_build_query_round_trip():
