@@ -35,14 +35,16 @@ class _TextFormatter(logging.Formatter):
         return text
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"]')
+_PLAIN = re.compile(r"[!#-~]+")  # printable ASCII but the double quote: written as it is
 
 
 def _text_value(value: Any) -> str:
+    """A value for ``key=value``: plain when it can be, else a JSON string (quotes and
+    control characters escaped, so a hostile HELO cannot fake fields or lines)."""
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     text = str(value)
-    return f'"{text}"' if not text or _NEEDS_QUOTES.search(text) else text
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -96,6 +98,7 @@ class CheckLog:
         self._second = -1
         self._prefix = ""
         self._static: OrderedDict[int, tuple[CheckResult, dict[str, Any], str]] = OrderedDict()
+        self._head = f"{CHECK_LOGGER} pid={self.pid} info event=check"
 
     @property
     def enabled(self) -> bool:
@@ -106,9 +109,19 @@ class CheckLog:
         (a reused result has the same IP, HELO and verdict): the queue id and the time vary."""
         entry = self._static.get(id(result))
         if entry is None or entry[0] is not result:
-            fields = check_fields(env, result, seconds, mode, mask)
-            del fields["qid"], fields["ms"]
-            entry = (result, fields, " ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+            if _format == "json":
+                fields = check_fields(env, result, seconds, mode, mask)
+                del fields["qid"], fields["ms"]
+                entry = (result, fields, "")
+            else:  # the fields of check_fields, in its order, written out at once
+                v = result.verdict
+                text = (
+                    f"ip={mask_ip(env.ip, mask)} helo={_text_value(env.helo or '-')} id={_text_value(v.id or '-')} "
+                    f"symbols={','.join([h.name for h in v.symbols]) or '-'} "
+                    f"verdict={v.seed.action.value}/{v.seed.smtp_code} mode={_text_value(mode)} "
+                    f"skipped={_text_value(v.skipped or '-')} queries={result.queries}"
+                )
+                entry = (result, {}, text)
             self._static[id(result)] = entry  # holding the result keeps its id from being reused
             if len(self._static) > MAX_STATIC:
                 self._static.popitem(last=False)
@@ -116,8 +129,7 @@ class CheckLog:
         if _format == "json":
             self.write({"event": "check", "qid": qid, **entry[1], "ms": ms})
         else:
-            head = f"{self._stamp()} {CHECK_LOGGER} pid={self.pid} info event=check"
-            self._append(f"{head} qid={_text_value(qid)} {entry[2]} ms={ms}")
+            self._append(f"{self._stamp()} {self._head} qid={_text_value(qid)} {entry[2]} ms={ms}")
 
     def _stamp(self) -> str:
         now = time.time()
