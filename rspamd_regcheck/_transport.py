@@ -350,7 +350,8 @@ class Transport:
     def _sweep(self) -> None:
         self._timer, self._timer_bucket = None, math.inf
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        now_bucket = math.floor(loop.time() / self._grain)
+        # uvloop's clock and timers count whole milliseconds: a timer may fire a little early
+        now_bucket = math.floor((loop.time() + 0.001) / self._grain)
         for bucket in sorted(b for b in self._buckets if b <= now_bucket):
             for q in self._buckets.pop(bucket, ()):
                 if q.server is not None:

@@ -12,11 +12,22 @@ import socket
 import struct
 import time
 
+import pytest
+import uvloop
+
 from rspamd_regcheck import DnsStatus, Transport
 from rspamd_regcheck._transport import _IDS
 from rspamd_regcheck._wire import RType
 
 NAME = "heaven.net.id.regcheck.test"
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Each test under both event loops: the worker runs on uvloop (millisecond timers)."""
+    if request.param == "uvloop":
+        return uvloop.run
+    return asyncio.run
 
 
 def reply_to(query: bytes, rcode: int = 0, txt: bytes = b"v=reg1 svc=S1:A") -> bytes:
@@ -62,7 +73,7 @@ def closed_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def test_formerr_is_asked_again_without_edns():
+def test_formerr_is_asked_again_without_edns(run):
     async def go():
         server, proto, port = await responder([lambda q: reply_to(q, rcode=1), reply_to])
         client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
@@ -72,12 +83,12 @@ def test_formerr_is_asked_again_without_edns():
             client.close()
             server.close()
 
-    answer, queries = asyncio.run(go())
+    answer, queries = run(go())
     assert answer.status is DnsStatus.OK
     assert [arcount(q) for q in queries] == [1, 0]  # with the OPT record, then without
 
 
-def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout():
+def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout(run):
     async def go():
         server, proto, port = await responder([None, reply_to])
         client = Transport([("127.0.0.1", port)], timeout=0.6, tries=2)
@@ -89,13 +100,13 @@ def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout():
             client.close()
             server.close()
 
-    answer, elapsed, queries = asyncio.run(go())
+    answer, elapsed, queries = run(go())
     assert answer.status is DnsStatus.OK
     assert len(queries) == 2 and queries[0][:2] != queries[1][:2]  # a new ID for the new try
     assert 0.3 <= elapsed < 0.6 * 3  # the first try waited its 0.3 s; generous upper bound
 
 
-def test_a_dead_server_fails_at_once_and_the_next_one_answers():
+def test_a_dead_server_fails_at_once_and_the_next_one_answers(run):
     async def go():
         server, proto, port = await responder([reply_to])
         client = Transport([("127.0.0.1", closed_udp_port()), ("127.0.0.1", port)], timeout=4.0, tries=2)
@@ -107,12 +118,12 @@ def test_a_dead_server_fails_at_once_and_the_next_one_answers():
             client.close()
             server.close()
 
-    answer, elapsed = asyncio.run(go())
+    answer, elapsed = run(go())
     assert answer.status is DnsStatus.OK
     assert elapsed < 2.0  # the refused first try did not wait out its 2 s share
 
 
-def test_every_silent_question_ends_by_its_timeout():
+def test_every_silent_question_ends_by_its_timeout(run):
     async def go():
         server, proto, port = await responder([None])
         client = Transport([("127.0.0.1", port)], timeout=0.3, tries=1)
@@ -124,13 +135,13 @@ def test_every_silent_question_ends_by_its_timeout():
             client.close()
             server.close()
 
-    answers, elapsed, asked = asyncio.run(go())
+    answers, elapsed, asked = run(go())
     assert {a.status for a in answers} == {DnsStatus.TIMEOUT}
     assert asked == 300
     assert 0.3 <= elapsed < 0.3 * 3
 
 
-def test_close_ends_waiting_questions_at_once():
+def test_close_ends_waiting_questions_at_once(run):
     async def go():
         server, _, port = await responder([None])
         client = Transport([("127.0.0.1", port)], timeout=10.0, tries=1)
@@ -142,12 +153,12 @@ def test_close_ends_waiting_questions_at_once():
         server.close()
         return answer, time.monotonic() - started
 
-    answer, elapsed = asyncio.run(go())
+    answer, elapsed = run(go())
     assert answer.status is DnsStatus.ERROR and "closed" in answer.detail
     assert elapsed < 1.0
 
 
-def test_a_name_that_cannot_be_sent_is_an_error_not_a_hang():
+def test_a_name_that_cannot_be_sent_is_an_error_not_a_hang(run):
     async def go():
         client = Transport([("127.0.0.1", closed_udp_port())], timeout=10.0)
         try:
@@ -155,7 +166,7 @@ def test_a_name_that_cannot_be_sent_is_an_error_not_a_hang():
         finally:
             client.close()
 
-    answer = asyncio.run(go())
+    answer = run(go())
     assert answer.status is DnsStatus.ERROR and "cannot ask" in answer.detail
 
 
