@@ -23,6 +23,8 @@ MAX_NAME_LENGTH = 253  # RFC 1035 2.3.4: 255 octets on the wire, 253 as text
 MAX_LABEL_LENGTH = 63  # RFC 1035 2.3.4
 MAX_HELO_INPUT = 1024  # longer input is refused before any decoding work
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_IPV4_CHARS = re.compile(r"[0-9.]+")
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -55,7 +57,7 @@ def normalise_helo(helo: str | None) -> str | BadHelo:
         return BadHelo("too-long", helo[:64])
     if "\x00" in helo:
         return BadHelo("nul", helo.replace("\x00", "\\0"))
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in helo):
+    if _CONTROL.search(helo):
         return BadHelo("control-char", helo.encode("unicode_escape").decode("ascii"))
     text = helo.strip()
     if text.startswith("[") or _is_ip(text.rstrip(".")):
@@ -110,6 +112,8 @@ def id_at_level(helo: str, level: int) -> str | None:
 
 
 def _is_ip(text: str) -> bool:
+    if ":" not in text and not _IPV4_CHARS.fullmatch(text):
+        return False  # a host name: spare ipaddress its exception
     try:
         ipaddress.ip_address(text)
     except ValueError:

@@ -9,6 +9,7 @@ classify the ID as bad, low or high.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,12 +41,12 @@ class RatingPolicy:
     high_max: float = 8.0  # ... and some used score above this
     services: Mapping[str, ServiceScale] = field(default_factory=lambda: dict(SEED_SERVICES))
 
-    @property
+    @functools.cached_property  # a policy never changes: worked out once
     def top(self) -> float:
         """The best score any trusted service can give."""
         return max((s for svc in self.services.values() for s in svc.scores.values()), default=0.0)
 
-    @property
+    @functools.cached_property
     def bottom(self) -> float:
         """The worst score any trusted service can give."""
         return min((s for svc in self.services.values() for s in svc.scores.values()), default=0.0)

@@ -7,6 +7,7 @@ evaluator (`_evaluate.py`) turns facts into a `Verdict`.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -147,7 +148,7 @@ class RatingSummary:
     low: float | None = None
     high: float | None = None
 
-    @property
+    @functools.cached_property
     def text(self) -> str:
         """The ratings used, as the seed printed them: ``S1:A,M2:A,H1:B``."""
         return ",".join(str(r) for r in self.used)
