@@ -204,11 +204,12 @@ class Checker:
         zones = self.config.registry_zones
         # The registry's first question goes out first (many DNSBL zones must not take the
         # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
-        first = None
+        registry = None
         if not isinstance(found, BadHelo) and zones:
-            first = session.end(session.begin(f"{found.id}.{zones[0]}", RType.TXT))
+            registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
         asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        first = session.end(registry) if registry is not None else None
         facts = await self._registry_facts(env, ip, session, found, first)
         if self.config.prescreen:
             answers = [await session.end(a) for a in asked]

@@ -255,6 +255,7 @@ class Resolver:
         self._active = 0
         self._queued: deque[tuple[tuple[str, int], str, RType, Transport]] = deque()
         self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # transports without `start` (test doubles)
         # The longest any question can take: its transport's timeout (waiting for a slot aside).
         self.max_wait = max((t.timeout for t in self._all_transports()), default=0.0)
@@ -312,7 +313,10 @@ class Resolver:
         """
         name = normalise_name(name)
         key = (name, int(rtype))
-        fut: asyncio.Future[DnsAnswer] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._adopt(loop)
+        fut: asyncio.Future[DnsAnswer] = loop.create_future()
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.coalesced += 1
@@ -328,6 +332,19 @@ class Resolver:
         else:
             self._queued.append((key, name, rtype, transport))
         return fut
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A new event loop (``asyncio.run`` again): questions of the old one are gone with it."""
+        self._loop = loop
+        self._inflight = {}
+        self._active = 0
+        self._queued.clear()
+        self._tasks = set()
+
+    @property
+    def queued(self) -> int:
+        """Questions waiting for a slot on the wire (``max_inflight`` reached)."""
+        return len(self._queued)
 
     def _send(self, key: tuple[str, int], name: str, rtype: RType, transport: Transport) -> None:
         self._active += 1
@@ -448,7 +465,9 @@ class Session:
             if remaining <= 0:
                 pending.cancel()
                 return self._seen(asked.name, asked.rtype, _PAST_DEADLINE)
-            if remaining < self._resolver.max_wait:  # else the transport gives up first: no timer needed
+            # The transport gives up within max_wait once a question is sent: a timer of our own
+            # is needed only when that is too late, or when questions wait for a slot to be sent.
+            if remaining < self._resolver.max_wait or self._resolver.queued:
                 try:
                     async with asyncio.timeout(remaining):
                         answer = await pending  # our own future: cancelling it leaves the question alone

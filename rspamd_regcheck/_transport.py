@@ -22,6 +22,7 @@ to a pending question ends that try as an error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import secrets
@@ -32,6 +33,8 @@ from typing import Any, cast
 
 from ._answer import DnsAnswer, DnsStatus, answer_from_reply
 from ._wire import MalformedReply, Rcode, Reply, RType, build_query, parse_reply
+
+log = logging.getLogger("rspamd_regcheck.dns")
 
 EDNS_PAYLOAD = 1232  # bytes; the DNS flag day 2020 value, avoids IP fragmentation
 MAX_TCP_REPLY = 65535
@@ -46,6 +49,7 @@ def _edns_opt() -> bytes:
 
 _OPT = _edns_opt()
 _TIMEOUT = DnsAnswer(DnsStatus.TIMEOUT, detail="timeout")
+_CLOSED = DnsAnswer(DnsStatus.ERROR, detail="DNS client closed")
 
 
 class _Ids:
@@ -213,6 +217,8 @@ class Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_bucket = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: set[_Question] = set()  # questions a task holds (TCP, opening a socket)
+        self._closed = False
         self.sent = 0  # UDP questions sent, retries included
         self.tcp = 0  # questions re-asked over TCP
 
@@ -227,6 +233,9 @@ class Transport:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first use, or a new event loop (asyncio.run again)
             self._adopt(loop)
+        if self._closed:
+            done(token, _CLOSED)
+            return
         try:
             base = build_query(0, name, rtype, self._recursion)
         except (ValueError, UnicodeEncodeError) as exc:
@@ -238,6 +247,9 @@ class Transport:
     # -- trying --------------------------------------------------------------------------------
 
     def _send(self, q: _Question, server: _Server, wait: float) -> None:
+        if self._closed:
+            self._finish(q, _CLOSED)
+            return
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         now = loop.time()
         wait = min(wait, q.deadline - now)
@@ -246,7 +258,7 @@ class Transport:
             return
         transport = server.transport
         if transport is None or transport.is_closing():
-            self._spawn(self._open_then_send(q, server))
+            self._spawn(q, self._open_then_send(q, server))
             return
         qid = server.new_id()
         query = struct.pack("!H", qid) + q.base[2:]
@@ -269,10 +281,19 @@ class Transport:
         try:
             await server.open()
         except OSError as exc:
-            detail = f"{server.host}:{server.port}: {exc.strerror or exc}"
-            self._try_failed(q, DnsAnswer(DnsStatus.ERROR, detail=detail))
+            failed: DnsAnswer | None = DnsAnswer(
+                DnsStatus.ERROR, detail=f"{server.host}:{server.port}: {exc.strerror or exc}"
+            )
+        else:
+            failed = None
+        finally:
+            self._held.discard(q)
+        if q.finished:  # closed meanwhile
             return
-        self._send(q, server, self._per_try)
+        if failed is not None:
+            self._try_failed(q, failed)
+        else:
+            self._send(q, server, self._per_try)
 
     def _reply(self, server: _Server, data: bytes) -> None:
         if len(data) < 2:
@@ -297,14 +318,21 @@ class Transport:
             return
         if reply.truncated:
             self.tcp += 1
-            self._spawn(self._tcp_then(q, server))
+            self._spawn(q, self._tcp_then(q, server))
             return
         self._next = server.index
         self._finish(q, answer_from_reply(reply, q.name, q.rtype))
 
     async def _tcp_then(self, q: _Question, server: _Server) -> None:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
-        result = await self._tcp(server, q.base, q.name, q.rtype, q.deadline - loop.time())
+        try:
+            if q.finished:
+                return
+            result = await self._tcp(server, q.base, q.name, q.rtype, q.deadline - loop.time())
+        finally:
+            self._held.discard(q)
+        if q.finished:  # closed meanwhile
+            return
         if isinstance(result, DnsAnswer):
             self._try_failed(q, result)
         else:
@@ -327,7 +355,11 @@ class Transport:
         q.finished = True
         done, token = q.done, q.token
         q.done = q.token = None  # type: ignore[assignment]
-        done(token, answer)
+        self._held.discard(q)
+        try:
+            done(token, answer)
+        except Exception:  # a caller's bug must not stop a sweep or a reply half way
+            log.exception("DNS answer callback failed for %s", q.name)
 
     # -- timeouts ------------------------------------------------------------------------------
 
@@ -354,8 +386,10 @@ class Transport:
         now_bucket = math.floor((loop.time() + 0.001) / self._grain)
         for bucket in sorted(b for b in self._buckets if b <= now_bucket):
             for q in self._buckets.pop(bucket, ()):
-                if q.server is not None:
-                    q.server.pending.pop(q.qid, None)
+                server = q.server
+                if q.finished or q.bucket != bucket or server is None or server.pending.get(q.qid) is not q:
+                    continue  # moved on while this bucket was swept (an ICMP error re-sent it)
+                del server.pending[q.qid]
                 q.qid = -1
                 self._try_failed(q, _TIMEOUT)
         if self._buckets:
@@ -365,7 +399,9 @@ class Transport:
 
     # -- housekeeping --------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, q: _Question, coro: Any) -> None:
+        """Run *coro*, which holds *q* until it ends (`close` ends what tasks hold)."""
+        self._held.add(q)
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         task = loop.create_task(coro)
         self._tasks.add(task)
@@ -375,9 +411,12 @@ class Transport:
         self._loop = loop
         for server in self._servers:
             server.reset()
+        # What belonged to the old loop is gone with it (its callers too): dropped, not answered.
         self._buckets = {}
         self._timer, self._timer_bucket = None, math.inf
         self._tasks = set()
+        self._held = set()
+        self._closed = False
 
     async def _tcp(self, server: _Server, base: bytes, name: str, rtype: int, timeout: float) -> Reply | DnsAnswer:
         """RFC 7766: re-ask a truncated question over TCP on the same server."""
@@ -413,14 +452,20 @@ class Transport:
         return reply
 
     def close(self) -> None:
-        """Close the sockets; questions still waiting end as errors."""
+        """Close the sockets; questions still waiting end as errors, and no more are sent.
+
+        (A transport used again from a new event loop opens new sockets.)
+        """
+        self._closed = True
         for server in self._servers:
             waiting = list(server.pending.values())
             server.pending.clear()
             for q in waiting:
                 self._unwait(q)
-                self._finish(q, DnsAnswer(DnsStatus.ERROR, detail="DNS client closed"))
+                self._finish(q, _CLOSED)
             server.close()
+        for q in list(self._held):  # over TCP, or waiting for a socket
+            self._finish(q, _CLOSED)
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_bucket = None, math.inf

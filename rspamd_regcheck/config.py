@@ -294,7 +294,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
     if "deadline" in dns:
         kw["deadline"] = _number(dns["deadline"], "dns.deadline", 0.05, 120.0)
     if "max_inflight" in dns:
-        kw["max_inflight"] = _int(dns["max_inflight"], "dns.max_inflight", 1, 100_000)
+        # below 65,536: every question in flight to one server needs a query ID of its own
+        kw["max_inflight"] = _int(dns["max_inflight"], "dns.max_inflight", 1, 50_000)
 
     lg = _table(data, "log", ("level", "format", "mask_clients"))
     if "level" in lg:

@@ -7,6 +7,7 @@ script (None: no answer at all), and keeps every query for the test to read.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import struct
@@ -15,7 +16,7 @@ import time
 import pytest
 import uvloop
 
-from rspamd_regcheck import DnsStatus, Transport
+from rspamd_regcheck import Cache, DnsStatus, Resolver, Transport
 from rspamd_regcheck._transport import _IDS
 from rspamd_regcheck._wire import RType
 
@@ -39,6 +40,13 @@ def reply_to(query: bytes, rcode: int = 0, txt: bytes = b"v=reg1 svc=S1:A") -> b
         return struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, 0, 0, 0) + question
     rr = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 60, len(txt) + 1) + bytes([len(txt)]) + txt
     return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + rr
+
+
+def truncated_reply(query: bytes) -> bytes:
+    """A reply with TC set and no records: ask again over TCP."""
+    qid = struct.unpack("!H", query[:2])[0]
+    question = query[12 : query.index(b"\x00", 12) + 5]
+    return struct.pack("!HHHHHH", qid, 0x8380, 1, 0, 0, 0) + question
 
 
 class Scripted(asyncio.DatagramProtocol):
@@ -186,3 +194,93 @@ def test_query_ids_are_spread_and_not_shared_with_a_forked_child():
     os.waitpid(pid, 0)
     parent = tuple(_IDS.next() for _ in range(8))
     assert child != parent
+
+
+def test_a_retry_re_sent_during_a_timeout_sweep_keeps_its_full_try(run):
+    """Server B starts refusing while questions wait on A and B.  The sweep that times
+    them out re-sends some to B, whose refusal fails the questions still in the swept
+    bucket at once; each must still get its full try on A (0.3 s), not be cut short."""
+
+    async def go():
+        a_server, _, a_port = await responder([None])
+        b_server, _, b_port = await responder([None])
+        client = Transport([("127.0.0.1", a_port), ("127.0.0.1", b_port)], timeout=0.9, tries=3)
+        loop = asyncio.get_running_loop()
+        ended: dict[int, list[float]] = {}
+        try:
+            await client.ask("warm.example", RType.TXT)  # open both sockets (A answers nothing)
+            client._next = 1
+            await client.ask("warm-b.example", RType.TXT)
+            started = loop.time()
+            for i in range(40):
+                client._next = i % 2
+                client.start(f"q{i}.example", RType.TXT, lambda i, _: ended.setdefault(i, []).append(loop.time()), i)
+            b_server.close()  # B refuses from now on (ICMP port unreachable)
+            await asyncio.sleep(1.5)
+            return {i: [t - started for t in times] for i, times in ended.items()}
+        finally:
+            client.close()
+            a_server.close()
+
+    ended = run(go())
+    assert sorted(ended) == list(range(40)) and all(len(times) == 1 for times in ended.values())
+    early = {i: round(times[0], 3) for i, times in ended.items() if times[0] < 0.55}
+    assert not early  # every question had two full tries on A (0.3 s each)
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # the first loop's socket: see below
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_resolver_used_again_from_a_new_event_loop_answers():
+    """A question left in flight when its event loop ended must not hold the name (or the
+    only slot on the wire) for the next loop.  (The first loop ends with its socket open,
+    which is the point; asyncio cannot close it once its loop is closed.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        resolver = Resolver(Transport([silent.getsockname()], timeout=0.5, tries=1), Cache(), max_inflight=1)
+
+        async def leave_in_flight():
+            resolver.fetch("a.example", RType.A)
+            await asyncio.sleep(0.05)
+
+        async def ask(name):
+            started = time.monotonic()
+            try:
+                answer = await asyncio.wait_for(resolver.query(name, RType.A), 5)
+            finally:
+                resolver.close()
+            return answer, time.monotonic() - started
+
+        asyncio.run(leave_in_flight())
+        for name in ("a.example", "b.example"):
+            answer, elapsed = asyncio.run(ask(name))
+            assert answer.status is DnsStatus.TIMEOUT and elapsed < 0.5 * 3
+    gc.collect()  # the first loop's socket goes here, under this test's warning filters
+
+
+def test_close_during_tcp_fallback_ends_the_question_and_sends_nothing_more(run):
+    async def go():
+        loop = asyncio.get_running_loop()
+
+        async def stall(reader, writer):
+            await asyncio.sleep(0.3)
+            writer.close()  # accepted, then dropped without an answer
+
+        tcp = await asyncio.start_server(stall, "127.0.0.1", 0)
+        port = tcp.sockets[0].getsockname()[1]
+        udp, proto = await loop.create_datagram_endpoint(
+            lambda: Scripted([truncated_reply]), local_addr=("127.0.0.1", port)
+        )
+        client = Transport([("127.0.0.1", port)], timeout=2.0, tries=2)
+        answers = []
+        client.start(NAME, RType.TXT, lambda _, answer: answers.append(answer), None)
+        await asyncio.sleep(0.1)  # over TCP by now
+        client.close()
+        await asyncio.sleep(0.6)  # past the TCP drop: a second try would go out now
+        udp.close()
+        tcp.close()
+        return answers, len(proto.queries), client.tcp
+
+    answers, udp_queries, tcp = run(go())
+    assert tcp == 1
+    assert [a.detail for a in answers] == ["DNS client closed"]
+    assert udp_queries == 1  # no try after close
