@@ -16,7 +16,7 @@ import time
 import pytest
 import uvloop
 
-from rspamd_regcheck import Cache, DnsStatus, Resolver, Transport
+from rspamd_regcheck import Cache, DnsStatus, Resolver, Session, Transport
 from rspamd_regcheck._transport import _IDS
 from rspamd_regcheck._wire import RType
 
@@ -284,3 +284,29 @@ def test_close_during_tcp_fallback_ends_the_question_and_sends_nothing_more(run)
     assert tcp == 1
     assert [a.detail for a in answers] == ["DNS client closed"]
     assert udp_queries == 1  # no try after close
+
+
+def test_questions_waiting_for_a_slot_end_by_the_check_deadline(run):
+    """One question on the wire at a time, 0.4 s each: the sixth would wait 2.4 s for its
+    turn; a check's deadline of 1 s ends it first."""
+
+    async def go():
+        server, _, port = await responder([None])
+        resolver = Resolver(Transport([("127.0.0.1", port)], timeout=0.4, tries=1), Cache(), max_inflight=1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def check(i):
+            session = Session(resolver, cap=10, deadline=started + 1.0)
+            answer = await session.query(f"q{i}.example", RType.TXT)
+            return answer.status, loop.time() - started
+
+        try:
+            return await asyncio.gather(*(check(i) for i in range(6)))
+        finally:
+            resolver.close()
+            server.close()
+
+    results = run(go())
+    assert {status for status, _ in results} == {DnsStatus.TIMEOUT}
+    assert max(elapsed for _, elapsed in results) < 1.0 * 1.8
