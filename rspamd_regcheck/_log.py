@@ -35,16 +35,17 @@ class _TextFormatter(logging.Formatter):
         return text
 
 
-_PLAIN = re.compile(r"[!#-~]+")  # printable ASCII but the double quote: written as it is
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but '"', '=' and '\\': written as it is
 
 
 def _text_value(value: Any) -> str:
-    """A value for ``key=value``: plain when it can be, else a JSON string (quotes and
+    """A value for ``key=value``: plain when it can be, else a JSON string (quotes, '=' and
     control characters escaped, so a hostile HELO cannot fake fields or lines)."""
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     text = str(value)
-    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+    # '=' is written \u003d: a search for "verdict=" finds the field, never a HELO's text
+    return text if _PLAIN.fullmatch(text) else json.dumps(text).replace("=", "\\u003d")
 
 
 class _JsonFormatter(logging.Formatter):

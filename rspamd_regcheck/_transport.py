@@ -22,6 +22,8 @@ to a pending question ends that try as an error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -81,6 +83,7 @@ class _Question:
     """One question on its way: which try it is on, and where it waits."""
 
     __slots__ = (
+        "asked",
         "attempt",
         "base",
         "bucket",
@@ -112,6 +115,9 @@ class _Question:
         self.bucket = 0
         self.last = _TIMEOUT
         self.finished = False
+        # The question as sent, to save decoding its echo; not for a name with a backslash,
+        # which reads back escaped (as dnspython writes it).
+        self.asked = (base[12:], name) if "\\" not in name else None
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -184,7 +190,8 @@ class _Server:
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.close()
+            with contextlib.suppress(RuntimeError):  # its event loop is closed already: nothing to do there
+                self.transport.close()
 
 
 class Transport:
@@ -288,6 +295,8 @@ class Transport:
             failed = None
         finally:
             self._held.discard(q)
+        if self._closed:  # closed while the socket opened: it must not stay open
+            server.close()
         if q.finished:  # closed meanwhile
             return
         if failed is not None:
@@ -302,7 +311,7 @@ class Transport:
         if q is None:
             return
         try:
-            reply = parse_reply(data, (q.base[12:], q.name))
+            reply = parse_reply(data, q.asked)
         except MalformedReply as exc:
             del server.pending[q.qid]
             self._unwait(q)
@@ -405,9 +414,28 @@ class Transport:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         task = loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._task_done, q))
+
+    def _task_done(self, q: _Question, task: asyncio.Task[None]) -> None:
+        """A task that ends by surprise (a bug, or cancelled) still ends its question."""
+        self._tasks.discard(task)
+        self._held.discard(q)
+        if task.cancelled():
+            failure = "DNS question cancelled"
+        else:
+            exc = task.exception()
+            if exc is None:
+                return
+            log.error("DNS client failed on %s", q.name, exc_info=exc)
+            failure = f"DNS client failed: {type(exc).__name__}"
+        if not q.finished:
+            if q.server is not None and q.qid >= 0:
+                q.server.pending.pop(q.qid, None)
+                self._unwait(q)
+            self._finish(q, DnsAnswer(DnsStatus.ERROR, detail=failure))
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        had_loop = self._loop is not None
         self._loop = loop
         for server in self._servers:
             server.reset()
@@ -416,7 +444,8 @@ class Transport:
         self._timer, self._timer_bucket = None, math.inf
         self._tasks = set()
         self._held = set()
-        self._closed = False
+        if had_loop:  # closed in an event loop that is gone: open again in this one
+            self._closed = False
 
     async def _tcp(self, server: _Server, base: bytes, name: str, rtype: int, timeout: float) -> Reply | DnsAnswer:
         """RFC 7766: re-ask a truncated question over TCP on the same server."""
@@ -466,6 +495,8 @@ class Transport:
             server.close()
         for q in list(self._held):  # over TCP, or waiting for a socket
             self._finish(q, _CLOSED)
+        for task in list(self._tasks):
+            task.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_bucket = None, math.inf

@@ -66,6 +66,8 @@ def test_text_line_has_the_fields_of_check_fields(monkeypatch):
         pytest.param("line\nbreak", id="newline"),
         pytest.param("caf\u00e9.example", id="non-ascii"),
         pytest.param("", id="empty"),
+        pytest.param("x,verdict=ACCEPT/250", id="equals-fakes-a-field-for-grep"),
+        pytest.param("back\\slash", id="backslash"),
     ],
 )
 def test_hostile_helo_stays_one_field_on_one_line(helo, monkeypatch):
@@ -76,6 +78,7 @@ def test_hostile_helo_stays_one_field_on_one_line(helo, monkeypatch):
     assert list(fields) == ["qid", "ip", "helo", "id", "symbols", "verdict", "mode", "skipped", "queries", "ms"]
     assert fields["helo"] == (helo or "-")
     assert fields["verdict"] == "ACCEPT/250"
+    assert line.count("verdict=") == 1  # a plain search finds the field only
 
 
 def test_masked_addresses(monkeypatch):

@@ -310,3 +310,44 @@ def test_questions_waiting_for_a_slot_end_by_the_check_deadline(run):
     results = run(go())
     assert {status for status, _ in results} == {DnsStatus.TIMEOUT}
     assert max(elapsed for _, elapsed in results) < 1.0 * 1.8
+
+
+def test_a_bug_while_opening_a_socket_ends_the_question(run, monkeypatch):
+    """Not an OSError (a bug): the question still ends, and the next one for the name is asked."""
+    from rspamd_regcheck._transport import _Server
+
+    real_open = _Server.open
+
+    async def broken_open(self):
+        raise RuntimeError("a bug")
+
+    async def go():
+        server, _, port = await responder([reply_to])
+        resolver = Resolver(Transport([("127.0.0.1", port)], timeout=0.5), Cache())
+        try:
+            monkeypatch.setattr(_Server, "open", broken_open)
+            first = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
+            monkeypatch.setattr(_Server, "open", real_open)
+            second = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
+            return first, second
+        finally:
+            resolver.close()
+            server.close()
+
+    first, second = run(go())
+    assert first.status is DnsStatus.ERROR and "RuntimeError" in first.detail
+    assert second.status is DnsStatus.OK
+
+
+def test_a_transport_closed_before_use_sends_nothing(run):
+    async def go():
+        server, proto, port = await responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=0.5)
+        client.close()
+        answer = await client.ask(NAME, RType.TXT)
+        server.close()
+        return answer, len(proto.queries)
+
+    answer, asked = run(go())
+    assert answer.status is DnsStatus.ERROR and "closed" in answer.detail
+    assert asked == 0
