@@ -13,6 +13,7 @@ min / median / max over RUNS.  aiodns is measured only when installed
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import statistics
 import sys
 import time
@@ -107,11 +108,9 @@ def main() -> None:
 
         run = uvloop.run
     clients = {"regcheck Transport": ours, "dnspython asyncresolver": dnspython}
-    try:
-        import aiodns  # noqa: F401
-
+    if importlib.util.find_spec("aiodns") is not None:
         clients["aiodns (c-ares)"] = aiodns_client
-    except ImportError:
+    else:
         print("aiodns not installed: skipped")
     with knot({ORIGIN: zone(WARM_UP + n)}) as (_, port, _):
         print(f"N={n} C={c} runs={runs} loop={loop}, knot on 127.0.0.1:{port}")

@@ -17,6 +17,7 @@ msgpack over keep-alive, as the shim calls it (wrk, one thread):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -116,10 +117,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     import socket
 
     for _ in range(200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
             return
@@ -144,7 +147,10 @@ def wrk(port: int, seconds: int, connections: int, script: str) -> tuple[float, 
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"no rate in wrk's output:\n{out}")
+    rps = float(found.group(1))
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
     return rps, p50.group(1) if p50 else "?"
 
@@ -179,6 +185,9 @@ def main() -> None:
         "aiohttp, same reply": lambda p: [py, str(work / "aio.py"), str(p), str(work / "reply.bin")],
         "bare asyncio, same reply": lambda p: [py, str(work / "bare.py"), str(p), str(work / "reply.bin")],
     }
+    if importlib.util.find_spec("aiohttp") is None:
+        del servers["aiohttp, same reply"]
+        print("aiohttp not installed (pip install aiohttp): skipped")
     print(f"wrk -t1 -c{connections} -d{seconds}s, msgpack POST /checkv2, keep-alive, uvloop")
     for label, cmd in servers.items():
         port = free_port()
@@ -186,7 +195,7 @@ def main() -> None:
             cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(ROOT))
         )
         try:
-            wait_port(port)
+            wait_port(port, proc)
             wrk(port, 1, connections, str(work / "post.lua"))  # warm-up
             rps, p50 = wrk(port, seconds, connections, str(work / "post.lua"))
             print(f"{label:28} {rps:9.0f} req/s   p50 {p50}")
