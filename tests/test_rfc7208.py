@@ -1,7 +1,7 @@
 """The RFC 7208 test suite (openspf.org, release 2014.04) through our SPF method and DNS layer.
 
-The suite is read from ../shared/data/rfc7208/ (BSD licence beside it); it is
-not copied into this repository.  Each scenario's zone data is served by a
+The suite is kept in tests/data/rfc7208/ with its BSD licence beside it
+(rfc7208-tests.LICENSE), so a clone needs nothing outside itself.  Each scenario's zone data is served by a
 transport of this file's own, behind our real Resolver, Cache and Session,
 so every lookup pyspf makes goes through the same path as in production.
 
@@ -25,7 +25,7 @@ from rspamd_regcheck._answer import DnsAnswer, DnsStatus
 from rspamd_regcheck._spf import check_host
 from rspamd_regcheck._wire import RType, encode_name
 
-SUITE = Path(__file__).resolve().parents[2] / "shared" / "data" / "rfc7208" / "rfc7208-tests.yml"
+SUITE = Path(__file__).resolve().parent / "data" / "rfc7208" / "rfc7208-tests.yml"
 MAX_CNAME = 10
 
 
