@@ -345,3 +345,36 @@ def test_local_list_reloads_on_sighup(knot, tmp_path):
         server.wait_until(lambda: action() == "REJECT", "the list read again")
     finally:
         server.stop()
+
+
+def test_demo_shows_a_sender_no_registry_lists():
+    """`./dev demo`'s last case, offline: rated by demo/zones/dwl.zone, authenticated by its own SPF."""
+    import json
+
+    from test_cli import ROOT, cli
+
+    proc = cli(
+        "--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9", "check",
+        "--ip", "203.0.113.25", "--helo", "mail.newcomer.example", "--from", "news@newcomer.example", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    assert reply["regcheck"]["verdict"]["action"] == "ACCEPT"
+    assert reply["symbols"]["REGCHECK_RATING_HIGH"]["options"] == ["newcomer.example", "ratings=DWL:A", "record=assumed"]
+    assert "REGCHECK_NO_RECORD" not in reply["symbols"]
+    assert "203.0.113.25|mail.newcomer.example|news@newcomer.example|" in (ROOT / "dev").read_text()
+
+
+def test_no_registry_zone_is_allowed_with_the_fallback(knot, tmp_path):
+    import json
+
+    from test_cli import cli
+
+    args = ("--nameserver", knot.nameserver, "check", "--ip", "192.0.2.1", "--helo", "mx.new.zz", "--json")
+    proc = cli(*args)
+    assert proc.returncode == 2 and "no registry zone configured" in proc.stderr
+    conf = tmp_path / "c.toml"
+    conf.write_text('[registry]\nfallback = "authenticate"\n[policy]\nlocal_networks = []\n')
+    proc = cli("--config", str(conf), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["symbols"]["REGCHECK_NO_RATINGS"]["options"] == ["new.zz", "record=assumed"]
