@@ -378,3 +378,22 @@ def test_no_registry_zone_is_allowed_with_the_fallback(knot, tmp_path):
     proc = cli("--config", str(conf), *args)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["symbols"]["REGCHECK_NO_RATINGS"]["options"] == ["new.zz", "record=assumed"]
+
+
+def test_idlevel_asks_the_lists_about_the_deeper_id(knot):
+    # hoster.test's record says IDlevel=3: the real ID is cust1.hoster.test, asked of the list again
+    services = {"DWL": DWL, "S1": {"ratings": SCALE}, "M2": {"ratings": SCALE}}
+    cfg = config_from_mapping(
+        {
+            "registry": {"zones": ["id.regcheck.test"]},
+            "dns": {"nameservers": [knot.host], "port": knot.port},
+            "policy": {"local_networks": []},
+            "services": services,
+        }
+    )
+    before = knot.queries()
+    result = check(cfg, "203.0.113.5", "mx.cust1.hoster.test")
+    assert result.verdict.ratings is not None
+    assert result.verdict.ratings.text == "DWL:A,S1:A,M2:A"
+    assert result.queries == knot.queries() - before == 4  # registry and list, for each ID
+    assert result.verdict.seed.action is Action.ACCEPT
