@@ -21,7 +21,7 @@ from ._ratings import Reading
 VBR_HEADER = "vbr-info"
 VOUCH_LABEL = "_vouch"  # RFC 5518 section 5, RFC 8553's underscored node name
 ALL = "all"  # RFC 5518 section 5: vouches for every type of mail
-MAX_VOUCHERS = 8  # vouchers read from one message's headers: each costs a DNS question
+MAX_VOUCHERS = 8  # vouchers read from one message's headers (only trusted ones are asked)
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # one mc type token
 _DOMAIN = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?")
 
@@ -52,11 +52,13 @@ def header_claims(headers: Sequence[tuple[str, str]], ident: str) -> tuple[Claim
         md, mc, mv = tags.get("md", "").lower().rstrip("."), tags.get("mc", "").lower(), tags.get("mv", "")
         if md != ident or not mv or (mc and not _TYPE.fullmatch(mc)):
             continue
-        for voucher in mv.split(":"):
+        for voucher in mv.split(":", MAX_VOUCHERS)[:MAX_VOUCHERS]:
             voucher = voucher.strip().lower().rstrip(".")
             if _DOMAIN.fullmatch(voucher) and all(c.voucher != voucher for c in claims):
                 claims.append(Claim(voucher, mc or None))
-    return tuple(claims[:MAX_VOUCHERS])
+                if len(claims) == MAX_VOUCHERS:
+                    return tuple(claims)
+    return tuple(claims)
 
 
 def vouch_name(ident: str, voucher: str) -> str:

@@ -397,3 +397,41 @@ def test_idlevel_asks_the_lists_about_the_deeper_id(knot):
     assert result.verdict.ratings.text == "DWL:A,S1:A,M2:A"
     assert result.queries == knot.queries() - before == 4  # registry and list, for each ID
     assert result.verdict.seed.action is Action.ACCEPT
+
+
+def test_hostile_vbr_info_against_the_real_worker(knot, tmp_path):
+    """A message naming thousands of vouchers, the trusted one among them: one vouch question at most."""
+    import json
+
+    from conftest import free_port
+    from test_serve import SECRET, Server
+
+    conf = (
+        f'[server]\nsecret = "{SECRET}"\n[registry]\nzones = ["{REG}"]\nfallback = "authenticate"\n'
+        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\ncache_size = 0\nresult_cache_size = 0\n'
+        '[policy]\nlocal_networks = []\n'
+        '[services.VBR]\nratings = { A = 9 }\nvouchers = [{ domain = "vouch.regcheck.test", rating = "A" }]\n'
+    )
+    server = Server(tmp_path, conf, free_port())
+    many = ":".join(f"v{i}.attacker.test" for i in range(2000))
+    headers = "".join(
+        f"VBR-Info: md=new.zz; mc=all; mv=vouch.regcheck.test:{many}\r\n" for _ in range(50)
+    ) + "VBR-Info: md=new.zz; mc=" + "x" * 5000 + "; mv=vouch.regcheck.test\r\nVBR-Info: ;;;==;md\r\n"
+    body = (headers + "Subject: hi\r\n\r\nbody\r\n").encode()
+    request = (
+        b"POST /checkv2 HTTP/1.1\r\nIP: 192.0.2.1\r\nHelo: mx.new.zz\r\nFrom: a@new.zz\r\n"
+        + f"Password: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    try:
+        before = knot.queries()
+        status, _, reply = server.request(request)
+        asked = knot.queries() - before
+        assert status == 200
+        out = json.loads(reply)
+        # registry, one vouch question, the fallback's CSA probe, SPF: nothing for the 2000 strangers
+        assert out["regcheck"]["queries"] == asked == 4
+        assert out["regcheck"]["verdict"]["action"] == "ACCEPT"
+        assert out["symbols"]["REGCHECK_RATING_HIGH"]["options"] == ["new.zz", "ratings=VBR:A", "record=assumed"]
+    finally:
+        server.stop()
