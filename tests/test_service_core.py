@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -247,3 +248,33 @@ def test_service_config_round_trips_through_config_check(tmp_path):
     again = config_from_mapping(tomllib.loads(cfg.to_toml()), base_dir=str(tmp_path))
     assert again.rating_services == cfg.rating_services
     assert again.registry_fallback == "authenticate"
+
+
+# -- the evaluator: notes and the assumed record ------------------------------------------------
+
+
+def test_evaluate_says_the_record_was_assumed_and_why_a_service_gave_nothing():
+    from rspamd_regcheck import Facts, Policy, RatingPolicy, RegistryFacts, RegistryStatus, evaluate
+    from rspamd_regcheck._types import MethodOutcome, RatingClass, RatingSummary, Result
+
+    policy = Policy(RatingPolicy(), (Method.SPF,), {Method.SPF: 30})
+    notes = ("DBL:refused 127.255.255.254",)
+    reg = RegistryFacts(RegistryStatus.FOUND, record=assumed_record({Method.SPF: 30}, False), assumed=True)
+    ip = ipaddress.ip_address("192.0.2.1")
+    unrated = evaluate(Facts(ip, "mx.a.zz", "a.zz", reg, RatingSummary(RatingClass.NONE, notes=notes)), policy)
+    assert [(s.name, s.options) for s in unrated.symbols] == [
+        ("REGCHECK_NO_RATINGS", ("a.zz", *notes, "record=assumed"))
+    ]
+    assert unrated.add_headers == (("X-Regcheck", "192.0.2.1 a.zz NONE unverified ratings= record=assumed"),)
+    high = RatingSummary(RatingClass.HIGH, (Rating("DWL", "A"),), 9.0, 9.0, 9.0, notes)
+    passed = MethodOutcome(Method.SPF, Result.PASS, ("mailfrom=a.zz",))
+    verdict = evaluate(Facts(ip, "mx.a.zz", "a.zz", reg, high, (passed,)), policy)
+    assert [(s.name, s.options) for s in verdict.symbols] == [
+        ("REGCHECK_RATING_HIGH", ("a.zz", "ratings=DWL:A", *notes, "record=assumed")),
+        ("REGCHECK_SPF_ALLOW", ("a.zz", "mailfrom=a.zz", *notes, "record=assumed")),
+    ]
+    # a record from the registry: nothing said about assuming
+    real = dataclasses.replace(reg, assumed=False)
+    plain = evaluate(Facts(ip, "mx.a.zz", "a.zz", real, RatingSummary(RatingClass.NONE)), policy)
+    assert plain.add_headers == (("X-Regcheck", "192.0.2.1 a.zz NONE unverified ratings="),)
+    assert plain.symbols[0].options == ("a.zz",)

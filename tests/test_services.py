@@ -435,3 +435,24 @@ def test_hostile_vbr_info_against_the_real_worker(knot, tmp_path):
         assert out["symbols"]["REGCHECK_RATING_HIGH"]["options"] == ["new.zz", "ratings=VBR:A", "record=assumed"]
     finally:
         server.stop()
+
+
+def test_service_questions_are_coalesced_and_cached(knot):
+    cfg = make_config(knot, {"DWL": DWL, "IPWL": IPWL}, result_cache_size=0)
+    env = Envelope(ip=ipaddress.ip_address("192.0.2.5"), helo="mx.med.zz", mail_from="a@med.zz")
+
+    async def run():
+        checker = Checker(cfg)
+        try:
+            before = knot.queries()
+            together = await asyncio.gather(checker.check(env), checker.check(env))  # one question each on the wire
+            wire = knot.queries() - before
+            again = await checker.check(env)  # every answer from the cache
+            return together, wire, again, knot.queries() - before - wire
+        finally:
+            checker.close()
+
+    together, wire, again, later = asyncio.run(run())
+    assert [r.queries for r in together] == [again.queries, again.queries]  # each check counts every question
+    assert wire == again.queries and later == 0
+    assert again.verdict.ratings is not None and again.verdict.ratings.text == "DWL:B,IPWL:A"  # config order
