@@ -484,7 +484,8 @@ def critical_path(work: Path, kport: int, first: int, sizes: Sizes, series: dict
             slow = Worker(work, "delayed-services" if services else "delayed", proxy.port, services=services)
             try:
                 lat = asyncio.run(_load.sequential(
-                    "127.0.0.1", slow.port, lambda i: check_request(ip_of(start + i), f"mx.id{(start + i) * 2}.test"),
+                    "127.0.0.1", slow.port,
+                    lambda i, s=start: check_request(ip_of(s + i), f"mx.id{(s + i) * 2}.test"),
                     sizes.path_checks))
             finally:
                 slow.stop()

@@ -266,7 +266,7 @@ class _Evaluation:
         return self.methods(ident, rtext, weight)
 
     def methods(self, ident: str, rtext: str, rweight: float) -> Verdict:
-        f, p = self.f, self.p
+        f = self.f
         r = f.ratings
         assert r is not None
         ip = str(f.ip)

@@ -187,13 +187,12 @@ class LocalList:
     def reading(self, ident: str, ip: IPAddress) -> Reading:
         """The list's rating: a line naming the ID wins, else the narrowest network holding the client."""
         best: LocalEntry | None = None
+        longest = -1  # the prefix length of the narrowest network found so far
         for entry in self.entries:
-            if entry.ident is not None:
-                if entry.ident == ident:
-                    return Reading(self.spec.code, entry.rating)
-            elif entry.network is not None and ip in entry.network:
-                if best is None or best.network is None or entry.network.prefixlen > best.network.prefixlen:
-                    best = entry
+            if entry.ident is not None and entry.ident == ident:
+                return Reading(self.spec.code, entry.rating)
+            if entry.network is not None and ip in entry.network and entry.network.prefixlen > longest:
+                best, longest = entry, entry.network.prefixlen
         return Reading(self.spec.code, best.rating if best is not None else None)
 
 

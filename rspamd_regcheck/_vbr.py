@@ -52,8 +52,8 @@ def header_claims(headers: Sequence[tuple[str, str]], ident: str) -> tuple[Claim
         md, mc, mv = tags.get("md", "").lower().rstrip("."), tags.get("mc", "").lower(), tags.get("mv", "")
         if md != ident or not mv or (mc and not _TYPE.fullmatch(mc)):
             continue
-        for voucher in mv.split(":", MAX_VOUCHERS)[:MAX_VOUCHERS]:
-            voucher = voucher.strip().lower().rstrip(".")
+        for item in mv.split(":", MAX_VOUCHERS)[:MAX_VOUCHERS]:
+            voucher = item.strip().lower().rstrip(".")
             if _DOMAIN.fullmatch(voucher) and all(c.voucher != voucher for c in claims):
                 claims.append(Claim(voucher, mc or None))
                 if len(claims) == MAX_VOUCHERS:

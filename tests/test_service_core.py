@@ -228,7 +228,7 @@ def test_bad_service_config(table, message):
 
 
 def test_bad_fallback():
-    with pytest.raises(ConfigError, match="registry.fallback: 'maybe' is not one of none, authenticate"):
+    with pytest.raises(ConfigError, match=r"registry\.fallback: 'maybe' is not one of none, authenticate"):
         config_from_mapping({"registry": {"fallback": "maybe"}})
 
 

@@ -13,12 +13,10 @@ import os
 import time
 
 import pytest
-
-from rspamd_regcheck import Action, Checker, Envelope, build_reply
-from rspamd_regcheck import _services
-from rspamd_regcheck.config import config_from_mapping
-
 from test_knot import run_check
+
+from rspamd_regcheck import Action, Checker, Envelope, _services, build_reply
+from rspamd_regcheck.config import config_from_mapping
 
 REG = "svcid.regcheck.test"
 SCALE = {"A": 9, "B": 7, "C": 5, "D": 0}
@@ -180,7 +178,8 @@ def test_vbr_asks_only_trusted_vouchers(knot):
 def test_questions_counted_at_knot(knot):
     cfg = make_config(knot, {"DWL": DWL, "IPWL": IPWL, "DBL": DBL, "VBR": VBR})
     before = knot.queries()
-    result = check(cfg, "192.0.2.5", "mx.new.zz", "a@new.zz", headers=[vbr_info("new.zz", "all", "vouch.regcheck.test")])
+    vouched = [vbr_info("new.zz", "all", "vouch.regcheck.test")]
+    result = check(cfg, "192.0.2.5", "mx.new.zz", "a@new.zz", headers=vouched)
     asked = knot.queries() - before
     # registry, three lists, one voucher, the fallback's CSA probe, SPF: every one counted once, all at knot
     assert result.queries == asked == 7
@@ -261,7 +260,7 @@ def test_fallback_keeps_a_registry_record_first(knot):
 def test_fallback_needs_relaxed_alignment():
     from rspamd_regcheck import ConfigError
 
-    with pytest.raises(ConfigError, match="registry.fallback"):
+    with pytest.raises(ConfigError, match=r"registry\.fallback"):
         config_from_mapping({"registry": {"fallback": "authenticate"}, "spf": {"alignment": "none"}})
 
 
@@ -320,8 +319,9 @@ def test_local_list_reloads_on_sighup(knot, tmp_path):
     import json
     import signal
 
-    from conftest import free_port
     from test_serve import SECRET, Server
+
+    from conftest import free_port
 
     lst = tmp_path / "ratings.txt"
     lst.write_text("new.zz A\n")
@@ -360,7 +360,8 @@ def test_demo_shows_a_sender_no_registry_lists():
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
     assert reply["regcheck"]["verdict"]["action"] == "ACCEPT"
-    assert reply["symbols"]["REGCHECK_RATING_HIGH"]["options"] == ["newcomer.example", "ratings=DWL:A", "record=assumed"]
+    options = reply["symbols"]["REGCHECK_RATING_HIGH"]["options"]
+    assert options == ["newcomer.example", "ratings=DWL:A", "record=assumed"]
     assert "REGCHECK_NO_RECORD" not in reply["symbols"]
     assert "203.0.113.25|mail.newcomer.example|news@newcomer.example|" in (ROOT / "dev").read_text()
 
@@ -403,8 +404,9 @@ def test_hostile_vbr_info_against_the_real_worker(knot, tmp_path):
     """A message naming thousands of vouchers, the trusted one among them: one vouch question at most."""
     import json
 
-    from conftest import free_port
     from test_serve import SECRET, Server
+
+    from conftest import free_port
 
     conf = (
         f'[server]\nsecret = "{SECRET}"\n[registry]\nzones = ["{REG}"]\nfallback = "authenticate"\n'
