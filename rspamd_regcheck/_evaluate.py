@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from . import symbols as S
 from ._identity import BadHelo
 from ._prescreen import Finding, Listing
-from ._ratings import RatingPolicy, rating_weight
+from ._ratings import RatingPolicy, listed_bad, rating_weight
 from ._types import (
     Action,
     IPAddress,
@@ -253,6 +253,9 @@ class _Evaluation:
             )
         rtext = f"ratings={r.text}"
         weight = rating_weight(r, p.ratings)
+        listed = listed_bad(r, p.ratings)
+        if listed:  # a service asked directly lists the ID: its own symbol, beside the weighed verdict
+            self.hit(S.SERVICE_BAD, ident, *(str(x) for x in listed))
         if r.klass is RatingClass.BAD:
             self.about_id(S.RATING_BAD, ident, rtext, weight=weight)
             return self.done(

@@ -49,6 +49,7 @@ class RatingPolicy:
     high_min: float = 4.0  # high needs every used score above this ...
     high_max: float = 8.0  # ... and some used score above this
     services: Mapping[str, ServiceScale] = field(default_factory=lambda: dict(SEED_SERVICES))
+    answering: frozenset[str] = frozenset()  # services asked directly (`_services`), not read from the record
 
     @functools.cached_property  # a policy never changes: worked out once
     def top(self) -> float:
@@ -90,6 +91,16 @@ def rate(ratings: Sequence[Rating], policy: RatingPolicy) -> RatingSummary:
     else:
         klass = RatingClass.LOW
     return RatingSummary(klass, tuple(used), mean, low, high)
+
+
+def listed_bad(summary: RatingSummary, policy: RatingPolicy) -> tuple[Rating, ...]:
+    """The ratings used that a service asked directly gave below ``min_allowed``: a live listing."""
+    return tuple(
+        r
+        for r in summary.used
+        if r.service in policy.answering
+        and policy.services[r.service].scores.get(r.value, policy.min_allowed) < policy.min_allowed
+    )
 
 
 def rating_weight(summary: RatingSummary, policy: RatingPolicy) -> float:

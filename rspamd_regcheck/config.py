@@ -343,6 +343,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         policy_kw[key] = _number(value, f"ratings.{key}", -1000.0, 1000.0)
     if "services" in data:
         policy_kw["services"], kw["rating_services"] = _services(data["services"], base_dir)
+        policy_kw["answering"] = frozenset(s.code for s in kw["rating_services"])
     kw["ratings"] = RatingPolicy(**policy_kw)
 
     meth = _table(data, "methods", ("order", "limits"))

@@ -75,3 +75,9 @@ def test_enforce(ports, args, action, message):
     assert result["action"] == action
     assert result.get("messages", {}).get("smtp_message") == message
     assert "REGCHECK_NO_RECORD" not in result["symbols"]
+
+
+def test_a_live_listing_has_its_own_symbol_and_score(ports):
+    result, _ = rspamc(ports["score"], ports["eml"], "-i", "192.0.2.1", "--helo", "mx.spammy.zz", "-F", "a@spammy.zz")
+    assert regcheck(result)["REGCHECK_SERVICE_BAD"] == ["spammy.zz", "DBL:D"]
+    assert result["symbols"]["REGCHECK_SERVICE_BAD"]["score"] == 2.0

@@ -278,3 +278,22 @@ def test_evaluate_says_the_record_was_assumed_and_why_a_service_gave_nothing():
     plain = evaluate(Facts(ip, "mx.a.zz", "a.zz", real, RatingSummary(RatingClass.NONE)), policy)
     assert plain.add_headers == (("X-Regcheck", "192.0.2.1 a.zz NONE unverified ratings="),)
     assert plain.symbols[0].options == ("a.zz",)
+
+
+@pytest.mark.parametrize(
+    "used,answering,listed",
+    [
+        pytest.param("DBL:D", {"DBL"}, "DBL:D", id="live-d"),
+        pytest.param("DBL:D,DWL:A", {"DBL", "DWL"}, "DBL:D", id="only-the-bad-one"),
+        pytest.param("S1:D", set(), "", id="record-copy-is-not-live"),
+        pytest.param("DWL:C", {"DWL"}, "", id="c-is-not-bad"),
+    ],
+)
+def test_listed_bad(used, answering, listed):
+    from rspamd_regcheck._ratings import RatingPolicy, listed_bad
+    from rspamd_regcheck._types import RatingClass, RatingSummary
+
+    scale = ServiceScale(5.0, {"A": 9.0, "C": 5.0, "D": 0.0})
+    policy = RatingPolicy(services={"DBL": scale, "DWL": scale, "S1": scale}, answering=frozenset(answering))
+    summary = RatingSummary(RatingClass.BAD, tuple(Rating(*x.split(":")) for x in used.split(",")))
+    assert ",".join(str(r) for r in listed_bad(summary, policy)) == listed

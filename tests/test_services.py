@@ -27,9 +27,9 @@ DBL = {"zone": "dbl.regcheck.test", "ask": "id", "ratings": {"D": 0}, "codes": {
 VBR = {"ratings": SCALE, "vouchers": [{"domain": "vouch.regcheck.test", "rating": "A"}]}
 
 
-def make_config(knot, services, fallback="authenticate", base_dir=".", **dns):
+def make_config(knot, services, fallback="authenticate", base_dir=".", zones=(REG,), **dns):
     data = {
-        "registry": {"zones": [REG], "fallback": fallback},
+        "registry": {"zones": list(zones), "fallback": fallback},
         "dns": {"nameservers": [knot.host], "port": knot.port, **dns},
         "policy": {"local_networks": []},
         "services": services,
@@ -109,8 +109,19 @@ def test_a_d_rating_rejects_before_any_method(knot):
     # DBL lists spammy.zz: whatever the whitelist says, one D is below min_allowed
     result = check(make_config(knot, {"DWL": DWL, "DBL": DBL}), "192.0.2.1", "mx.spammy.zz", "a@spammy.zz")
     assert result.verdict.seed.action is Action.REJECT
-    assert symbols(result) == {"REGCHECK_RATING_BAD": ["spammy.zz", "ratings=DWL:A,DBL:D", "record=assumed"]}
+    assert symbols(result) == {
+        "REGCHECK_RATING_BAD": ["spammy.zz", "ratings=DWL:A,DBL:D", "record=assumed"],
+        "REGCHECK_SERVICE_BAD": ["spammy.zz", "DBL:D"],  # the listing itself, whatever the weighing says
+    }
     assert result.verdict.methods == ()
+
+
+def test_a_record_copy_of_a_d_is_not_a_live_listing(knot):
+    # the registry's own copy of a bad rating: weighed as the seed did, no REGCHECK_SERVICE_BAD
+    services = {"S1": {"ratings": SCALE}, "M2": {"ratings": SCALE}}
+    cfg = make_config(knot, services, fallback="none", zones=["id.regcheck.test"])
+    result = check(cfg, "192.0.2.1", "mx.lowrated.example")
+    assert set(symbols(result)) == {"REGCHECK_RATING_BAD"}
 
 
 def test_registry_copy_is_ignored_once_the_service_answers(knot):
@@ -384,14 +395,7 @@ def test_no_registry_zone_is_allowed_with_the_fallback(knot, tmp_path):
 def test_idlevel_asks_the_lists_about_the_deeper_id(knot):
     # hoster.test's record says IDlevel=3: the real ID is cust1.hoster.test, asked of the list again
     services = {"DWL": DWL, "S1": {"ratings": SCALE}, "M2": {"ratings": SCALE}}
-    cfg = config_from_mapping(
-        {
-            "registry": {"zones": ["id.regcheck.test"]},
-            "dns": {"nameservers": [knot.host], "port": knot.port},
-            "policy": {"local_networks": []},
-            "services": services,
-        }
-    )
+    cfg = make_config(knot, services, fallback="none", zones=["id.regcheck.test"])
     before = knot.queries()
     result = check(cfg, "203.0.113.5", "mx.cust1.hoster.test")
     assert result.verdict.ratings is not None
