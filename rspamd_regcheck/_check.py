@@ -19,12 +19,14 @@ from ._csa import csa_method
 from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
+from ._fallback import fallback_registry
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
 from ._prescreen import classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
+from ._services import Pending, Services
 from ._sid import pra, sid_method
 from ._spf import spf_method
 from ._transport import Transport
@@ -153,6 +155,7 @@ class Checker:
             config.result_cache_size
         )
         self.result_hits = 0
+        self.services = Services(config.rating_services, config.ratings)
 
     def close(self) -> None:
         """Close the DNS sockets."""
@@ -179,7 +182,7 @@ class Checker:
         decide the same.
         """
         now = time.monotonic()  # the DNS cache's clock
-        key = _result_key(env)
+        key = _result_key(env) + (self.services.key(env.headers) if self.services else ())
         entry = self._results.get(key)
         if entry is not None:
             if entry[0] > now:
@@ -209,8 +212,11 @@ class Checker:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
         asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        services = None
+        if self.services and not isinstance(found, BadHelo):  # their questions fly beside the registry's
+            services = self.services.begin(session, ip, found.id, found.helo, env.headers)
         first = session.end(registry) if registry is not None else None
-        facts = await self._registry_facts(env, ip, session, found, first)
+        facts = await self._registry_facts(env, ip, session, found, first, services)
         if self.config.prescreen:
             answers = [await session.end(a) for a in asked]
             facts = replace(facts, prescreen=tuple(classify(z, a) for z, a in zip(dnsbl, answers, strict=True)))
@@ -223,6 +229,7 @@ class Checker:
         session: Session,
         found: Identity | BadHelo,
         first: Awaitable[DnsAnswer] | None,
+        services: Pending | None = None,
     ) -> Facts:
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
@@ -238,9 +245,15 @@ class Checker:
                 ident = deeper
                 registry = await lookup_record(session, deeper, zones)
                 record = registry.record
+        if registry.status is RegistryStatus.NO_RECORD and self.config.registry_fallback == "authenticate":
+            registry = await fallback_registry(session, found.helo, self.config.method_limits)
+            record = registry.record
         if record is None or record.stop:
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry)
-        ratings = rate(record.ratings, self.config.ratings)
+        if services is not None:
+            ratings = await self.services.rate(session, services, record, ip, ident, found.helo, env.headers)
+        else:
+            ratings = rate(record.ratings, self.config.ratings)
         if not wants_methods(ratings):
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings)
         planned, budget_skips = plan(record, ip, self.policy)

@@ -147,6 +147,7 @@ class RatingSummary:
     mean: float | None = None
     low: float | None = None
     high: float | None = None
+    notes: tuple[str, ...] = ()  # services that gave no rating and why ("DBL:refused 127.0.1.255")
 
     @functools.cached_property
     def text(self) -> str:

@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(config.to_toml())
         return EXIT_OK
-    if not config.registry_zones:
+    if not config.registry_zones and config.registry_fallback == "none":
         print(
             "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
             file=sys.stderr,

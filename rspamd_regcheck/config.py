@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
-from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
+from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
+from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
 from ._spf import ALIGNMENTS
 from ._types import IPNetwork, Method
 from .errors import ConfigError
@@ -44,6 +45,7 @@ SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 
 MODES = ("score", "enforce")
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
+FALLBACKS = ("none", "authenticate")  # registry.fallback: what a sender no registry lists gets
 _ZONE_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 3.6.8 field name
 
@@ -62,6 +64,8 @@ class Config:
     """The effective configuration."""
 
     registry_zones: tuple[str, ...] = ()
+    registry_fallback: str = "none"  # "authenticate": no record anywhere -> as if meth=SPF (docs/rating-services.md)
+    rating_services: tuple[ServiceSpec, ...] = ()  # services that answer for themselves, in config order
     listen: tuple[str, int] = ("127.0.0.1", 11340)
     workers: int = 1  # worker processes sharing the port
     secret: str = ""  # the shared secret rspamd sends as Password; needed beyond loopback
@@ -145,6 +149,7 @@ class Config:
         lines.append(f"max_inflight = {self.max_inflight}")
         lines.append(f"zone_files = {_toml_list(self.zone_files)}")
         lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
+        lines.append(f'fallback = "{self.registry_fallback}"')
         for z in self.prescreen:
             lines += ["", "[[prescreen.zones]]", f'zone = "{z.zone}"', f"ipv6 = {str(z.ipv6).lower()}"]
             if z.nameserver is not None:
@@ -158,9 +163,12 @@ class Config:
         lines += ["", "[ratings]"]
         for key in ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"):
             lines.append(f"{key} = {getattr(r, key)}")
+        answering = {s.code: s for s in self.rating_services}
         for code, scale in r.services.items():
             table = ", ".join(f"{k} = {v}" for k, v in scale.scores.items())
             lines += ["", f"[services.{code}]", f"weight = {scale.weight}", f"ratings = {{ {table} }}"]
+            if code in answering:
+                lines += _service_toml(answering[code])
         lines += ["", "[methods]", f"order = {_toml_list([m.value for m in self.method_order])}"]
         limits = ", ".join(f"{m.value} = {n}" for m, n in self.method_limits.items())
         lines.append(f"limits = {{ {limits} }}")
@@ -314,9 +322,14 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
         kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)
 
-    reg = _table(data, "registry", ("zones",))
+    reg = _table(data, "registry", ("zones", "fallback"))
     if "zones" in reg:
         kw["registry_zones"] = tuple(_str_list(reg, "registry.zones", "zones", _zone))
+    if "fallback" in reg:
+        fallback = _str(reg["fallback"], "registry.fallback")
+        if fallback not in FALLBACKS:
+            raise ConfigError("registry.fallback", f"{fallback!r} is not one of {', '.join(FALLBACKS)}")
+        kw["registry_fallback"] = fallback
 
     pre = _table(data, "prescreen", ("zones",))
     if "zones" in pre:
@@ -329,7 +342,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
     for key, value in rat.items():
         policy_kw[key] = _number(value, f"ratings.{key}", -1000.0, 1000.0)
     if "services" in data:
-        policy_kw["services"] = _services(data["services"])
+        policy_kw["services"], kw["rating_services"] = _services(data["services"], base_dir)
+        policy_kw["answering"] = frozenset(s.code for s in kw["rating_services"])
     kw["ratings"] = RatingPolicy(**policy_kw)
 
     meth = _table(data, "methods", ("order", "limits"))
@@ -351,6 +365,9 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         if alignment not in ALIGNMENTS:
             raise ConfigError("spf.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
         kw["spf_alignment"] = alignment
+    if kw.get("registry_fallback") == "authenticate" and kw.get("spf_alignment", base.spf_alignment) != "relaxed":
+        # An assumed record vouches for nothing: only an SPF identity aligned with the ID may authenticate it.
+        raise ConfigError("registry.fallback", '"authenticate" needs spf.alignment = "relaxed"')
     if "receiver" in spf_table:
         receiver = _str(spf_table["receiver"], "spf.receiver")
         if not receiver or any(c.isspace() or c in ";()" for c in receiver):
@@ -510,14 +527,19 @@ def _method(key: str, text: str) -> Method:
     return method
 
 
-def _services(value: Any) -> Mapping[str, ServiceScale]:
+_SERVICE_KEYS = ("weight", "ratings", "zone", "ask", "codes", "unlisted", "blocked", "ipv6", "vouchers", "file")
+_SOURCE_KEYS = ("zone", "vouchers", "file")  # how a service answers for itself (at most one)
+
+
+def _services(value: Any, base_dir: str) -> tuple[Mapping[str, ServiceScale], tuple[ServiceSpec, ...]]:
     out: dict[str, ServiceScale] = {}
+    specs: list[ServiceSpec] = []
     for code, spec in _mapping(value, "services").items():
         key = f"services.{code}"
         if not re.fullmatch(r"[A-Za-z0-9]{1,16}", code):
             raise ConfigError(key, "a service code is 1-16 letters or digits")
         table = _mapping(spec, key)
-        _only(table, f"{key}.", ("weight", "ratings"))
+        _only(table, f"{key}.", _SERVICE_KEYS)
         if "ratings" not in table:
             raise ConfigError(f"{key}.ratings", "missing")
         weight = _number(table.get("weight", 5.0), f"{key}.weight", 0.0, 1000.0)
@@ -526,7 +548,90 @@ def _services(value: Any) -> Mapping[str, ServiceScale]:
             for r, s in _mapping(table["ratings"], f"{key}.ratings").items()
         }
         out[code.upper()] = ServiceScale(weight=weight, scores=scores)
-    return out
+        answering = _answering(code.upper(), key, table, scores, base_dir)
+        if answering is not None:
+            specs.append(answering)
+    return out, tuple(specs)
+
+
+def _answering(
+    code: str, key: str, table: Mapping[str, Any], scores: Mapping[str, float], base_dir: str
+) -> ServiceSpec | None:
+    """The service's own source of ratings (``zone``, ``vouchers`` or ``file``), or None for a record copy."""
+    sources = [k for k in _SOURCE_KEYS if k in table]
+    if len(sources) > 1:
+        raise ConfigError(f"{key}.{sources[1]}", f"a service answers one way: {' and '.join(sources)} both given")
+    dns_only = [k for k in ("ask", "codes", "unlisted", "blocked", "ipv6") if k in table]
+    if dns_only and sources != ["zone"]:
+        raise ConfigError(f"{key}.{dns_only[0]}", "only a service with a zone takes this key")
+
+    def rating(k: str, value: Any) -> str:
+        text = _str(value, k)
+        if text not in scores:
+            raise ConfigError(k, f"{text!r} is not one of this service's ratings ({', '.join(scores)})")
+        return text
+
+    if "zone" in table:
+        zone = _zone(f"{key}.zone", _str(table["zone"], f"{key}.zone"))
+        if "codes" not in table:
+            raise ConfigError(f"{key}.codes", "missing: which return codes give which rating")
+        codes = tuple(
+            (_pattern(f"{key}.codes.{c}", c), rating(f"{key}.codes.{c}", r))
+            for c, r in _mapping(table["codes"], f"{key}.codes").items()
+        )
+        kw: dict[str, Any] = {"code": code, "zone": zone, "codes": codes}
+        if "ask" in table:
+            ask = _str(table["ask"], f"{key}.ask")
+            if ask not in ASK_MODES:
+                raise ConfigError(f"{key}.ask", f"{ask!r} is not one of {', '.join(ASK_MODES)}")
+            kw["ask"] = ask
+        if "unlisted" in table:
+            kw["unlisted"] = rating(f"{key}.unlisted", table["unlisted"])
+        if "blocked" in table:
+            kw["blocked"] = tuple(_str_list(table, f"{key}.blocked", "blocked", _pattern))
+        if "ipv6" in table:
+            kw["ipv6"] = _bool(table["ipv6"], f"{key}.ipv6")
+        return DnsService(**kw)
+    if "vouchers" in table:
+        vouchers: dict[str, str] = {}
+        items = table["vouchers"]
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{key}.vouchers", "expected a list of { domain = ..., rating = ... } tables")
+        for i, item in enumerate(items):
+            k = f"{key}.vouchers[{i}]"
+            voucher = _mapping(item, k)
+            _only(voucher, f"{k}.", ("domain", "rating"))
+            if "domain" not in voucher or "rating" not in voucher:
+                raise ConfigError(k, "needs domain and rating")
+            vouchers[_zone(f"{k}.domain", _str(voucher["domain"], f"{k}.domain"))] = rating(
+                f"{k}.rating", voucher["rating"]
+            )
+        return VbrService(code, vouchers)
+    if "file" in table:
+        path = os.path.normpath(os.path.join(base_dir, _str(table["file"], f"{key}.file")))
+        return LocalService(code, path, read_local_list(path, scores))
+    return None
+
+
+def _pattern(key: str, text: str) -> CodePattern:
+    try:
+        return parse_code_pattern(text)
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not a return code, range, network or wildcard: {exc}") from exc
+
+
+def _service_toml(spec: ServiceSpec) -> list[str]:
+    if isinstance(spec, DnsService):
+        lines = [f'zone = "{spec.zone}"', f'ask = "{spec.ask}"', f"ipv6 = {str(spec.ipv6).lower()}"]
+        if spec.unlisted is not None:
+            lines.append(f'unlisted = "{spec.unlisted}"')
+        lines.append(f"blocked = {_toml_list(spec.blocked)}")
+        lines.append("codes = { " + ", ".join(f'"{p}" = "{r}"' for p, r in spec.codes) + " }")
+        return lines
+    if isinstance(spec, VbrService):
+        items = ", ".join(f'{{ domain = "{d}", rating = "{r}" }}' for d, r in spec.vouchers.items())
+        return [f"vouchers = [{items}]"]
+    return [f'file = "{spec.path}"']
 
 
 def _dnsbl(key: str, value: Any) -> DnsblZone:

@@ -73,6 +73,7 @@ CATALOGUE: tuple[SymbolDef, ...] = (
     SymbolDef("REGCHECK_DKIM_ALLOW", -1.0, "A verified DKIM signature authenticates the ID"),
     SymbolDef("REGCHECK_UNVERIFIED", 0.5, "No method gave a final result for the ID"),
     SymbolDef("REGCHECK_BUDGET", 0.5, "A method was skipped or stopped by its DNS query budget"),
+    SymbolDef("REGCHECK_SERVICE_BAD", 2.0, "A rating service asked directly rated the ID bad (e.g. a DBL listing)"),
 )
 
 BY_NAME = {s.name: s for s in CATALOGUE}
@@ -92,6 +93,7 @@ RATING_LOW = "REGCHECK_RATING_LOW"
 RATING_HIGH = "REGCHECK_RATING_HIGH"
 UNVERIFIED = "REGCHECK_UNVERIFIED"
 BUDGET = "REGCHECK_BUDGET"
+SERVICE_BAD = "REGCHECK_SERVICE_BAD"
 
 _SUFFIX = {
     Result.PASS: "ALLOW",
