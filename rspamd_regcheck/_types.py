@@ -181,7 +181,8 @@ class SeedVerdict:
     action: Action
     smtp_code: int
     xcode: str
-    message: str
+    message: str  # SMTP text: said to the sender, so it names nothing internal
+    detail: str = ""  # what went wrong, for the log only (a resolver's address and error)
 
 
 @dataclass(frozen=True)

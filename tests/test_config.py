@@ -56,7 +56,7 @@ def test_full_config():
 
 BAD = [
     pytest.param({"nonsense": {}}, "nonsense", id="unknown-section"),
-    pytest.param({"server": {"listen": "localhost:1"}}, "server.listen", id="listen-not-ip"),
+    pytest.param({"server": {"listen": "mail.example:1"}}, "server.listen", id="listen-not-ip"),
     pytest.param({"server": {"body_limit": 10}}, "server.body_limit", id="body-limit-too-small"),
     pytest.param({"dns": {"nameserver": []}}, "dns.nameserver", id="unknown-key"),
     pytest.param({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers", id="not-a-list"),
