@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from rspamd_procs import ROOT, free_port, rspamc, start_rspamd, start_worker
@@ -306,20 +308,31 @@ def test_enforce_settings_live_in_the_worker(knot, base, eml):
     assert [line.split("enforce=")[1].split(" ms=")[0] for line in lines] == ['reject', '"add header"']
 
 
-@pytest.fixture
-def worker_hanging_dns_fail(worker, knot, base, worker_port):
-    """A worker whose DNS server never answers, with a deadline inside the shim's timeout: a TEMPFAIL."""
+@contextlib.contextmanager
+def dns_failing_worker(state, knot, base, worker_port, name, policy=""):
+    """Replace the module's worker with one whose DNS server never answers, with a deadline inside
+    the shim's timeout (a DNS failure); *policy* is added to its [policy]. Yields the new worker."""
     import socket
 
-    worker["proc"].stop()
+    state["proc"].stop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
         config = config.replace("[dns]\n", "[dns]\ntimeout = 0.3\ndeadline = 0.5\n")
-        slow = start_worker(base, "dnsfail", config, worker_port)
+        config = config.replace("[policy]\n", f"[policy]\n{policy}")
+        slow = start_worker(base, name, config, worker_port)
+        try:
+            yield slow
+        finally:
+            slow.stop()
+            state["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
+
+
+@pytest.fixture
+def worker_hanging_dns_fail(worker, knot, base, worker_port):
+    """A worker whose DNS server never answers, with a deadline inside the shim's timeout: a TEMPFAIL."""
+    with dns_failing_worker(worker, knot, base, worker_port, "dnsfail"):
         yield
-        slow.stop()
-    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
 
 
 def logged(path, text: str, timeout: float = 5.0) -> str:
@@ -335,18 +348,8 @@ def logged(path, text: str, timeout: float = 5.0) -> str:
 @pytest.fixture
 def worker_hanging_dns_fail_tempfail_off(worker, knot, base, worker_port):
     """As worker_hanging_dns_fail, with enforce_tempfail = false; yields the worker's log path."""
-    import socket
-
-    worker["proc"].stop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
-        config = config.replace("[dns]\n", "[dns]\ntimeout = 0.3\ndeadline = 0.5\n")
-        config = config.replace("[policy]\n", "[policy]\nenforce_tempfail = false\n")
-        slow = start_worker(base, "dnsfail-open", config, worker_port)
+    with dns_failing_worker(worker, knot, base, worker_port, "dnsfail-open", "enforce_tempfail = false\n") as slow:
         yield slow.log_path
-        slow.stop()
-    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
 
 
 def test_two_servers_one_stopped(knot, base, eml, worker_port):
