@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
 from ._spf import ALIGNMENTS
-from ._types import IPNetwork, Method
+from ._types import IPNetwork, Method, hostport
 from .errors import ConfigError
 from .symbols import BY_NAME
 
@@ -483,11 +483,6 @@ def parse_listen(key: str, text: str, default_port: int) -> tuple[str, int]:
     if name.lower() == "localhost":
         return "127.0.0.1", _int_text(port, key) if sep else default_port
     return parse_hostport(key, text, default_port)
-
-
-def hostport(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 address in brackets (RFC 3986 3.2.2)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def read_secret(key: str, path: str) -> str:

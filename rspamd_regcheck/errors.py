@@ -14,6 +14,8 @@ into a ``REGCHECK_RECORD_PERMFAIL`` fact.
 
 from __future__ import annotations
 
+from ._types import hostport
+
 
 class RegcheckError(Exception):
     """Root of the errors raised by rspamd-regcheck."""
@@ -52,6 +54,6 @@ class ListenError(RegcheckError):
     """An address to listen on (server.listen, server.metrics_listen) is in use or not ours."""
 
     def __init__(self, address: tuple[str, int], why: str):
-        super().__init__(f"cannot listen on {address[0]}:{address[1]}: {why}")
+        super().__init__(f"cannot listen on {hostport(*address)}: {why}")
         self.address = address
         self.why = why

@@ -29,7 +29,7 @@ HEAVEN = b"IP: 208.20.133.17\r\nHelo: mailout17.heaven.net\r\n"
 class Server:
     """`rspamd-regcheck serve` in its own process group, with helpers to poke it."""
 
-    def __init__(self, base: Path, config: str, port: int):
+    def __init__(self, base: Path, config: str, port: int, host: str = "127.0.0.1"):
         self.base = base
         self.conf = base / "regcheck.toml"
         self.conf.write_text(config)
@@ -45,7 +45,7 @@ class Server:
                 str(self.conf),
                 "serve",
                 "--listen",
-                f"127.0.0.1:{port}",
+                f"{host}:{port}",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
