@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, lookup_record, make_resolver, parse_ip
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session
-from ._enforce import EnforceAction, EnforcePolicy, Enforcement, enforce
+from ._enforce import EnforceAction, Enforcement, EnforcePolicy, enforce
 from ._evaluate import Facts, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, Identity, id_at_level, identify, normalise_helo
 from ._prescreen import DnsblZone, Finding, Listing

@@ -101,9 +101,7 @@ class App:
         self.active: set[asyncio.Task[Any]] = set()
         self.connections: set[HttpProtocol] = set()
         self.draining = False  # stopping: answer what is asked, then close each connection
-        self._bodies: OrderedDict[tuple[int, int, bool, Enforcement | None], tuple[CheckResult, bytes]] = (
-            OrderedDict()
-        )
+        self._bodies: OrderedDict[tuple[int, int, bool, Enforcement | None], tuple[CheckResult, bytes]] = OrderedDict()
         self.check_log = CheckLog(_running_loop())
 
     def authorised(self, headers: list[tuple[str, str]]) -> bool:
@@ -157,9 +155,9 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
     rcpts: list[str] = []
     dkim: list[str] = []
     raw_ip: str | None = None
-    for name, value in headers:
+    for name, raw in headers:
         key = name.lower()
-        value = _utf8(value)
+        value = _utf8(raw)
         if key == "rcpt":
             rcpts.append(_address(value))
         elif key == "dkim-domain":

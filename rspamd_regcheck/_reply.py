@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._enforce import EnforcePolicy, Enforcement, enforce
+from ._enforce import Enforcement, EnforcePolicy, enforce
 from ._types import Verdict
 from .config import Config
 from .symbols import BY_NAME

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 from . import __version__
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
+from ._enforce import enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
 from ._identity import BadHelo, normalise_helo
 from ._log import setup_logging
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
-from ._enforce import enforce
 from ._serve import ListenError, serve
 from ._validate import Checked, load_checked
 from .config import LEVELS, Config, hostport
@@ -215,8 +215,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
             raise ValueError("empty")
     except ValueError:
         print(
-            f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address written plainly "
-            "(no zone ID, brackets or spaces)",
+            f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address written plainly (no zone ID, brackets or spaces)",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -253,7 +252,8 @@ def _check(args: argparse.Namespace, config: Config) -> int:
             checker.close()
 
     result = run_loop(check_once())
-    reply = build_reply(result.verdict, config, result.queries, enforce(result.verdict, checker.enforce_policy, env.rcpts))
+    enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+    reply = build_reply(result.verdict, config, result.queries, enforcement)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=False))
     else:

@@ -45,6 +45,7 @@ MODES = ("score", "enforce")
 NEVER_REJECT = ("postmaster", "abuse")  # RFC 5321 4.5.1 and RFC 2142: these must always reach someone
 PLUGIN_TIMEOUT = 4.0  # seconds: the plugin's default timeout (lua_shim/regcheck.lua, rules/regcheck.conf)
 MIN_SECRET = 16  # characters of a shared secret
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration file is a few KiB; /dev/zero is not one
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # systemd's LoadCredential= puts the files there
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
@@ -216,7 +217,10 @@ def load_config(path: str | None) -> Config:
         return Config()
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes: not a configuration file")
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")

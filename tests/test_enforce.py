@@ -9,9 +9,9 @@ import pytest
 from rspamd_regcheck import BadHelo, Config, Facts, Policy, RegistryFacts, RegistryStatus, evaluate
 from rspamd_regcheck._enforce import ADD_HEADER, NO_ACTION, EnforceAction, EnforcePolicy, enforce, protected
 from rspamd_regcheck._prescreen import Finding, Listing
-from rspamd_regcheck._record import parse_record
 from rspamd_regcheck._ratings import rate
-from rspamd_regcheck._types import MethodOutcome, Method, Result
+from rspamd_regcheck._record import parse_record
+from rspamd_regcheck._types import Method, MethodOutcome, Result
 
 CFG = Config()
 POLICY = Policy(CFG.ratings, CFG.method_order, CFG.method_limits)

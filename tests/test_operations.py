@@ -11,12 +11,15 @@ import subprocess
 import sys
 
 import pytest
+import test_serve
+from test_serve import HEAVEN, REG, SECRET, Server, config_text
 
 from conftest import free_port
 from helpers import read_reply
-from test_serve import HEAVEN, REG, SECRET, Server, config_text, start  # noqa: F401 - start is a fixture
 
 NEW_SECRET = "a rotated secret, read on reload"
+start = test_serve.start  # the fixture that runs serve and stops it after the test
+CHECK_HEAVEN = ("--json", "--ip", "208.20.133.17", "--helo", "mailout17.heaven.net")
 
 
 def get(server: Server, path: str, headers: str = "", port: int | None = None):
@@ -86,8 +89,10 @@ def test_listen_localhost(knot, tmp_path):
 
 def test_nameserver_with_its_port_in_the_config(knot, start):
     """dns.nameservers = ["HOST:PORT"], as --nameserver HOST:PORT: no dns.port needed."""
-    config = config_text(knot).replace(f"port = {knot.port}\n", "").replace(
-        f'nameservers = ["{knot.host}"]', f'nameservers = ["{knot.host}:{knot.port}"]'
+    config = (
+        config_text(knot)
+        .replace(f"port = {knot.port}\n", "")
+        .replace(f'nameservers = ["{knot.host}"]', f'nameservers = ["{knot.host}:{knot.port}"]')
     )
     assert "port =" not in config
     server = start(config)
@@ -96,8 +101,7 @@ def test_nameserver_with_its_port_in_the_config(knot, start):
 
 def test_ipv6_nameserver_in_brackets_where_it_is_named():
     proc = subprocess.run(
-        [sys.executable, "-m", "rspamd_regcheck", "--registry", REG, "--nameserver", "[::1]:9", "check", "--json"]
-        + ["--ip", "208.20.133.17", "--helo", "mailout17.heaven.net"],
+        [sys.executable, "-m", "rspamd_regcheck", "--registry", REG, "--nameserver", "[::1]:9", "check", *CHECK_HEAVEN],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,7 +18,17 @@ import msgpack
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rspamd_regcheck import BadHelo, Checker, Config, Identity, InvalidRecord, build_reply, evaluate, identify, parse_record
+from rspamd_regcheck import (
+    BadHelo,
+    Checker,
+    Config,
+    Identity,
+    InvalidRecord,
+    build_reply,
+    evaluate,
+    identify,
+    parse_record,
+)
 from rspamd_regcheck._evaluate import Facts, Policy, RegistryFacts, RegistryStatus
 from rspamd_regcheck._headers import header_block
 from rspamd_regcheck._http import App, HttpError, HttpProtocol, Limits, envelope_from_headers

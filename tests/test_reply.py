@@ -62,7 +62,12 @@ def test_score_mode_reply_shape():
             id="tempfail",
         ),
         pytest.param(
-            RegistryStatus.DNSFAIL, {"reasons": ("timeout",)}, {"enforce_tempfail": False}, "no action", None, id="dns-off"
+            RegistryStatus.DNSFAIL,
+            {"reasons": ("timeout",)},
+            {"enforce_tempfail": False},
+            "no action",
+            None,
+            id="dns-off",
         ),
     ],
 )

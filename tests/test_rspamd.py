@@ -305,7 +305,7 @@ def test_enforce_settings_live_in_the_worker(knot, base, eml):
         strict.stop()
     assert "never_reject is ignored here" in (base / "strict" / "rspamd.log").read_text()
     lines = [line for line in logged(strict.log_path, "event=check").splitlines() if "event=check" in line]
-    assert [line.split("enforce=")[1].split(" ms=")[0] for line in lines] == ['reject', '"add header"']
+    assert [line.split("enforce=")[1].split(" ms=")[0] for line in lines] == ["reject", '"add header"']
 
 
 @contextlib.contextmanager

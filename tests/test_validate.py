@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_serve import SECRET, Server, config_text
 
 from rspamd_regcheck import Config
 from rspamd_regcheck._validate import check_config
@@ -22,7 +23,6 @@ from rspamd_regcheck.config import config_from_mapping
 from rspamd_regcheck.errors import ConfigError
 
 from conftest import free_port
-from test_serve import SECRET, Server, config_text
 
 SECRET_LINE = f'secret = "{SECRET}"\n'
 
@@ -45,12 +45,23 @@ BAD_FILES = [
     pytest.param(_append("[registry\n"), "not valid TOML", id="toml-syntax"),
     pytest.param(lambda good: b"a = " + b"[" * 5000, "nested too deeply", id="nested-too-deeply"),
     pytest.param(None, "cannot read: No such file or directory", id="missing-file"),
-    pytest.param(_replace('zones = ["id.regcheck.test"]', "zones = []"), "registry.zones: no registry zone", id="no-zone"),
-    pytest.param(_replace(SECRET_LINE, ""), "server.secret: not set, and server.listen", id="no-secret-beyond-loopback"),
+    pytest.param(lambda good: b"#" * (1024 * 1024 + 1), "larger than 1048576 bytes", id="too-large"),
+    pytest.param(
+        _replace('zones = ["id.regcheck.test"]', "zones = []"), "registry.zones: no registry zone", id="no-zone"
+    ),
+    pytest.param(
+        _replace(SECRET_LINE, ""), "server.secret: not set, and server.listen", id="no-secret-beyond-loopback"
+    ),
     pytest.param(_replace("[dns]\n", '[dns]\nzone_files = ["nope.zone"]\n'), "nope.zone", id="missing-zone-file"),
-    pytest.param(_replace(SECRET_LINE, 'secret_file = "nope.secret"\n'), "server.secret_file: cannot read", id="secret-file"),
-    pytest.param(_append("[ratings]\nenough_weight = -1\n"), "ratings.enough_weight: -1 is below 0", id="enough-weight"),
-    pytest.param(_append("[ratings]\nreject_below = 100\n"), "ratings.reject_below: 100 is above every", id="reject-below"),
+    pytest.param(
+        _replace(SECRET_LINE, 'secret_file = "nope.secret"\n'), "server.secret_file: cannot read", id="secret-file"
+    ),
+    pytest.param(
+        _append("[ratings]\nenough_weight = -1\n"), "ratings.enough_weight: -1 is below 0", id="enough-weight"
+    ),
+    pytest.param(
+        _append("[ratings]\nreject_below = 100\n"), "ratings.reject_below: 100 is above every", id="reject-below"
+    ),
     pytest.param(_append("[services]\n"), "services: no rating service", id="no-services"),
     pytest.param(_append("[methods]\norder = []\n"), "methods.order: empty", id="no-methods"),
     pytest.param(_replace("[dns]\n", "[dns]\ntimeout = 'soon'\n"), "dns.timeout: expected a number", id="bad-value"),
