@@ -238,6 +238,8 @@ class Supervisor:
     def reload(self) -> None:
         try:
             checked = self.load()
+            # the address in use until a restart, whatever the file now says
+            check_exposure(checked.config, self.host)
         except RegcheckError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return

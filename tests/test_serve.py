@@ -29,7 +29,8 @@ HEAVEN = b"IP: 208.20.133.17\r\nHelo: mailout17.heaven.net\r\n"
 class Server:
     """`rspamd-regcheck serve` in its own process group, with helpers to poke it."""
 
-    def __init__(self, base: Path, config: str, port: int, host: str = "127.0.0.1"):
+    def __init__(self, base: Path, config: str, port: int, host: str | None = "127.0.0.1"):
+        """*host* None: no --listen, the file's server.listen (at *port*) is used, as under systemd."""
         self.base = base
         self.conf = base / "regcheck.toml"
         self.conf.write_text(config)
@@ -44,8 +45,7 @@ class Server:
                 "--config",
                 str(self.conf),
                 "serve",
-                "--listen",
-                f"{host}:{port}",
+                *(["--listen", f"{host}:{port}"] if host is not None else []),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

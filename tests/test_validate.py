@@ -176,3 +176,18 @@ def test_the_defaults_with_a_zone_pass_without_warnings():
 def test_the_deadline_warning_names_both_settings():
     (warning,) = check_config(Config(registry_zones=("r.example",), deadline=4.0))
     assert warning.startswith("dns.deadline:") and "plugin's default timeout" in warning
+
+
+def test_a_reload_cannot_drop_the_secret_by_moving_listen_to_loopback(knot, tmp_path):
+    """The file now says loopback, but the workers listen on 0.0.0.0 until a restart: still refused."""
+    port = free_port()
+    good = good_config(knot, port)
+    server = Server(tmp_path, good, port, host=None)  # listening where the file says, as under systemd
+    try:
+        server.conf.write_text(good.replace(SECRET_LINE, "").replace("0.0.0.0:", "127.0.0.1:"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        server.wait_until(lambda: "reload refused" in server.log_path.read_text(), "the refusal")
+        assert "server.secret: not set, and 0.0.0.0 is beyond loopback" in server.log_path.read_text()
+        assert server.check(password=None)[0] == 403
+    finally:
+        server.stop()
