@@ -11,10 +11,11 @@ asyncio server.  The supervisor:
   let running checks answer (at most `DRAIN_SECONDS`), then exit;
 - on SIGHUP, reads and judges the configuration again, as ``config check``
   does (`_validate.load_checked`): a bad one, whatever the file holds, is
-  logged in one line and the old one kept; a good one is passed to the workers
-  (each reloads in place, its connections untouched) and the number of workers
-  follows ``server.workers``.  A changed listen address needs a restart, and
-  says so.
+  logged in one line and the old one kept; a good one is handed to the workers
+  as it was judged (`Published`: they do not read the file again, so they run
+  exactly what the supervisor accepted); each reloads in place, its
+  connections untouched, and the number of workers follows ``server.workers``.
+  A changed listen address needs a restart, and says so.
 
 With ``server.metrics_listen``, each worker also listens there for
 Prometheus: ``GET /metrics`` only, no secret asked (the address must be
@@ -31,6 +32,7 @@ import gc
 import ipaddress
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -165,6 +167,26 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
         app.checker.close()
 
 
+class Published:
+    """The configuration the supervisor accepted, handed to its workers through a file in a
+    directory only this user can read (the supervisor's own, removed when it stops)."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "config.pickle")
+
+    def publish(self, config: Config) -> None:
+        """Write *config* for the workers; they read it on SIGHUP (written whole, then renamed)."""
+        partial = self.path + ".new"
+        with open(partial, "wb") as fh:
+            pickle.dump(config, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, self.path)
+
+    def __call__(self) -> Checked:
+        """The worker's loader: the configuration last published."""
+        with open(self.path, "rb") as fh:
+            return Checked(pickle.load(fh))  # our own file, in our own 0700 directory: trusted
+
+
 def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
     from .cli import run_loop  # the event loop choice lives with the command line
 
@@ -180,8 +202,9 @@ def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, load: Loader, config: Config, host: str, port: int):
+    def __init__(self, load: Loader, config: Config, host: str, port: int, published: Published):
         self.load = load
+        self.published = published
         self.config = config
         self.host, self.port = host, port
         self.children: dict[int, float] = {}  # pid -> start time
@@ -202,7 +225,7 @@ class Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 _die_with_parent(supervisor)
-                code = _run_worker(self.load, self.config, self.host, self.port)
+                code = _run_worker(self.published, self.config, self.host, self.port)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -257,8 +280,13 @@ class Supervisor:
             log.warning("server.metrics_listen changed: that takes a restart")
             new = replace(new, metrics_listen=self.config.metrics_listen)
         self.config = new
-        for pid in list(self.children):
-            _signal(pid, signal.SIGHUP)
+        try:
+            self.published.publish(new)
+        except OSError as exc:  # e.g. /tmp full: the workers keep theirs, new ones start with the new one
+            log.error("cannot hand the new configuration to the workers: %s", exc.strerror or exc)
+        else:
+            for pid in list(self.children):
+                _signal(pid, signal.SIGHUP)
         while len(self.children) + len(self.pending) < new.workers:
             self.spawn()
         extra = len(self.children) - new.workers
@@ -333,7 +361,8 @@ def _die_with_parent(parent: int) -> None:
 def serve(load: Loader, config: Config) -> int:
     """Run the supervisor until it is told to stop.  Returns the exit status.
 
-    *config* has passed `_validate.load_checked` (which *load* calls again on SIGHUP).
+    *config* has passed `_validate.load_checked` (which *load* calls again on SIGHUP, in the
+    supervisor only: the workers get what it accepted).
 
     :raises ConfigError: for a non-loopback address without a secret.
     :raises ListenError: when an address cannot be listened on.
@@ -349,11 +378,15 @@ def serve(load: Loader, config: Config) -> int:
             except OSError as exc:
                 raise ListenError(address, exc.strerror or str(exc)) from exc
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
+    run_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-run-")  # 0700: the accepted configuration
     os.environ[METRICS_ENV] = metrics_dir
     try:
-        return Supervisor(load, config, host, port).run()
+        published = Published(run_dir)
+        published.publish(config)
+        return Supervisor(load, config, host, port, published).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 __all__: list[Any] = ["check_exposure", "serve", "worker_main"]

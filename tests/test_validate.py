@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_serve import SECRET, Server, config_text
+from test_serve import REG, SECRET, Server, config_text
 
 from rspamd_regcheck import Config
 from rspamd_regcheck._validate import check_config
@@ -191,3 +191,21 @@ def test_a_reload_cannot_drop_the_secret_by_moving_listen_to_loopback(knot, tmp_
         assert server.check(password=None)[0] == 403
     finally:
         server.stop()
+
+
+def test_workers_run_what_the_supervisor_accepted(running, knot):
+    """A worker reloads the configuration the supervisor judged, not whatever the file holds now."""
+    good = good_config(knot, running.port)
+    running.conf.write_text(good.replace(f'zones = ["{REG}"]', f'zones = ["id2.regcheck.test", "{REG}"]'))
+    os.kill(running.proc.pid, signal.SIGHUP)
+    running.wait_until(lambda: json.loads(running.check()[2])["regcheck"]["verdict"]["action"] == "REJECT", "reload")
+    running.conf.write_bytes(b"\xff\xfe[server]\n")  # spoilt after the supervisor's judgement
+    (worker,) = running.workers()
+    reloads = running.log_path.read_text().count("configuration reloaded")
+    os.kill(worker, signal.SIGHUP)  # as a stray signal would
+    running.wait_until(lambda: running.log_path.read_text().count("configuration reloaded") > reloads, "the reload")
+    assert "reload failed" not in running.log_path.read_text()
+    assert json.loads(running.check()[2])["regcheck"]["verdict"]["action"] == "REJECT"  # still the accepted one
+    running.conf.write_text(good)
+    os.kill(running.proc.pid, signal.SIGHUP)
+    running.wait_until(lambda: json.loads(running.check()[2])["regcheck"]["verdict"]["action"] == "ACCEPT", "reload")
