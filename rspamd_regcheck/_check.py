@@ -18,6 +18,7 @@ from ._answer import DnsAnswer, DnsStatus
 from ._csa import csa_method
 from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
+from ._enforce import EnforcePolicy
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._fallback import fallback_registry
 from ._identity import BadHelo, Identity, id_at_level, identify
@@ -60,18 +61,32 @@ class CheckResult:
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
-    """Parse a client IP header value; None for a missing one.
+    """Parse a client address (an ``IP`` header value, ``--ip``); None for a missing or empty one.
 
-    :raises ValueError: when the text is not an IPv4 or IPv6 address.
+    Only an address written as `ipaddress` writes it is taken (hex digits in
+    either case): no zone ID (``%eth0``), brackets, whitespace, leading zeros or
+    uncompressed IPv6.  What reaches a header we add is then exactly what was
+    given.  An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is the IPv4
+    address, as rspamd and postfix take it.
+
+    :raises ValueError: when the text is anything else.
     """
-    if text is None or not text.strip():
+    if text is None or text == "":
         return None
-    return _parse_ip(text.strip())
+    return _parse_ip(text)
 
 
 @memo(8192)
 def _parse_ip(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    ip = ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"{text!r} has a zone ID")
+        if ip.ipv4_mapped is not None and text.lower() == f"::ffff:{ip.ipv4_mapped}":
+            return ip.ipv4_mapped
+    if str(ip) != text.lower():
+        raise ValueError(f"{text!r} is not written as {ip}")
+    return ip
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:
@@ -84,10 +99,8 @@ def make_resolver(config: Config) -> Resolver:
 
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
-    servers = config.nameservers or tuple(system_nameservers())
-    default = (
-        Transport([(s, config.dns_port) for s in servers], config.dns_timeout, config.dns_tries) if servers else None
-    )
+    servers = config.dns_servers or tuple((s, config.dns_port) for s in system_nameservers())
+    default = Transport(list(servers), config.dns_timeout, config.dns_tries) if servers else None
     routes = [
         (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries))
         for z in config.prescreen
@@ -151,6 +164,7 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
+        self.enforce_policy = EnforcePolicy.of(config)
         self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult]] = TwoGenerationLRU(
             config.result_cache_size
         )

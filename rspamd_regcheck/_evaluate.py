@@ -148,11 +148,11 @@ class _Evaluation:
         assumed = f" {ASSUMED}" if self.f.registry is not None and self.f.registry.assumed else ""
         self.headers.append((self.p.authent_header, text + assumed))
 
-    def done(self, action: Action, code: int, xcode: str, message: str) -> Verdict:
+    def done(self, action: Action, code: int, xcode: str, message: str, detail: str = "") -> Verdict:
         f = self.f
         return Verdict(
             symbols=tuple(sorted(self.hits, key=lambda h: h.name)),
-            seed=SeedVerdict(action, code, xcode, message),
+            seed=SeedVerdict(action, code, xcode, message, detail),
             id=f.id,
             ratings=f.ratings,
             add_headers=tuple(sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)),
@@ -211,7 +211,9 @@ class _Evaluation:
                 Action.TEMPFAIL,
                 TEMPFAIL_CODE,
                 TEMPFAIL_DNS_X,
-                f"Sender registry lookup for '{ident}' failed ({why}); please try again later",
+                # the SMTP text goes to strangers: what failed where (a resolver's address) stays in the log
+                f"Sender registry lookup for '{ident}' failed; please try again later",
+                detail=why,
             )
         if reg.status is RegistryStatus.BUDGET:
             # The receiver's own limit, not the sender's fault nor DNS's: fail open.

@@ -15,6 +15,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (RFC 3986 3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Method(enum.Enum):
     """An authentication method a sender may offer in its registry record."""
 
@@ -182,7 +187,8 @@ class SeedVerdict:
     action: Action
     smtp_code: int
     xcode: str
-    message: str
+    message: str  # SMTP text: said to the sender, so it names nothing internal
+    detail: str = ""  # what went wrong, for the log only (a resolver's address and error)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
@@ -18,13 +19,15 @@ from typing import Any, TypeVar
 from . import __version__
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
+from ._enforce import enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
 from ._identity import BadHelo, normalise_helo
 from ._log import setup_logging
 from ._record import parse_record, select_record
 from ._reply import build_reply, format_reply
-from ._serve import serve
-from .config import LEVELS, Config, load_config, parse_hostport
+from ._serve import ListenError, serve
+from ._validate import Checked, load_checked
+from .config import LEVELS, Config, hostport
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -80,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    csub.add_parser("check", help="validate the configuration and print the effective values")
+    chk = csub.add_parser("check", help="validate the configuration and print the effective values")
+    chk.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing when the configuration is valid (warnings still)"
+    )
     return p
 
 
@@ -89,48 +95,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "record" and args.text is not None:
         return _lint(args.text)
+    # --listen is serve's, but it is judged with the rest: what config check passes, serve starts with
+    listen = args.listen if args.command == "serve" else None
     try:
-        config = load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
-    except ConfigError as exc:
+        checked = load_checked(args.config, tuple(args.registry), args.nameserver, tuple(args.zone_file), listen)
+    except (ConfigError, InvalidZoneFile) as exc:
         print(f"rspamd-regcheck: config error: {exc}", file=sys.stderr)
         return EXIT_INVALID if args.command == "config" else EXIT_USAGE
+    config = checked.config
     if args.command == "config":
-        sys.stdout.write(config.to_toml())
+        for warning in checked.warnings:
+            print(f"rspamd-regcheck: warning: {warning}", file=sys.stderr)
+        if not args.quiet:
+            sys.stdout.write(config.to_toml())
         return EXIT_OK
-    if not config.registry_zones and config.registry_fallback == "none":
-        print(
-            "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     if args.command == "record":
         return _lint_id(args.id, config)
     if args.command == "serve":
-        return _serve(args, config)
+        return _serve(args, checked)
     return _check(args, config)
 
 
-def _serve(args: argparse.Namespace, config: Config) -> int:
+def _serve(args: argparse.Namespace, checked: Checked) -> int:
+    config = checked.config
     setup_logging(args.log_level or config.log_level, config.log_format)
-    host, port = config.listen
-    if args.listen is not None:
-        try:
-            host, port = parse_hostport("--listen", args.listen, 11340)
-        except ConfigError as exc:
-            print(f"rspamd-regcheck: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    for warning in checked.warnings:
+        logging.getLogger("rspamd_regcheck.serve").warning("%s", warning)
 
-    def load() -> Config:
-        # SIGHUP: the same file and the same command-line overrides, read again
-        return load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
+    def load() -> Checked:
+        # SIGHUP: the same file and the same command-line options, read and judged again
+        return load_checked(args.config, tuple(args.registry), args.nameserver, tuple(args.zone_file), args.listen)
 
     try:
-        return serve(load, config, host, port)
+        return serve(load, config)
     except (ConfigError, InvalidZoneFile) as exc:
         print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"rspamd-regcheck: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"rspamd-regcheck: cannot listen on {hostport(*exc.address)}: {exc.why}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -209,8 +211,13 @@ def _show(value: object) -> str:
 def _check(args: argparse.Namespace, config: Config) -> int:
     try:
         ip = parse_ip(args.ip)
+        if ip is None:
+            raise ValueError("empty")
     except ValueError:
-        print(f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address", file=sys.stderr)
+        print(
+            f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address written plainly (no zone ID, brackets or spaces)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     mail_from = args.mail_from
     if mail_from is not None and mail_from.strip() in ("", "<>"):
@@ -245,7 +252,8 @@ def _check(args: argparse.Namespace, config: Config) -> int:
             checker.close()
 
     result = run_loop(check_once())
-    reply = build_reply(result.verdict, config, result.queries)
+    enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+    reply = build_reply(result.verdict, config, result.queries, enforcement)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=False))
     else:

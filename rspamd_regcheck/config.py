@@ -22,7 +22,7 @@ from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
 from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
 from ._spf import ALIGNMENTS
-from ._types import IPNetwork, Method
+from ._types import IPNetwork, Method, hostport
 from .errors import ConfigError
 from .symbols import BY_NAME
 
@@ -43,6 +43,11 @@ DEFAULT_LOCAL_NETWORKS = (
 SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
 SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
 MODES = ("score", "enforce")
+NEVER_REJECT = ("postmaster", "abuse")  # RFC 5321 4.5.1 and RFC 2142: these must always reach someone
+PLUGIN_TIMEOUT = 4.0  # seconds: the plugin's default timeout (lua_shim/regcheck.lua, rules/regcheck.conf)
+MIN_SECRET = 16  # characters of a shared secret
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration file is a few KiB; /dev/zero is not one
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # systemd's LoadCredential= puts the files there
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
 FALLBACKS = ("none", "authenticate")  # registry.fallback: what a sender no registry lists gets
@@ -69,6 +74,8 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 11340)
     workers: int = 1  # worker processes sharing the port
     secret: str = ""  # the shared secret rspamd sends as Password; needed beyond loopback
+    secret_file: str = ""  # where the secret was read from (server.secret_file), for config check
+    metrics_listen: tuple[str, int] | None = None  # a second listener serving only /metrics, no secret
     max_connections: int = 1024  # open connections per worker
     max_header_bytes: int = 65536  # bytes of HTTP request header fields
     body_limit: int = 10 * 1024 * 1024  # bytes of a request body (the message; only its header block is kept)
@@ -98,6 +105,10 @@ class Config:
     spf_alignment: str = "relaxed"
     spf_receiver: str = field(default_factory=socket.gethostname)
     mode: str = "score"
+    enforce_no_record: bool = False  # enforce mode rejects an ID with no registry record
+    enforce_invalid_record: bool = False  # enforce mode defers an ID whose record is invalid
+    enforce_tempfail: bool = True  # enforce mode defers mail when DNS fails (the seed's TEMPFAIL)
+    never_reject: tuple[str, ...] = NEVER_REJECT  # recipients' local parts enforce mode never refuses
     local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -108,9 +119,15 @@ class Config:
         registries: tuple[str, ...] = (),
         nameserver: str | None = None,
         zone_files: tuple[str, ...] = (),
+        listen: str | None = None,
     ) -> Config:
-        """Apply the command line's global options (they add to the file's values)."""
+        """Apply the command line's options (they add to, or replace, the file's values).
+
+        :raises ConfigError: naming the option.
+        """
         cfg = self
+        if listen is not None:
+            cfg = replace(cfg, listen=parse_listen("--listen", listen, 11340))
         if registries:
             zones = tuple(_zone("--registry", z) for z in registries)
             cfg = replace(cfg, registry_zones=cfg.registry_zones + zones)
@@ -124,9 +141,14 @@ class Config:
     def to_toml(self) -> str:
         """The effective configuration, written back as TOML (``config check``)."""
         host, port = self.listen
-        lines = ["[server]", f'listen = "{f"[{host}]" if ":" in host else host}:{port}"']
+        lines = ["[server]", f'listen = "{hostport(host, port)}"']
         lines.append(f"workers = {self.workers}")
-        lines.append(f"# secret: {'set (not shown)' if self.secret else 'not set'}")
+        if self.secret_file:
+            lines.append(f"secret_file = {_toml_str(self.secret_file)}  # read: {len(self.secret)} characters")
+        else:
+            lines.append(f"# secret: {'set (not shown)' if self.secret else 'not set'}")
+        if self.metrics_listen is not None:
+            lines.append(f'metrics_listen = "{hostport(*self.metrics_listen)}"')
         lines.append(f"body_limit = {self.body_limit}")
         lines.append(f"max_header_bytes = {self.max_header_bytes}")
         lines.append(f"max_connections = {self.max_connections}")
@@ -136,7 +158,7 @@ class Config:
         lines += ["", "[log]", f'level = "{self.log_level}"', f'format = "{self.log_format}"']
         lines.append(f"mask_clients = {str(self.log_mask_clients).lower()}")
         lines += ["", "[dns]"]
-        lines.append(f"nameservers = {_toml_list(self.nameservers)}")
+        lines.append(f"nameservers = {_toml_list(hostport(h, p) for h, p in self.dns_servers)}")
         lines.append(f"port = {self.dns_port}")
         lines.append(f"timeout = {self.dns_timeout}")
         lines.append(f"tries = {self.dns_tries}")
@@ -153,8 +175,7 @@ class Config:
         for z in self.prescreen:
             lines += ["", "[[prescreen.zones]]", f'zone = "{z.zone}"', f"ipv6 = {str(z.ipv6).lower()}"]
             if z.nameserver is not None:
-                host, port = z.nameserver
-                lines.append(f'nameserver = "{f"[{host}]" if ":" in host else host}:{port}"')
+                lines.append(f'nameserver = "{hostport(*z.nameserver)}"')
             lines.append(f"blocked = {_toml_list(_range_text(r) for r in z.blocked)}")
             if z.codes:
                 lines.append("[prescreen.zones.codes]")
@@ -175,6 +196,10 @@ class Config:
         lines += ["", "[spf]", f'alignment = "{self.spf_alignment}"', f'receiver = "{self.spf_receiver}"']
         lines += ["", "[headers]", f'authent = "{self.authent_header}"']
         lines += ["", "[policy]", f'mode = "{self.mode}"']
+        lines.append(f"enforce_no_record = {str(self.enforce_no_record).lower()}")
+        lines.append(f"enforce_invalid_record = {str(self.enforce_invalid_record).lower()}")
+        lines.append(f"enforce_tempfail = {str(self.enforce_tempfail).lower()}")
+        lines.append(f"never_reject = {_toml_list(self.never_reject)}")
         lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
         lines.append(f"skip_authenticated = {str(self.skip_authenticated).lower()}")
         t = self.thresholds
@@ -183,6 +208,11 @@ class Config:
         lines += ["", "[scores.symbols]"]
         lines += [f"{name} = {score}" for name, score in self.scores.items()]
         return "\n".join(lines) + "\n"
+
+    @property
+    def dns_servers(self) -> tuple[tuple[str, int], ...]:
+        """The configured nameservers as (address, port): ``dns.port`` unless an entry names its own."""
+        return tuple(parse_hostport("dns.nameservers", ns, self.dns_port) for ns in self.nameservers)
 
 
 def load_config(path: str | None) -> Config:
@@ -195,11 +225,18 @@ def load_config(path: str | None) -> Config:
         return Config()
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes: not a configuration file")
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")
+        raise ConfigError(path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(path, "not valid TOML: nested too deeply") from exc
     return config_from_mapping(data, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -233,6 +270,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "listen",
             "workers",
             "secret",
+            "secret_file",
+            "metrics_listen",
             "body_limit",
             "max_headers",
             "max_header_bytes",
@@ -245,15 +284,23 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["workers"] = _int(srv["workers"], "server.workers", 1, 64)
     if "secret" in srv:
         secret = _str(srv["secret"], "server.secret")
-        if secret and len(secret) < 16:
-            raise ConfigError("server.secret", "use at least 16 characters")
+        if secret and len(secret) < MIN_SECRET:
+            raise ConfigError("server.secret", f"use at least {MIN_SECRET} characters")
         kw["secret"] = secret
+    if "secret_file" in srv:
+        if "secret" in srv:
+            raise ConfigError("server.secret_file", "give server.secret or server.secret_file, not both")
+        path = _secret_path(_str(srv["secret_file"], "server.secret_file"), base_dir)
+        kw["secret_file"], kw["secret"] = path, read_secret("server.secret_file", path)
+    if "metrics_listen" in srv:
+        text = _str(srv["metrics_listen"], "server.metrics_listen")
+        kw["metrics_listen"] = parse_listen("server.metrics_listen", text, 11341)
     if "max_header_bytes" in srv:
         kw["max_header_bytes"] = _int(srv["max_header_bytes"], "server.max_header_bytes", 1024, 1024 * 1024)
     if "max_connections" in srv:
         kw["max_connections"] = _int(srv["max_connections"], "server.max_connections", 1, 100_000)
     if "listen" in srv:
-        kw["listen"] = parse_hostport("server.listen", _str(srv["listen"], "server.listen"), 11340)
+        kw["listen"] = parse_listen("server.listen", _str(srv["listen"], "server.listen"), 11340)
     if "body_limit" in srv:
         kw["body_limit"] = _int(srv["body_limit"], "server.body_limit", 1024, 1024 * 1024 * 1024)
     if "max_headers" in srv:
@@ -381,7 +428,24 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             raise ConfigError("headers.authent", f"{name!r} is not a header field name")
         kw["authent_header"] = name
 
-    pol = _table(data, "policy", ("mode", "local_networks", "skip_authenticated"))
+    pol = _table(
+        data,
+        "policy",
+        (
+            "mode",
+            "local_networks",
+            "skip_authenticated",
+            "enforce_no_record",
+            "enforce_invalid_record",
+            "enforce_tempfail",
+            "never_reject",
+        ),
+    )
+    for key in ("enforce_no_record", "enforce_invalid_record", "enforce_tempfail"):
+        if key in pol:
+            kw[key] = _bool(pol[key], f"policy.{key}")
+    if "never_reject" in pol:
+        kw["never_reject"] = tuple(_str_list(pol, "policy.never_reject", "never_reject", _local_part))
     if "mode" in pol:
         mode = _str(pol["mode"], "policy.mode")
         if mode not in MODES:
@@ -425,6 +489,54 @@ def parse_hostport(key: str, text: str, default_port: int) -> tuple[str, int]:
     except ValueError as exc:
         raise ConfigError(key, f"{host!r} is not an IP address") from exc
     return host, port
+
+
+def parse_listen(key: str, text: str, default_port: int) -> tuple[str, int]:
+    """A listen address: `parse_hostport`, plus ``localhost``, which means 127.0.0.1.
+
+    rspamd and postfix take host names where they listen; a name that resolves
+    to several addresses would need several sockets, so only ``localhost`` is
+    taken, as the IPv4 loopback address the plugin's default ``servers`` asks.
+
+    :raises ConfigError: naming *key*.
+    """
+    name, sep, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if name.lower() == "localhost":
+        return "127.0.0.1", _int_text(port, key) if sep else default_port
+    return parse_hostport(key, text, default_port)
+
+
+def read_secret(key: str, path: str) -> str:
+    """The shared secret in the file at *path*: its text without the final line break.
+
+    :raises ConfigError: naming *key*, when the file cannot be read or holds no usable secret.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4096 + 1)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > 4096:
+        raise ConfigError(key, f"{path} is larger than 4096 bytes: not a secret")
+    try:
+        secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from exc
+    if len(secret) < MIN_SECRET:
+        raise ConfigError(key, f"the secret in {path} is shorter than {MIN_SECRET} characters")
+    if any(c in "\r\n\x00" for c in secret):
+        raise ConfigError(key, f"{path} holds more than one line")
+    return secret
+
+
+def _secret_path(text: str, base_dir: str) -> str:
+    """An absolute path stays; a relative one is a systemd credential name when
+    ``$CREDENTIALS_DIRECTORY`` is set (``LoadCredential=``), else relative to the config file."""
+    if not text:
+        raise ConfigError("server.secret_file", "empty path")
+    if os.path.isabs(text):
+        return text
+    return os.path.join(os.environ.get(CREDENTIALS_ENV) or base_dir, text)
 
 
 # -- validators ----------------------------------------------------------------------------
@@ -507,10 +619,22 @@ def _zone(key: str, text: str) -> str:
 
 
 def _nameserver(key: str, text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError as exc:
-        raise ConfigError(key, f"{text!r} is not an IP address") from exc
+    """An address, or ``HOST:PORT`` / ``[V6]:PORT`` as --nameserver takes it; kept as given but
+    normalised (the port, when given, replaces ``dns.port`` for this server only)."""
+    has_port = "]:" in text or text.count(":") == 1
+    host, port = parse_hostport(key, text, 53)
+    host = str(ipaddress.ip_address(host))
+    return hostport(host, port) if has_port else host
+
+
+def _local_part(key: str, text: str) -> str:
+    if not text or "@" in text or any(c.isspace() for c in text):
+        raise ConfigError(key, f"{text!r} is not a local part (write postmaster, not postmaster@example.com)")
+    return text.lower()
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _net(key: str, text: str) -> IPNetwork:
@@ -670,4 +794,14 @@ def _toml_list(items: Any) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-__all__ = ["SEED_SERVICES", "Config", "Thresholds", "config_from_mapping", "load_config", "parse_hostport"]
+__all__ = [
+    "SEED_SERVICES",
+    "Config",
+    "Thresholds",
+    "config_from_mapping",
+    "hostport",
+    "load_config",
+    "parse_hostport",
+    "parse_listen",
+    "read_secret",
+]
