@@ -38,6 +38,9 @@ DEFAULT_LOCAL_NETWORKS = (
     "fd00::/8",
     "fe80::/10",
 )
+# Relays whose Received headers are trusted when the envelope comes from the message (SPAMC):
+# loopback only, as SpamAssassin's trusted_networks always includes it.
+DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
 # The seed's order and limits, and DKIM last: it asks no DNS question (rspamd verified the signatures).
 SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
 SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
@@ -96,6 +99,7 @@ class Config:
     mode: str = "score"
     local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
+    trusted_relays: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_RELAYS)
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
 
@@ -169,6 +173,7 @@ class Config:
         lines += ["", "[policy]", f'mode = "{self.mode}"']
         lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
         lines.append(f"skip_authenticated = {str(self.skip_authenticated).lower()}")
+        lines.append(f"trusted_relays = {_toml_list([str(n) for n in self.trusted_relays])}")
         t = self.thresholds
         lines += ["", "[scores]", f"reject = {t.reject}", f"add_header = {t.add_header}"]
         lines.append(f"greylist = {t.greylist}")
@@ -364,7 +369,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             raise ConfigError("headers.authent", f"{name!r} is not a header field name")
         kw["authent_header"] = name
 
-    pol = _table(data, "policy", ("mode", "local_networks", "skip_authenticated"))
+    pol = _table(data, "policy", ("mode", "local_networks", "skip_authenticated", "trusted_relays"))
     if "mode" in pol:
         mode = _str(pol["mode"], "policy.mode")
         if mode not in MODES:
@@ -374,6 +379,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["local_networks"] = tuple(_str_list(pol, "policy.local_networks", "local_networks", _net))
     if "skip_authenticated" in pol:
         kw["skip_authenticated"] = _bool(pol["skip_authenticated"], "policy.skip_authenticated")
+    if "trusted_relays" in pol:
+        kw["trusted_relays"] = tuple(_str_list(pol, "policy.trusted_relays", "trusted_relays", _net))
 
     sc = _table(data, "scores", ("reject", "add_header", "greylist", "symbols"))
     th = {k: _number(sc[k], f"scores.{k}", -1000.0, 1000.0) for k in ("reject", "add_header", "greylist") if k in sc}
