@@ -331,7 +331,7 @@ def rewrite(message: bytes, reply: dict[str, Any], headers_only: bool = False) -
     """*message* with the reply's header changes made: its headers removed, then added at the top."""
     end = _HEAD_END.search(message)
     head, rest = (message[: end.start() + 1], message[end.start() + 1 :]) if end else (message, b"")
-    newline = b"\r\n" if b"\r\n" in head[:4096] or not head else b"\n"
+    newline = b"\n" if b"\n" in head and b"\r\n" not in head else b"\r\n"  # the message's own line end
     removed = {name.lower().encode() for name in reply["milter"]["remove_headers"]}
     kept: list[bytes] = []
     dropping = False
