@@ -218,3 +218,10 @@ def test_exim_default_spamd_variant(exim, worker, ip, helo, rcpt):
     for name, sym in http["symbols"].items():
         assert re.search(rf"{sym['score']:.1f} {name} ", report)
     assert delivered["X-Regcheck"] == [http["milter"]["add_headers"]["X-Regcheck"]]  # the forged one removed
+
+
+def test_docs_show_the_lines_tested_here():
+    """docs/integrations.md pastes this module's Exim configuration: it must stay the same text."""
+    doc = (REPO / "docs" / "integrations.md").read_text()
+    assert MAIN.format(port=11340, variant="variant=rspamd") in doc
+    assert ACL.strip() in doc
