@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("rspamd_regcheck.legacy")
 
 MAX_LINE = 8192  # bytes of a request line (the HTTP shell bounds its URL the same)
+LINGER = 2.0  # seconds an answered bad request is still read (and dropped): its error arrives, not a reset
 MAX_PENDING = 256 * 1024  # bytes read ahead of the answer on a kept-alive connection; then reading pauses
 _LINE = re.compile(rb"([A-Za-z_]{1,32}) +(RSPAMC|SPAMC)/(\d{1,3})\.(\d{1,3}) *")
 _HEAD_END = re.compile(rb"\n\r?\n")
@@ -408,6 +409,7 @@ class LegacyProtocol(asyncio.Protocol):
         self.eof = False
         self.closing = False
         self.paused = False
+        self.lingering = False
         self.reading = True  # a request has begun: the request timeout runs, not the idle one
         app.connections.add(self)
         self._arm(self.limits.request_timeout)
@@ -429,7 +431,9 @@ class LegacyProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True  # SPAMC clients end their message so, and still read the answer
-        if self.current is None and not self.closing:
+        if self.lingering:
+            self._close()
+        elif self.current is None and not self.closing:
             self._advance()
         return True
 
@@ -444,7 +448,9 @@ class LegacyProtocol(asyncio.Protocol):
     # -- reading ---------------------------------------------------------------------------------
 
     def _advance(self) -> None:
-        """Read as far as the buffer goes; answer a request once it is complete."""
+        """Read as far as the buffer goes; answer a request once it is complete (one at a time)."""
+        if self.current is not None or self.closing:
+            return
         try:
             if self.request is None and not self._read_head():
                 return
@@ -618,9 +624,24 @@ class LegacyProtocol(asyncio.Protocol):
             line = self.request.line
         self.current = None
         self._count(line, code)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(error_reply(self.proto, code, message))
-        self._close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._close()
+            return
+        transport.write(error_reply(self.proto, code, message))
+        if not transport.can_write_eof() or self.eof:
+            self._close()
+            return
+        # Closing with unread input would reset the connection and could lose the error: end our
+        # side, drop what still comes, close when the client does (or after LINGER seconds).
+        transport.write_eof()
+        self.closing = self.lingering = True
+        self.buffer.clear()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        self._arm(None)
+        self.timer = self.loop.call_later(LINGER, self._close)
 
     def _close(self) -> None:
         self.closing = True

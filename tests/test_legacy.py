@@ -667,6 +667,9 @@ class FakeTransport:
     def set_protocol(self, protocol):
         self.protocol = protocol
 
+    def can_write_eof(self):
+        return False
+
     def pause_reading(self):
         pass
 
@@ -708,3 +711,45 @@ def test_beyond_loopback_the_secret_is_needed(sockname, secret, password, answer
     transport = asyncio.run(go())
     assert transport.written.startswith(answered) and transport.closed
     assert transport.protocol is not None  # the connection was handed over to the legacy protocol
+
+
+# -- attacks on the real worker ---------------------------------------------------------------------
+
+
+def test_endless_first_line_gets_an_answer(worker):
+    """No line end within 8 KiB: it cannot be a legacy request, and HTTP's parser answers it."""
+    data = exchange(worker, b"CHECK" + b"A" * 100_000)
+    assert data.startswith(b"HTTP/1.1 400 ")
+
+
+def test_endless_header_block_is_refused(worker):
+    data = exchange(worker, b"CHECK RSPAMC/1.3\r\nX-A: " + b"a" * 200_000)
+    assert data == b"RSPAMD/1.3 76 EX_PROTOCOL\r\nError: request header lines too large\r\n"
+
+
+def test_pipelined_flood_is_answered_in_order(worker):
+    """Many kept-alive requests at once: reading pauses while they wait, every one is answered."""
+    one = b"CHECK RSPAMC/1.3\r\nConnection: keep-alive\r\nIP: 208.20.133.17\r\nHelo: mailout17.heaven.net\r\n\r\n"
+    count = 3000  # about 300 KB: more than is read ahead of the answers
+    last = b"PING RSPAMC/1.3\r\n\r\n"
+    data = exchange(worker, one * count + last, timeout=60)
+    replies = data.split(b"\r\n\r\n")
+    assert replies[-1] == b"RSPAMD/1.3 0 PONG\r\n", replies[-3:]
+    assert len(replies) == count + 1
+    assert all(r.startswith(b"RSPAMD/1.3 0 EX_OK\r\nMetric: default; False; -4.60") for r in replies[:-1])
+
+
+@pytest.mark.parametrize(
+    "headers,expected",
+    [
+        pytest.param(b"IP: 208.20.133.17\x00\r\n", b"RSPAMD/1.3 76 EX_PROTOCOL\r\n", id="nul-in-ip"),
+        pytest.param(b"Content-length: 99999999999999\r\n", b"RSPAMD/1.3 76 EX_PROTOCOL\r\n", id="huge-length"),
+        pytest.param(
+            b"IP: 208.20.133.17\r\nHelo: mail\xff\x00out17.heaven.net\r\n",
+            b"RSPAMD/1.3 0 EX_OK\r\nMetric: default; False; 1.50",
+            id="binary-helo-is-a-bad-helo",
+        ),
+    ],
+)
+def test_hostile_headers(worker, headers, expected):
+    assert exchange(worker, b"CHECK RSPAMC/1.3\r\n" + headers + b"\r\n").startswith(expected)
