@@ -538,6 +538,9 @@ class LegacyProtocol(asyncio.Protocol):
         if line.command not in CHECKS or (line.proto is Proto.RSPAMC and line.command in ("PROCESS", "HEADERS")):
             self._fail(Code.EX_USAGE, f"{line.command[:32]} is not served over {line.proto.value}")
             return
+        if request.header("compress") is not None:  # spamc -z
+            self._fail(Code.EX_USAGE, "Compress is not supported: send the message as it is")
+            return
         if not self._authorised(request):
             self._fail(Code.EX_NOPERM, "wrong or missing Password" if self.loopback else "needs the Password")
             return
@@ -609,8 +612,8 @@ class LegacyProtocol(asyncio.Protocol):
         if not self._keeps(request):
             self._close()
             return
-        self.reading = False
-        self._arm(self.limits.idle_timeout)
+        self.reading = bool(self.buffer)  # the next request may have begun already
+        self._arm(self.limits.request_timeout if self.reading else self.limits.idle_timeout)
         if self.paused:
             self.paused = False
             self.transport.resume_reading()

@@ -519,6 +519,7 @@ def test_keep_alive_answers_in_order_then_closes(worker):
         pytest.param(b"PING SPAMC/1.5\r\n\r\n", False, b"SPAMD/1.5 0 PONG\r\n", id="ping-spamc-1.5"),
         pytest.param(b"SKIP SPAMC/1.5\r\n\r\n", False, b"", id="skip-closes-without-answer"),
         pytest.param(b"TELL SPAMC/1.5\r\n\r\n", True, b"SPAMD/1.0 64 EX_USAGE ", id="tell"),
+        pytest.param(b"CHECK SPAMC/1.5\r\nCompress: zlib\r\n\r\nx", True, b"SPAMD/1.0 64 EX_USAGE ", id="compress"),
         pytest.param(b"PROCESS RSPAMC/1.3\r\n\r\n", False, b"RSPAMD/1.3 64 EX_USAGE\r\n", id="process-rspamc"),
         pytest.param(b"CHECK SPAMC/1.5\r\nbad line\r\n\r\n", False, b"SPAMD/1.0 76 EX_PROTOCOL ", id="bad-line"),
         pytest.param(
