@@ -13,7 +13,7 @@ and its ``PING`` and ``SKIP`` before 1.5 send nothing after the line.
 RSPAMC replies as rspamd 3.x writes them (no empty line after the status)::
 
     RSPAMD/1.3 0 EX_OK
-    Metric: default; True; 6.00 / 15.00 / 15.00        spam; score / required / reject
+    Metric: default; False; 6.00 / 15.00 / 15.00       spam; score / required / reject
     Action: add header
     Symbol: REGCHECK_QR1_FAIL(6.00); 208.20.133.32     options after "; "
     X-Milter-Add: X-Regcheck: 208.20.133.32 heaven.net QR1 fail ratings=...
@@ -29,7 +29,7 @@ the ``Spam:`` header only, which is what Exim's default variant parses)::
 
     SPAMD/1.1 0 EX_OK
     Content-length: 34
-    Spam: True ; 6.00 / 15.00
+    Spam: False ; 6.00 / 15.00
     Envelope: Received header 1 of 2: ip=208.20.133.32 helo=mailout32.heaven.net
                                                       (blank line)
     REGCHECK_QR1_FAIL,REGCHECK_RATING_LOW             (SYMBOLS; REPORT: a readable report)
@@ -75,7 +75,6 @@ MAX_PENDING = 256 * 1024  # bytes read ahead of the answer on a kept-alive conne
 _LINE = re.compile(rb"([A-Za-z_]{1,32}) +(RSPAMC|SPAMC)/(\d{1,3})\.(\d{1,3}) *")
 _HEAD_END = re.compile(rb"\n\r?\n")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # a CR or LF in a value would start a reply line of its own
-SPAM_ACTIONS = frozenset({"reject", "add header", "rewrite subject"})  # rspamd: every action not flagged ham
 CHECKS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS"})
 COMMANDS = CHECKS | {"PING", "SKIP", "TELL"}
 
@@ -236,7 +235,10 @@ def pong(proto: Proto) -> bytes:
 
 
 def is_spam(reply: dict[str, Any]) -> bool:
-    return reply["action"] in SPAM_ACTIONS
+    """Spam for these protocols is the reject action: what Debian's rspamd 3.4 answers (an "add header"
+    message is ``False`` there), and what a SpamAssassin client expects at or past the threshold
+    the reply gives, the reject score."""
+    return bool(reply["action"] == "reject")
 
 
 def _score(value: float) -> str:

@@ -22,14 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
-from test_legacy import http_reply
-from test_serve import SECRET, Server
+from test_legacy import http_reply, serving
 
 REPO = Path(__file__).resolve().parent.parent
 EXIM_ROOT = REPO / ".cache" / "exim" / "root"
 EXIM = EXIM_ROOT / "usr" / "sbin" / "exim4"
-REG = "id.regcheck.test"
 
 # docs: exim main
 MAIN = """\
@@ -92,14 +89,7 @@ def exim_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(knot, tmp_path_factory):
-    base = tmp_path_factory.mktemp("exim-worker")
-    server = Server(
-        base,
-        f'[server]\nsecret = "{SECRET}"\n[registry]\nzones = ["{REG}"]\n'
-        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
-        '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n',
-        free_port(),
-    )
+    server = serving(knot, tmp_path_factory.mktemp("exim-worker"))
     yield server
     server.stop()
 

@@ -203,10 +203,10 @@ def test_outside_hop(headers, trusted, expected):
 
 # -- replies --------------------------------------------------------------------------------------
 
-REPLY = {
+REPLY = {  # as enforce mode answers the seed's REJECT
     "score": 6.0,
     "required_score": 15.0,
-    "action": "add header",
+    "action": "reject",
     "symbols": {"REGCHECK_QR1_FAIL": {"score": 6.0, "options": ["heaven.net", "208.20.133.32"]}},
     "messages": {},
     "milter": {"add_headers": {"X-Regcheck": "208.20.133.32 heaven.net QR1 fail"}, "remove_headers": {"X-Regcheck": 0}},
@@ -219,7 +219,7 @@ def test_rspamc_reply_as_rspamd_writes_it():
     assert rspamc_reply(REPLY, 15.0, "<m@x>", keep_alive=False) == (
         b"RSPAMD/1.3 0 EX_OK\r\n"
         b"Metric: default; True; 6.00 / 15.00 / 15.00\r\n"
-        b"Action: add header\r\n"
+        b"Action: reject\r\n"
         b"Symbol: REGCHECK_QR1_FAIL(6.00); heaven.net, 208.20.133.32\r\n"
         b"Message-ID: <m@x>\r\n"
         b"X-Milter-Add: X-Regcheck: 208.20.133.32 heaven.net QR1 fail\r\n"
@@ -339,16 +339,21 @@ def test_keep_alive_is_rspamc_only():
 # -- the real worker -------------------------------------------------------------------------------
 
 
+def serving(knot, base, server: str = "", policy: str = "") -> Server:
+    """`rspamd-regcheck serve` answering from knot, with the secret (legacy clients on loopback need none)."""
+    return Server(
+        base,
+        f'[server]\nsecret = "{SECRET}"\n{server}[registry]\nzones = ["{REG}"]\n'
+        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
+        f'[policy]\nlocal_networks = []\n{policy}[spf]\nreceiver = "mx.receiver.test"\n[log]\nlevel = "info"\n',
+        free_port(),
+    )
+
+
 @pytest.fixture(scope="module")
 def worker(knot, tmp_path_factory):
-    """`rspamd-regcheck serve` with a secret, on loopback: legacy clients need none there."""
-    base = tmp_path_factory.mktemp("legacy")
-    server = Server(
-        base,
-        f'[server]\nsecret = "{SECRET}"\nrequest_timeout = 1.0\nmax_headers = 20\nbody_limit = 65536\n'
-        f'[registry]\nzones = ["{REG}"]\n[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
-        '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n[log]\nlevel = "info"\n',
-        free_port(),
+    server = serving(
+        knot, tmp_path_factory.mktemp("legacy"), "request_timeout = 1.0\nmax_headers = 20\nbody_limit = 65536\n"
     )
     yield server
     server.stop()
@@ -420,7 +425,7 @@ def test_exim_request_is_answered_as_http(worker, ip, helo, sender, action):
     http = http_reply(worker, {"IP": ip, "Helo": helo, "From": sender})
     assert legacy["action"] == http["action"] == action
     assert (legacy["score"], legacy["required"]) == (round(http["score"], 2), http["required_score"])
-    assert legacy["spam"] == (action in ("add header", "reject"))
+    assert legacy["spam"] == (action == "reject")  # as rspamd 3.4: "add header" is not spam here
     assert legacy["symbols"] == {n: (round(s["score"], 2), s.get("options", [])) for n, s in http["symbols"].items()}
     assert legacy["add"] == http["milter"]["add_headers"]
     assert legacy["del"] == list(http["milter"]["remove_headers"])
@@ -461,7 +466,7 @@ def test_spamc_envelope_from_received(worker):
     data = exchange(worker, spamc_request("SYMBOLS", MESSAGE), half_close=True).decode()
     head, _, body = data.partition("\r\n\r\n")
     assert head.splitlines()[0] == "SPAMD/1.1 0 EX_OK"
-    assert "Spam: True ; 6.00 / 15.00" in head
+    assert "Spam: False ; 6.00 / 15.00" in head
     assert "Envelope: Received header 2 of 3: ip=208.20.133.32 helo=mailout32.heaven.net" in head
     assert body == "REGCHECK_QR1_FAIL"  # the User header (a local user) did not skip the check
 
@@ -491,7 +496,7 @@ def test_spamc_envelope_headers_win(worker):
 
 def test_spamc_without_content_length_reads_to_the_end(worker):
     data = exchange(worker, b"CHECK SPAMC/1.2\r\n\r\n" + MESSAGE, half_close=True)
-    assert data == b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 6.00 / 15.00\r\n\r\n"
+    assert data == b"SPAMD/1.1 0 EX_OK\r\nSpam: False ; 6.00 / 15.00\r\n\r\n"
 
 
 def test_process_rewrites_the_headers(worker):
@@ -609,7 +614,7 @@ def test_spamc_check(worker):
     http = http_reply(worker, HEAVEN_FAIL)
     done = spamc(worker, "-c")
     assert done.stdout == f"{http['score']:.1f}/{http['required_score']:.1f}\n".encode()
-    assert done.returncode == 1  # spam: rspamd counts "add header" as spam
+    assert done.returncode == 0  # not spam: 6.0 is below the threshold given, the reject score
 
 
 def test_spamc_symbols(worker):
@@ -754,3 +759,19 @@ def test_pipelined_flood_is_answered_in_order(worker):
 )
 def test_hostile_headers(worker, headers, expected):
     assert exchange(worker, b"CHECK RSPAMC/1.3\r\n" + headers + b"\r\n").startswith(expected)
+
+
+@pytest.fixture(scope="module")
+def enforcing(knot, tmp_path_factory):
+    """A worker in enforce mode: the seed's REJECT is the reject action."""
+    server = serving(knot, tmp_path_factory.mktemp("legacy-enforce"), policy='mode = "enforce"\n')
+    yield server
+    server.stop()
+
+
+def test_reject_is_spam(enforcing):
+    done = spamc(enforcing, "-c")
+    assert (done.returncode, done.stdout) == (1, b"6.0/15.0\n")
+    reply = exchange(enforcing, exim_rspamd_request("208.20.133.32", "mailout32.heaven.net")).decode()
+    assert reply.startswith("RSPAMD/1.3 0 EX_OK\r\nMetric: default; True; 6.00 / 15.00 / 15.00\r\nAction: reject\r\n")
+    assert re.search(r"^Message: \S.*\r$", reply, re.MULTILINE)  # the seed's SMTP reply text
