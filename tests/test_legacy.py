@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+import tomllib
 
 import pytest
 
@@ -775,3 +776,54 @@ def test_reject_is_spam(enforcing):
     reply = exchange(enforcing, exim_rspamd_request("208.20.133.32", "mailout32.heaven.net")).decode()
     assert reply.startswith("RSPAMD/1.3 0 EX_OK\r\nMetric: default; True; 6.00 / 15.00 / 15.00\r\nAction: reject\r\n")
     assert re.search(r"^Message: \S.*\r$", reply, re.MULTILINE)  # the seed's SMTP reply text
+
+
+def test_a_bug_is_answered_ex_software(monkeypatch):
+    """A check that raises (a bug) is answered in the protocol and logged, and the worker goes on."""
+    from rspamd_regcheck import Checker, Config
+    from rspamd_regcheck._http import App, HttpProtocol
+
+    async def broken(self, env):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Checker, "check", broken)
+
+    async def go():
+        app = App(Checker(Config(registry_zones=("id.regcheck.test",))))
+        transport = FakeTransport(("127.0.0.1", 11340))
+        http = HttpProtocol(app)
+        http.connection_made(transport)
+        http.data_received(b"CHECK SPAMC/1.5\r\nContent-length: 0\r\n\r\n")
+        for _ in range(50):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.01)
+        app.checker.close()
+        return transport
+
+    transport = asyncio.run(go())
+    assert transport.written == b"SPAMD/1.0 70 EX_SOFTWARE internal error\r\n" and transport.closed
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        pytest.param(None, ("127.0.0.0/8", "::1/128"), id="default-loopback"),
+        pytest.param([], (), id="none"),
+        pytest.param(["10.0.0.0/8", "2001:db8::/32"], ("10.0.0.0/8", "2001:db8::/32"), id="listed"),
+    ],
+)
+def test_trusted_relays_config(value, expected):
+    from rspamd_regcheck.config import config_from_mapping
+
+    config = config_from_mapping({} if value is None else {"policy": {"trusted_relays": value}})
+    assert tuple(str(n) for n in config.trusted_relays) == expected
+    assert config_from_mapping(tomllib.loads(config.to_toml())).trusted_relays == config.trusted_relays
+
+
+def test_trusted_relays_bad_value():
+    from rspamd_regcheck.config import config_from_mapping
+    from rspamd_regcheck.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"policy\.trusted_relays\[0\]"):
+        config_from_mapping({"policy": {"trusted_relays": ["not a network"]}})
