@@ -684,6 +684,29 @@ class FakeTransport:
         pass
 
 
+def over_fake_transport(data: bytes, sockname=("127.0.0.1", 11340), secret: str = "") -> FakeTransport:
+    """Feed *data* to a fresh connection of an in-process worker; what it wrote once it closed."""
+    from dataclasses import replace
+
+    from rspamd_regcheck import Checker, Config
+    from rspamd_regcheck._http import App, HttpProtocol
+
+    async def go():
+        app = App(Checker(replace(Config(registry_zones=("id.regcheck.test",)), secret=secret)))
+        http = HttpProtocol(app)
+        transport = FakeTransport(sockname)
+        http.connection_made(transport)
+        http.data_received(data)
+        for _ in range(50):
+            if transport.closed:
+                break
+            await asyncio.sleep(0.01)
+        app.checker.close()
+        return transport
+
+    return asyncio.run(go())
+
+
 @pytest.mark.parametrize(
     "sockname,secret,password,answered",
     [
@@ -695,27 +718,9 @@ class FakeTransport:
     ],
 )
 def test_beyond_loopback_the_secret_is_needed(sockname, secret, password, answered):
-    from dataclasses import replace
-
-    from rspamd_regcheck import Checker, Config
-    from rspamd_regcheck._http import App, HttpProtocol
-
-    async def go():
-        # IP 192.168.1.1 is local by default: the check is skipped without a DNS question
-        app = App(Checker(replace(Config(registry_zones=("id.regcheck.test",)), secret=secret)))
-        http = HttpProtocol(app)
-        transport = FakeTransport(sockname)
-        http.connection_made(transport)
-        extra = f"Password: {password}\r\n" if password is not None else ""
-        http.data_received(f"CHECK RSPAMC/1.3\r\nIP: 192.168.1.1\r\n{extra}\r\n".encode())
-        for _ in range(50):
-            if transport.closed:
-                break
-            await asyncio.sleep(0.01)
-        app.checker.close()
-        return transport
-
-    transport = asyncio.run(go())
+    extra = f"Password: {password}\r\n" if password is not None else ""
+    # IP 192.168.1.1 is local by default: the check is skipped without a DNS question
+    transport = over_fake_transport(f"CHECK RSPAMC/1.3\r\nIP: 192.168.1.1\r\n{extra}\r\n".encode(), sockname, secret)
     assert transport.written.startswith(answered) and transport.closed
     assert transport.protocol is not None  # the connection was handed over to the legacy protocol
 
@@ -780,28 +785,13 @@ def test_reject_is_spam(enforcing):
 
 def test_a_bug_is_answered_ex_software(monkeypatch):
     """A check that raises (a bug) is answered in the protocol and logged, and the worker goes on."""
-    from rspamd_regcheck import Checker, Config
-    from rspamd_regcheck._http import App, HttpProtocol
+    from rspamd_regcheck import Checker
 
     async def broken(self, env):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(Checker, "check", broken)
-
-    async def go():
-        app = App(Checker(Config(registry_zones=("id.regcheck.test",))))
-        transport = FakeTransport(("127.0.0.1", 11340))
-        http = HttpProtocol(app)
-        http.connection_made(transport)
-        http.data_received(b"CHECK SPAMC/1.5\r\nContent-length: 0\r\n\r\n")
-        for _ in range(50):
-            if transport.closed:
-                break
-            await asyncio.sleep(0.01)
-        app.checker.close()
-        return transport
-
-    transport = asyncio.run(go())
+    transport = over_fake_transport(b"CHECK SPAMC/1.5\r\nContent-length: 0\r\n\r\n")
     assert transport.written == b"SPAMD/1.0 70 EX_SOFTWARE internal error\r\n" and transport.closed
 
 
