@@ -53,15 +53,16 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _http
 from ._check import Checker, Envelope
-from ._headers import header_block
 from ._metrics import dns_counts
 from ._received import Hop, NoHop, outside_hop
 from ._reply import build_reply
+from ._types import IPNetwork
 from .symbols import BY_NAME
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ LINGER = 2.0  # seconds an answered bad request is still read (and dropped): its
 MAX_PENDING = 256 * 1024  # bytes read ahead of the answer on a kept-alive connection; then reading pauses
 _LINE = re.compile(rb"([A-Za-z_]{1,32}) +(RSPAMC|SPAMC)/(\d{1,3})\.(\d{1,3}) *")
 _HEAD_END = re.compile(rb"\n\r?\n")
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")  # a CR or LF in a value would start a reply line of its own
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # a CR or LF in a value would start a reply line
 CHECKS = frozenset({"CHECK", "SYMBOLS", "REPORT", "REPORT_IFSPAM", "PROCESS", "HEADERS"})
 COMMANDS = CHECKS | {"PING", "SKIP", "TELL"}
 
@@ -82,10 +83,6 @@ COMMANDS = CHECKS | {"PING", "SKIP", "TELL"}
 class Proto(enum.Enum):
     RSPAMC = "RSPAMC"
     SPAMC = "SPAMC"
-
-    @property
-    def banner(self) -> str:
-        return "RSPAMD/1.3" if self is Proto.RSPAMC else "SPAMD/1.1"
 
 
 class Code(enum.IntEnum):
@@ -166,8 +163,8 @@ def parse_headers(lines: bytes, max_headers: int, max_body: int) -> tuple[tuple[
     """
     headers: list[tuple[str, str]] = []
     length: int | None = None
-    for raw in lines.split(b"\n"):
-        raw = raw.rstrip(b"\r")
+    for line in lines.split(b"\n"):
+        raw = line.rstrip(b"\r")
         if not raw:
             continue
         name, colon, value = raw.partition(b":")
@@ -190,10 +187,10 @@ def parse_headers(lines: bytes, max_headers: int, max_body: int) -> tuple[tuple[
 
 def safe_text(text: str) -> str:
     """*text* on one reply line: control characters (CR, LF among them) become spaces."""
-    return _UNSAFE.sub(" ", text) if not text.isprintable() else text
+    return text if text.isprintable() else _UNSAFE.sub(" ", text)
 
 
-def envelope_of(request: Request, block: bytes, trusted: Any) -> tuple[Envelope, Hop | NoHop | None]:
+def envelope_of(request: Request, block: bytes, trusted: Iterable[IPNetwork]) -> tuple[Envelope, Hop | NoHop | None]:
     """The envelope of a check request, and for SPAMC where it came from.
 
     RSPAMC: the request headers, as on HTTP.  SPAMC: the same headers when the
@@ -300,10 +297,8 @@ def spamc_reply(line: RequestLine, reply: dict[str, Any], envelope: str | None, 
     *message* is the whole message (PROCESS and HEADERS only).
     """
     spam = is_spam(reply)
-    if line.command == "REPORT_IFSPAM":
-        flag = "Yes" if spam else "No"
-    else:
-        flag = "True" if spam else "False"
+    flags = ("Yes", "No") if line.command == "REPORT_IFSPAM" else ("True", "False")  # as spamd words them
+    flag = flags[0] if spam else flags[1]
     spam_header = f"Spam: {flag} ; {_score(reply['score'])} / {_score(reply['required_score'])}"
     extra = [f"Envelope: {safe_text(envelope)}"] if envelope is not None and line.version >= (1, 3) else []
     head = "SPAMD/1.1 0 EX_OK\r\n"

@@ -12,10 +12,10 @@ import re
 import socket
 
 import pytest
-
-from rspamd_procs import free_port, start_rspamd, start_worker
 from test_legacy import exim_rspamd_request
 from test_rspamd import worker_config
+
+from rspamd_procs import free_port, start_rspamd, start_worker
 
 
 @pytest.fixture(scope="module")
