@@ -249,6 +249,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.sniffed is not None:  # rspamd's one port: the first line tells RSPAMC and SPAMC apart
             data = self.sniffed + data
             if b"\n" not in data and len(data) < SNIFF:
+                if not self.sniffed:
+                    self._arm(self.limits.request_timeout)  # a request has begun
                 self.sniffed = data
                 return
             self.sniffed = None

@@ -821,3 +821,32 @@ def test_trusted_relays_bad_value():
 
     with pytest.raises(ConfigError, match=r"policy\.trusted_relays\[0\]"):
         config_from_mapping({"policy": {"trusted_relays": ["not a network"]}})
+
+
+@pytest.mark.parametrize(
+    "first,rest,expected",
+    [
+        pytest.param(b"CHE", b"CK RSPAMC/1.3\r\nIP: 192.0.2.1\r\n\r\n", b"RSPAMD/1.3 0 EX_OK\r\n", id="legacy"),
+        pytest.param(b"PING SPAMC/1", b".5\r\n\r\n", b"SPAMD/1.5 0 PONG\r\n", id="legacy-version-split"),
+        pytest.param(b"GE", b"T /ping HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n", id="http"),
+    ],
+)
+def test_first_line_split_across_packets(worker, first, rest, expected):
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(first)
+        time.sleep(0.2)
+        s.sendall(rest)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    assert out.startswith(expected)
+
+
+def test_unfinished_first_line_is_timed_as_a_request(worker):
+    """A first line that never ends is dropped at the request timeout (1 s here), not the idle one."""
+    with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as s:
+        s.sendall(b"CHE")
+        started = time.monotonic()
+        assert s.recv(100) == b""
+    assert time.monotonic() - started < 3 * 1.0 + 2
