@@ -360,8 +360,8 @@ def takeover(http: HttpProtocol, data: bytes) -> bool:
     *data* is what came so far, its first line complete (or 8 KiB without
     one).  Returns False, changing nothing, for anything else.
     """
-    first = data.split(b"\n", 1)[0]
-    if request_line(first) is None or http.transport is None:
+    end = data.find(b"\n", 0, MAX_LINE)
+    if end < 0 or request_line(data[:end]) is None or http.transport is None:
         return False
     app, transport = http.app, http.transport
     app.connections.discard(http)
