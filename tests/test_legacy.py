@@ -589,10 +589,14 @@ def test_http_still_served_and_legacy_counted_and_logged(worker):
             break
         time.sleep(0.2)
     assert after == before + 1
+    exchange(worker, b"TELL SPAMC/1.5\r\n\r\n", half_close=True)
     text = worker.metrics()
     assert metric(text, "regcheck_legacy_requests_total", '{code="64",command="TELL",protocol="SPAMC"}') >= 1
-    log = worker.log_path.read_text()
-    assert re.search(r"event=check qid=1xYWFn-00087W-0Z ip=208\.20\.133\.17 helo=mailout17\.heaven\.net", log)
+    line = re.compile(r"event=check qid=1xYWFn-00087W-0Z ip=208\.20\.133\.17 helo=mailout17\.heaven\.net")
+    deadline = time.monotonic() + 10  # check lines are written in batches, a quarter second apart
+    while not line.search(worker.log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line.search(worker.log_path.read_text())
 
 
 # -- spamc, Debian's SpamAssassin client -----------------------------------------------------------
