@@ -29,6 +29,7 @@ from typing import Any, cast
 import httptools
 import msgpack
 
+from . import _legacy
 from ._check import Checker, CheckResult, Envelope, parse_ip
 from ._enforce import Enforcement, enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
@@ -99,7 +100,7 @@ class App:
         self.metrics = Metrics(metrics)
         self.log_mask = log_mask
         self.active: set[asyncio.Task[Any]] = set()
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Any] = set()  # HttpProtocol and _legacy.LegacyProtocol
         self.draining = False  # stopping: answer what is asked, then close each connection
         self._bodies: OrderedDict[tuple[int, int, bool, Enforcement | None], tuple[CheckResult, bytes]] = OrderedDict()
         self.check_log = CheckLog(_running_loop())
@@ -215,6 +216,7 @@ def wants_msgpack(headers: list[tuple[str, str]]) -> bool:
 _HEADS: dict[tuple[object, ...], bytes] = {}  # response heads but the length, built once
 MAX_ENCODED = 2048  # reply bodies kept for reused check results
 MAX_PIPELINE = 16  # requests parsed ahead of their answers on one connection
+SNIFF = 8192  # bytes the first line may take before it is known not to be RSPAMC or SPAMC
 
 
 @dataclass
@@ -248,6 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.loop = asyncio.get_running_loop()
+        self.sniffed: bytes | None = b""  # the start of the first line; None once it is known to be HTTP
 
     # -- connection ----------------------------------------------------------------------
 
@@ -281,6 +284,16 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.sniffed is not None:  # rspamd's one port: the first line tells RSPAMC and SPAMC apart
+            data = self.sniffed + data
+            if b"\n" not in data and len(data) < SNIFF:
+                if not self.sniffed:
+                    self._arm(self.limits.request_timeout)  # a request has begun
+                self.sniffed = data
+                return
+            self.sniffed = None
+            if _legacy.takeover(self, data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:

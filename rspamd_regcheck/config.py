@@ -39,6 +39,9 @@ DEFAULT_LOCAL_NETWORKS = (
     "fd00::/8",
     "fe80::/10",
 )
+# Relays whose Received headers are trusted when the envelope comes from the message (SPAMC):
+# loopback only, as SpamAssassin's trusted_networks always includes it.
+DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
 # The seed's order and limits, and DKIM last: it asks no DNS question (rspamd verified the signatures).
 SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
 SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
@@ -111,6 +114,7 @@ class Config:
     never_reject: tuple[str, ...] = NEVER_REJECT  # recipients' local parts enforce mode never refuses
     local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
+    trusted_relays: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_RELAYS)
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
 
@@ -202,6 +206,7 @@ class Config:
         lines.append(f"never_reject = {_toml_list(self.never_reject)}")
         lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
         lines.append(f"skip_authenticated = {str(self.skip_authenticated).lower()}")
+        lines.append(f"trusted_relays = {_toml_list([str(n) for n in self.trusted_relays])}")
         t = self.thresholds
         lines += ["", "[scores]", f"reject = {t.reject}", f"add_header = {t.add_header}"]
         lines.append(f"greylist = {t.greylist}")
@@ -439,6 +444,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "enforce_invalid_record",
             "enforce_tempfail",
             "never_reject",
+            "trusted_relays",
         ),
     )
     for key in ("enforce_no_record", "enforce_invalid_record", "enforce_tempfail"):
@@ -455,6 +461,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["local_networks"] = tuple(_str_list(pol, "policy.local_networks", "local_networks", _net))
     if "skip_authenticated" in pol:
         kw["skip_authenticated"] = _bool(pol["skip_authenticated"], "policy.skip_authenticated")
+    if "trusted_relays" in pol:
+        kw["trusted_relays"] = tuple(_str_list(pol, "policy.trusted_relays", "trusted_relays", _net))
 
     sc = _table(data, "scores", ("reject", "add_header", "greylist", "symbols"))
     th = {k: _number(sc[k], f"scores.{k}", -1000.0, 1000.0) for k in ("reject", "add_header", "greylist") if k in sc}
