@@ -13,9 +13,10 @@ import json
 import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
-from . import __version__
+from . import __version__, _install
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
@@ -81,12 +82,31 @@ def _parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     csub.add_parser("check", help="validate the configuration and print the effective values")
+
+    rs = sub.add_parser("rspamd", help="install the rspamd plugin and rules into rspamd's configuration")
+    rsub = rs.add_subparsers(dest="rspamd_command", required=True, metavar="SUBCOMMAND")
+    for name, text in (("install", "install or upgrade them"), ("uninstall", "remove what install added")):
+        x = rsub.add_parser(name, help=text)
+        x.add_argument("--confdir", metavar="DIR", default=str(_install.DEBIAN_CONFDIR), help="default /etc/rspamd")
+        x.add_argument(
+            "--force", action="store_true", help="replace or remove files an admin edited (kept as *.regcheck-old)"
+        )
+        x.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
+        if name == "install":
+            x.add_argument("--mode", choices=_install.MODES, default="score", help="score (default) or enforce")
+            x.add_argument(
+                "--servers", metavar="HOST:PORT", nargs="+", default=[], help="the worker(s) (default 127.0.0.1:11340)"
+            )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "rspamd":
+        uninstall = args.rspamd_command == "uninstall"
+        mode, servers = ("score", ()) if uninstall else (args.mode, tuple(args.servers))
+        return _install.run(Path(args.confdir), uninstall, mode, servers, args.force, args.dry_run)
     if args.command == "record" and args.text is not None:
         return _lint(args.text)
     try:
