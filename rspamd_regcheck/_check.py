@@ -15,20 +15,20 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsAnswer, DnsStatus
-from ._csa import csa_method
-from ._dkim import dkim_method
+from ._context import MethodContext
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
-from ._prescreen import classify, query_name
-from ._qr1 import client_address, qr1
+from ._methods import RUNNERS
+from ._names import reverse_name
+from ._prescreen import classify
+from ._qr1 import client_address
 from ._ratings import rate
 from ._record import parse_record, select_record
-from ._sid import pra, sid_method
-from ._spf import spf_method
+from ._sid import pra
 from ._transport import Transport
-from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
+from ._types import IPAddress, MethodOutcome, Record, Verdict
 from ._wire import RType
 from .config import Config
 from .errors import InvalidRecord
@@ -208,7 +208,7 @@ class Checker:
         if not isinstance(found, BadHelo) and zones:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
-        asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        asked = [session.begin(reverse_name(ip, z.zone), RType.A) for z in dnsbl]
         first = session.end(registry) if registry is not None else None
         facts = await self._registry_facts(env, ip, session, found, first)
         if self.config.prescreen:
@@ -255,21 +255,10 @@ class Checker:
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session
     ) -> MethodOutcome:
-        """Run one planned method within its query budget."""
-        budget = Budget(step.budget)
+        """Run one planned method within its query budget, through the method table."""
         cfg = self.config
-        if step.method is Method.QR1:
-            return qr1(record, ip)
-        if step.method is Method.SPF:
-            return await spf_method(
-                session, budget, record, ip, helo, ident, env.mail_from, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.CSA:
-            return await csa_method(session, budget, helo, ip)
-        if step.method is Method.SID:
-            return await sid_method(
-                session, budget, record, ip, helo, ident, env.headers, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.DKIM:
-            return dkim_method(env.dkim_domains, ident)
-        raise AssertionError(f"no runner for {step.method.value}")  # every Method has one above
+        ctx = MethodContext(
+            record, ip, helo, ident, session, Budget(step.budget), env.mail_from, env.headers, env.dkim_domains,
+            cfg.spf_alignment, cfg.spf_receiver,
+        )  # fmt: skip
+        return await RUNNERS[step.method](ctx)
