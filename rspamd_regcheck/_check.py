@@ -1,6 +1,6 @@
 """The async shell around the decision core: gather facts with DNS, then evaluate.
 
-`Checker.check(envelope)` runs DESIGN section 2's steps: skip, identity,
+`Checker.check(envelope)` runs the steps of docs/scoring.md: skip, identity,
 registry (with the ``IDlevel`` re-ask), ratings, plan, methods, verdict.
 Only the fetching awaits; every decision is made by `_evaluate`.
 """
@@ -36,7 +36,7 @@ from .errors import InvalidRecord
 
 @dataclass(frozen=True)
 class Envelope:
-    """What the MTA knows of one SMTP session (DESIGN section 2)."""
+    """What the MTA knows of one SMTP session (docs/protocol.md, "Requests")."""
 
     ip: IPAddress | None
     helo: str | None = None
@@ -159,7 +159,7 @@ class Checker:
         self.resolver.close()
 
     def skip_reason(self, env: Envelope) -> str | None:
-        """Why this session is not checked at all (DESIGN step 1), or None."""
+        """Why this session is not checked at all (docs/scoring.md, step 1), or None."""
         if env.ip is None:
             return "no client IP"
         ip = client_address(env.ip)
@@ -203,7 +203,7 @@ class Checker:
         found = identify(env.helo)
         zones = self.config.registry_zones
         # The registry's first question goes out first (many DNSBL zones must not take the
-        # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
+        # per-check cap from it), then the pre-screen's, all in flight together (docs/scoring.md, step 2).
         registry = None
         if not isinstance(found, BadHelo) and zones:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)

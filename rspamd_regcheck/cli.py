@@ -1,4 +1,4 @@
-"""The ``rspamd-regcheck`` command line (DESIGN section 8).
+"""The ``rspamd-regcheck`` command line (docs/configuration.md, "The command line").
 
 Exit status: 0 success (``check`` printed a verdict, ``record lint`` found
 the record valid, ``config check`` found the config valid); 1 the record or
@@ -8,17 +8,16 @@ config is invalid; 2 usage or operator errors (bad option, unreadable file).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from . import __version__, _install, _lint
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
 from ._headers import MAX_HEADER_BLOCK, header_block
 from ._log import setup_logging
+from ._loop import run_loop
 from ._record import select_record
 from ._reply import build_reply, format_reply
 from ._serve import serve
@@ -26,7 +25,6 @@ from .config import LEVELS, Config, load_config, parse_hostport
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -257,15 +255,6 @@ def _check(args: argparse.Namespace, config: Config) -> int:
     else:
         print(format_reply(reply))
     return EXIT_OK
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run *coro* on uvloop (the DNS client is about twice as fast on it), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency, but a platform may lack a wheel
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def run() -> None:

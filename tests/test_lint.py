@@ -14,7 +14,7 @@ import pytest
 
 from rspamd_regcheck._check import make_resolver
 from rspamd_regcheck._lint import find_record, lint, lint_zone
-from rspamd_regcheck.cli import run_loop
+from rspamd_regcheck._loop import run_loop
 from rspamd_regcheck.config import Config
 
 ROOT = Path(__file__).parent.parent
