@@ -217,12 +217,22 @@ def plan_uninstall(confdir: Path, force: bool = False) -> list[Step]:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace *path* atomically, mode 0644 as Debian ships rspamd's own files."""
+    """Replace *path* atomically.
+
+    A new file gets mode 0644, as Debian ships rspamd's own; a replaced one
+    keeps its mode and owner (an admin may have made it 0640 root:_rspamd).
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)
+        try:
+            old = path.stat()
+        except FileNotFoundError:
+            os.chmod(tmp, 0o644)
+        else:
+            os.chmod(tmp, old.st_mode & 0o7777)
+            os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,8 @@ rspamd 3.4 started from such a copy scanning a message through the worker."""
 
 from __future__ import annotations
 
+import grp
+import os
 import shutil
 import subprocess
 import sys
@@ -162,6 +164,20 @@ def test_include_after_a_last_line_without_newline(confdir):
     (confdir / "rspamd.conf.local").write_text("options { }")
     step = next(s for s in plan_install(confdir) if s.path.name == "rspamd.conf.local")
     assert step.content is not None and step.content.startswith("options { }\n# added by rspamd-regcheck")
+
+
+def test_an_update_keeps_mode_and_owner(confdir):
+    offline(confdir)
+    assert install(confdir) == 0
+    settings = confdir / "local.d" / "regcheck.conf"
+    assert settings.stat().st_mode & 0o777 == 0o644
+    settings.write_text(owned_text("# an older release\n", "#"))  # pristine, so an upgrade replaces it
+    os.chown(settings, 0, grp.getgrnam("_rspamd").gr_gid)
+    settings.chmod(0o640)
+    assert install(confdir) == 0
+    assert "regcheck {" in settings.read_text()
+    assert settings.stat().st_mode & 0o777 == 0o640
+    assert settings.stat().st_gid == grp.getgrnam("_rspamd").gr_gid
 
 
 def test_dry_run_writes_nothing(confdir, capsys):
