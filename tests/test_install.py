@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,6 +221,14 @@ def test_wheel_carries_plugin_and_rules(tmp_path):
             packaged = f"rspamd_regcheck/{repo_path.parent.name}/{repo_path.name}"
             assert packaged in names
             assert z.read(packaged) == repo_path.read_bytes()
+    # installed from the wheel (no source tree beside it), the command finds them in the package
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    probe = "from rspamd_regcheck._install import packaged; print(packaged('lua_shim', 'regcheck.lua'))"
+    found = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, PYTHONPATH=str(target)), cwd=tmp_path,
+                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()  # fmt: skip
+    assert found == str(target / "rspamd_regcheck" / "lua_shim" / "regcheck.lua")
 
 
 # -- a real rspamd from the installed copy ---------------------------------------------------------
@@ -246,6 +255,11 @@ def test_real_rspamd_from_the_installed_copy(knot, confdir, tmp_path, capsys):
     )
     for sub in ("db", "run"):
         (confdir / sub).mkdir()
+    # docs/scoring.md's composites, as an admin would paste them
+    doc = (ROOT / "docs" / "scoring.md").read_text()
+    composites = re.search(r"<<'EOF2'\n(.*?)\nEOF2\n", doc, re.DOTALL)
+    assert composites is not None
+    (confdir / "local.d" / "composites.conf").write_text(composites.group(1) + "\n")
     rspamd = Proc(
         [shutil.which("rspamd") or "rspamd", "-f", "-i", "-c", str(confdir / "rspamd.conf"),
          f"--var=CONFDIR={confdir}", f"--var=LOCAL_CONFDIR={confdir}", f"--var=DBDIR={confdir}/db",
@@ -261,6 +275,16 @@ def test_real_rspamd_from_the_installed_copy(knot, confdir, tmp_path, capsys):
         assert symbols["REGCHECK_QR1_ALLOW"]["score"] == -2.0
         assert "REGCHECK_RATING_HIGH" in symbols and "REGCHECK_FAIL" not in symbols
         assert any(n.startswith(("R_", "MIME_", "HFILTER_")) for n in symbols), "the stock modules ran too"
+        # a bad HELO is counted once: rspamd's hfilter keeps its score, ours goes to 0
+        result, _ = rspamc(port, eml, "-i", "208.20.133.17", "--helo", "JUPITER")
+        symbols = result["symbols"]
+        assert symbols["REGCHECK_BAD_HELO"]["score"] == 0, " ".join(f"{n}={v['score']}" for n, v in symbols.items())
+        assert any(n.startswith("HFILTER_HELO_") and v["score"] > 0 for n, v in symbols.items()), symbols
+        # an SPF fail seen by both counts once: ours keeps its score, R_SPF_FAIL goes
+        result, _ = rspamc(port, eml, "-i", "192.0.2.99", "--helo", "mx1.wayforward.net", "-F", "x@mx1.wayforward.net")
+        symbols = result["symbols"]
+        assert symbols["REGCHECK_SPF_FAIL"]["score"] == 4.0, symbols
+        assert "R_SPF_FAIL" not in symbols and "REGCHECK_SPF_FAIL_ONCE" in symbols, sorted(symbols)
     finally:
         rspamd.stop()
         worker.stop()

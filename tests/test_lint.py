@@ -156,7 +156,9 @@ def test_cli_id_finds_the_registered_id(knot):
 
 
 def test_cli_id_dns_failure_is_exit_2():
-    proc = cli("--registry", "id.regcheck.test", "--nameserver", "127.0.0.1:9", "record", "lint", "--id", "a.heaven.net")
+    proc = cli(
+        "--registry", "id.regcheck.test", "--nameserver", "127.0.0.1:9", "record", "lint", "--id", "a.heaven.net"
+    )
     assert proc.returncode == 2 and "heaven.net.id.regcheck.test" in proc.stderr
 
 
