@@ -239,6 +239,10 @@ def _answer_text(answer: DnsAnswer) -> str:
 def lint_zone(path: str, config: Config) -> list[LintReport]:
     """Lint the registry record at every name of a zone file that has TXT records.
 
+    The zone's apex and names with an underscore label (``_dmarc``, a
+    verification token) hold the zone's own TXT data, not IDs: they are
+    left out.
+
     :raises InvalidZoneFile: when the file cannot be read.
     """
     zone = load_zone_file(path)
@@ -247,11 +251,11 @@ def lint_zone(path: str, config: Config) -> list[LintReport]:
     reports = []
     for name, node in sorted(zone.nodes.items()):
         rdataset = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.TXT)
-        if rdataset is None:
+        if rdataset is None or name == origin or any(label.startswith(b"_") for label in name.labels):
             continue
         texts = tuple(b"".join(rd.strings).decode("utf-8", "replace") for rd in rdataset)
         owner = normalise_name(name.to_text())
-        ident = normalise_name(name.relativize(origin).to_text()) if name != origin else owner
+        ident = normalise_name(name.relativize(origin).to_text())
         try:
             report = lint(select_record(texts), config, ident)
         except InvalidRecord as exc:

@@ -178,6 +178,7 @@ def test_cli_zone_file_summary_and_exit(tmp_path):
         "$ORIGIN reg.example.\n$TTL 3600\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\n"
         'ns1 IN A 192.0.2.53\na.example IN TXT "v=reg1 svc=S1:A ip4=192.0.2.0/24"\n'
         'b.example IN TXT "v=reg1 svc=S1:A meth=FOO:1,SPF:5"\n'
+        '@ IN TXT "v=spf1 -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n'  # the zone's own TXT data: not IDs
     )
     proc = cli("record", "lint", "--zone-file", str(good))
     assert proc.returncode == 0, proc.stdout
