@@ -164,14 +164,33 @@ def _add_include(confdir: Path, rel: Path, target: Path) -> Step:
     return Step(path, Act.ADD_INCLUDE, f"{old}{sep}# {MARK}\n{line}\n", target.as_posix())
 
 
-def plan_install(confdir: Path, mode: str = "score", servers: Sequence[str] = (), force: bool = False) -> list[Step]:
+def previous_settings(confdir: Path) -> tuple[str | None, tuple[str, ...]]:
+    """The mode and servers in *confdir*'s ``local.d/regcheck.conf``, as far as it says."""
+    text = _read(confdir / SETTINGS) or ""
+    mode = re.search(r'^\s*mode = "(score|enforce)";', text, re.MULTILINE)
+    servers = re.search(r'^\s*servers = "([^"]*)";', text, re.MULTILINE)
+    return (
+        mode.group(1) if mode else None,
+        tuple(x.strip() for x in servers.group(1).split(",") if x.strip()) if servers else (),
+    )
+
+
+def plan_install(
+    confdir: Path, mode: str | None = None, servers: Sequence[str] = (), force: bool = False
+) -> list[Step]:
     """The steps that install the plugin and rules into *confdir*; nothing is written.
+
+    Without *mode* or *servers*, those of the installed settings are kept (as
+    Debian keeps the answers given at the first install), else the defaults.
 
     :raises ValueError: for a bad mode or server (see `settings_body`).
     :raises FileNotFoundError: when *confdir* has no ``rspamd.conf``.
     """
     if not (confdir / "rspamd.conf").is_file():
         raise FileNotFoundError(f"{confdir}/rspamd.conf not found: is this rspamd's configuration directory?")
+    old_mode, old_servers = previous_settings(confdir)
+    mode = mode or old_mode or "score"
+    servers = servers or old_servers
     steps = [Step(confdir / d, Act.MKDIR) for d in ("plugins.d", "local.d") if not (confdir / d).is_dir()]
     steps += [
         _own_file(confdir, PLUGIN, packaged("lua_shim", "regcheck.lua").read_text(), "--", force),
@@ -302,7 +321,7 @@ def configtest(confdir: Path, rspamadm: str = "rspamadm") -> ConfigTest | None:
     return ConfigTest(ok, output, hint)
 
 
-def run(confdir: Path, uninstall: bool, mode: str, servers: Sequence[str], force: bool, dry_run: bool) -> int:
+def run(confdir: Path, uninstall: bool, mode: str | None, servers: Sequence[str], force: bool, dry_run: bool) -> int:
     """The ``rspamd install`` / ``rspamd uninstall`` commands; prints what changed, returns the exit status.
 
     0: done and ``configtest`` said OK (or rspamadm is not installed);

@@ -90,9 +90,15 @@ def _parser() -> argparse.ArgumentParser:
         )
         x.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
         if name == "install":
-            x.add_argument("--mode", choices=_install.MODES, default="score", help="score (default) or enforce")
             x.add_argument(
-                "--servers", metavar="HOST:PORT", nargs="+", default=[], help="the worker(s) (default 127.0.0.1:11340)"
+                "--mode", choices=_install.MODES, help="score or enforce (default: as installed, else score)"
+            )
+            x.add_argument(
+                "--servers",
+                metavar="HOST:PORT",
+                nargs="+",
+                default=[],
+                help="the worker(s) (default: as installed, else 127.0.0.1:11340)",
             )
     return p
 
@@ -104,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _lint_offline(args)
     if args.command == "rspamd":
         uninstall = args.rspamd_command == "uninstall"
-        mode, servers = ("score", ()) if uninstall else (args.mode, tuple(args.servers))
+        mode, servers = (None, ()) if uninstall else (args.mode, tuple(args.servers))
         return _install.run(Path(args.confdir), uninstall, mode, servers, args.force, args.dry_run)
     try:
         config = load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))

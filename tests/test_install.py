@@ -181,6 +181,18 @@ def test_an_update_keeps_mode_and_owner(confdir):
     assert settings.stat().st_gid == grp.getgrnam("_rspamd").gr_gid
 
 
+def test_a_later_install_keeps_mode_and_servers(confdir, capsys):
+    offline(confdir)
+    assert install(confdir, "--mode", "enforce", "--servers", "10.0.0.5:11340", "10.0.0.6:11340") == 0
+    settings = (confdir / "local.d" / "regcheck.conf").read_text()
+    assert install(confdir) == 0  # an upgrade run without the options
+    assert "unchanged: local.d/regcheck.conf" in capsys.readouterr().out
+    assert (confdir / "local.d" / "regcheck.conf").read_text() == settings
+    assert install(confdir, "--mode", "score") == 0  # an option given wins
+    text = (confdir / "local.d" / "regcheck.conf").read_text()
+    assert 'mode = "score";' in text and 'servers = "10.0.0.5:11340,10.0.0.6:11340";' in text
+
+
 def test_dry_run_writes_nothing(confdir, capsys):
     before = snapshot(confdir)
     assert install(confdir, "--dry-run") == 0
