@@ -188,3 +188,13 @@ def test_cli_zone_file_summary_and_exit(tmp_path):
     proc = cli("record", "lint", "--zone-file", str(bad), "--json")
     assert proc.returncode == 1
     assert [r["valid"] for r in json.loads(proc.stdout)] == [True, True, False]
+
+
+@pytest.mark.knot
+def test_cli_id_json_follows_idlevel(knot):
+    proc = cli("--registry", "id.regcheck.test", "--nameserver", f"{knot.host}:{knot.port}",
+               "record", "lint", "--json", "--id", "mx.cust1.hoster.test")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [a["name"] for a in out["asked"]] == ["hoster.test.id.regcheck.test", "cust1.hoster.test.id.regcheck.test"]
+    assert out["error"] is None and out["record"]["valid"] is True
