@@ -207,3 +207,27 @@ def test_pages_link_only_to_what_exists_or_is_coming():
         for target in re.findall(r"\]\((?!https?:|#)([^)#]+)(?:#[^)]*)?\)", text):
             path = (ROOT / page).parent / target
             assert path.exists() or path.name in coming, f"{page}: broken link {target}"
+
+
+def test_record_format_examples_mean_what_the_page_says():
+    """record-format.md shows every key in a valid example, and each line of its list of invalid
+    records is refused by the parser."""
+    from rspamd_regcheck._lint import KNOWN_KEYS
+    from rspamd_regcheck._record import parse_record, tokenize
+    from rspamd_regcheck.errors import InvalidRecord
+
+    text = (ROOT / "docs" / "record-format.md").read_text()
+    keys_part = text[text.index("## Keys") : text.index("## Invalid records")]
+    examples = re.findall(r"```text\n(v=reg1 [^\n]*)\n```", keys_part)
+    shown = set()
+    for example in examples:
+        parse_record(example)  # raises when the page's example is invalid
+        shown.update(key.lower() for key, _value, _quoted in tokenize(example))
+    assert shown >= KNOWN_KEYS | {"spf", "sid"}, sorted(KNOWN_KEYS - shown)
+    invalid = re.search(r"## Invalid records.*?```text\n(.*?)```", text, re.DOTALL)
+    assert invalid is not None
+    for line in invalid.group(1).strip().splitlines():
+        record, why = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+        with pytest.raises(InvalidRecord):
+            parse_record(record)
+        assert why
