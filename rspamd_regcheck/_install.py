@@ -356,6 +356,8 @@ def run(confdir: Path, uninstall: bool, mode: str | None, servers: Sequence[str]
         print("  " + result.output.replace("\n", "\n  "))
         if result.hint:
             print(f"hint: {result.hint}")
+        if not uninstall:
+            print("the changes above stay in place; 'rspamd-regcheck rspamd uninstall' takes them out")
         return 1
     if not uninstall:
         print("next: start the worker (rspamd-regcheck serve), then 'systemctl reload rspamd'")
