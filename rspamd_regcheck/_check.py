@@ -1,6 +1,6 @@
 """The async shell around the decision core: gather facts with DNS, then evaluate.
 
-`Checker.check(envelope)` runs DESIGN section 2's steps: skip, identity,
+`Checker.check(envelope)` runs the steps of docs/scoring.md: skip, identity,
 registry (with the ``IDlevel`` re-ask), ratings, plan, methods, verdict.
 Only the fetching awaits; every decision is made by `_evaluate`.
 """
@@ -15,23 +15,23 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsAnswer, DnsStatus
-from ._csa import csa_method
-from ._dkim import dkim_method
+from ._context import MethodContext
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._enforce import EnforcePolicy
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._fallback import fallback_registry
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
-from ._prescreen import classify, query_name
-from ._qr1 import client_address, qr1
+from ._methods import RUNNERS
+from ._names import reverse_name
+from ._prescreen import classify
+from ._qr1 import client_address
 from ._ratings import rate
 from ._record import parse_record, select_record
 from ._services import Pending, Services
-from ._sid import pra, sid_method
-from ._spf import spf_method
+from ._sid import pra
 from ._transport import Transport
-from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
+from ._types import IPAddress, MethodOutcome, Record, Verdict
 from ._wire import RType
 from .config import Config
 from .errors import InvalidRecord
@@ -39,7 +39,7 @@ from .errors import InvalidRecord
 
 @dataclass(frozen=True)
 class Envelope:
-    """What the MTA knows of one SMTP session (DESIGN section 2)."""
+    """What the MTA knows of one SMTP session (docs/protocol.md, "Requests")."""
 
     ip: IPAddress | None
     helo: str | None = None
@@ -176,7 +176,7 @@ class Checker:
         self.resolver.close()
 
     def skip_reason(self, env: Envelope) -> str | None:
-        """Why this session is not checked at all (DESIGN step 1), or None."""
+        """Why this session is not checked at all (docs/scoring.md, step 1), or None."""
         if env.ip is None:
             return "no client IP"
         ip = client_address(env.ip)
@@ -220,12 +220,12 @@ class Checker:
         found = identify(env.helo)
         zones = self.config.registry_zones
         # The registry's first question goes out first (many DNSBL zones must not take the
-        # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
+        # per-check cap from it), then the pre-screen's, all in flight together (docs/scoring.md, step 2).
         registry = None
         if not isinstance(found, BadHelo) and zones:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
-        asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        asked = [session.begin(reverse_name(ip, z.zone), RType.A) for z in dnsbl]
         services = None
         if self.services and not isinstance(found, BadHelo):  # their questions fly beside the registry's
             services = self.services.begin(session, ip, found.id, found.helo, env.headers)
@@ -282,21 +282,10 @@ class Checker:
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session
     ) -> MethodOutcome:
-        """Run one planned method within its query budget."""
-        budget = Budget(step.budget)
+        """Run one planned method within its query budget, through the method table."""
         cfg = self.config
-        if step.method is Method.QR1:
-            return qr1(record, ip)
-        if step.method is Method.SPF:
-            return await spf_method(
-                session, budget, record, ip, helo, ident, env.mail_from, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.CSA:
-            return await csa_method(session, budget, helo, ip)
-        if step.method is Method.SID:
-            return await sid_method(
-                session, budget, record, ip, helo, ident, env.headers, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.DKIM:
-            return dkim_method(env.dkim_domains, ident)
-        raise AssertionError(f"no runner for {step.method.value}")  # every Method has one above
+        ctx = MethodContext(
+            record, ip, helo, ident, session, Budget(step.budget), env.mail_from, env.headers, env.dkim_domains,
+            cfg.spf_alignment, cfg.spf_receiver,
+        )  # fmt: skip
+        return await RUNNERS[step.method](ctx)

@@ -1,4 +1,4 @@
-"""The decision core: facts in, `Verdict` out (DESIGN steps 5-9).  Pure.
+"""The decision core: facts in, `Verdict` out (docs/scoring.md, steps 5-7).  Pure.
 
 The async shell (`_check.py`) gathers facts with DNS and asks this module two
 things: which methods to run (`plan`, `wants_methods`) and, once it has run
@@ -38,7 +38,7 @@ ASSUMED = "record=assumed"  # option and Authent header word: no registry lists 
 
 
 class RegistryStatus(enum.Enum):
-    """What the registry said about an ID (DESIGN step 4)."""
+    """What the registry said about an ID (docs/scoring.md, step 4)."""
 
     FOUND = "found"
     NO_RECORD = "no-record"
@@ -100,7 +100,7 @@ def wants_methods(ratings: RatingSummary) -> bool:
 
 
 def plan(record: Record, ip: IPAddress, policy: Policy) -> tuple[tuple[Planned, ...], tuple[MethodOutcome, ...]]:
-    """Choose the methods to run, in order (DESIGN step 7).
+    """Choose the methods to run, in order (docs/scoring.md, step 6).
 
     QR1 comes first when the record lists netblocks for the client's family;
     then, in the receiver's order, each method the sender offers within the
@@ -125,7 +125,7 @@ def plan(record: Record, ip: IPAddress, policy: Policy) -> tuple[tuple[Planned, 
 
 
 def evaluate(facts: Facts, policy: Policy) -> Verdict:
-    """Turn *facts* into symbols, headers and the seed's verdict (DESIGN step 9)."""
+    """Turn *facts* into symbols, headers and the seed's verdict (docs/scoring.md, step 7)."""
     return _Evaluation(facts, policy).run()
 
 
@@ -284,7 +284,7 @@ class _Evaluation:
             self.headers.extend(outcome.headers)
             name = S.method_symbol(outcome.method, outcome.result)
             passed = outcome.result is Result.PASS
-            # Good ratings are credited only to an ID that proved itself (DESIGN step 6).
+            # Good ratings are credited only to an ID that proved itself (docs/scoring.md, step 7).
             extra = rtext if r.klass is RatingClass.HIGH and not passed else ""
             if name is not None:
                 self.about_id(name, ident, *outcome.options, extra)

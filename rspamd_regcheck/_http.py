@@ -5,7 +5,7 @@ parser, so this module only routes requests and writes replies.  One request
 per connection is answered at a time, in order (pipelined requests wait,
 bounded); keep-alive, HTTP/1.0 and 1.1, chunked bodies.
 
-The contract (DESIGN section 4): ``POST /checkv2`` (also ``/check`` and
+The contract (docs/protocol.md): ``POST /checkv2`` (also ``/check`` and
 ``/symbols``) with rspamd's request headers, matched case-insensitively; of
 the body only the message header block is kept (for Sender ID); the reply is
 JSON, or msgpack when the request accepts ``application/msgpack``.

@@ -1,4 +1,4 @@
-"""Weighing a record's ratings (DESIGN step 6; the seed's ``get_ratings``).  Pure.
+"""Weighing a record's ratings (docs/scoring.md, "Ratings"; the seed's ``get_ratings``).  Pure.
 
 Over the record's ``svc`` list in order: skip services the receiver does not
 trust and ratings it has no score for (the seed raised KeyError on both),

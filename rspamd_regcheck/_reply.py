@@ -1,4 +1,4 @@
-"""The reply object of DESIGN section 4, shaped like rspamd's own.  Pure.
+"""The reply object of docs/protocol.md, shaped like rspamd's own.  Pure.
 
 ``score`` sums the configured scores times the dynamic weights.  ``action``
 comes from the score thresholds in score mode and, in enforce mode, is the

@@ -44,6 +44,7 @@ from typing import Any
 
 from ._check import Checker, make_resolver
 from ._http import App, Limits, start_server
+from ._loop import run_loop
 from ._metrics import ENV as METRICS_ENV
 from ._metrics import mark_dead
 from ._validate import Checked
@@ -188,8 +189,6 @@ class Published:
 
 
 def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
-    from .cli import run_loop  # the event loop choice lives with the command line
-
     try:
         run_loop(worker_main(load, config, host, port))
     except Exception:

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ._dns import Asked, Session
-from ._prescreen import query_name
+from ._names import reverse_name
 from ._ratings import (
     DEFAULT_REFUSALS,
     CodePattern,
@@ -67,7 +67,7 @@ class DnsService:
     def name(self, ip: IPAddress, ident: str, helo: str) -> str | None:
         """The name to ask for this check, or None when the list has nothing to say (IPv6 unasked)."""
         if self.ask == "ip":
-            return query_name(ip, self.zone) if ip.version == 4 or self.ipv6 else None
+            return reverse_name(ip, self.zone) if ip.version == 4 or self.ipv6 else None
         return f"{helo if self.ask == 'helo' else ident}.{self.zone}"
 
 
@@ -262,7 +262,7 @@ class Services:
         helo: str,
         headers: Sequence[tuple[str, str]],
     ) -> RatingSummary:
-        """Weigh the services' own ratings and the record's copies of the others' (DESIGN step 6)."""
+        """Weigh the services' own ratings and the record's copies of the others' (docs/scoring.md, "Ratings"; docs/rating-services.md)."""
         if ident != pending.ident:  # the record's IDlevel named a deeper ID: ask about that one
             deeper = Pending(ident, dict(pending.dns))
             for svc in self.dns:

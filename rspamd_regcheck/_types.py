@@ -75,7 +75,7 @@ class Action(enum.Enum):
 
 
 class RatingClass(enum.Enum):
-    """How the receiver judges an ID's ratings (DESIGN step 6)."""
+    """How the receiver judges an ID's ratings (docs/scoring.md, "Ratings")."""
 
     NONE = "none"  # no trusted, scored rating in the record
     BAD = "bad"
@@ -118,7 +118,7 @@ class MethodOffer:
 
 @dataclass(frozen=True)
 class Record:
-    """A parsed registry record (``registry-record.md``)."""
+    """A parsed registry record (docs/record-format.md)."""
 
     stop: bool = False
     idlevel: int | None = None
@@ -145,7 +145,7 @@ class Record:
 
 @dataclass(frozen=True)
 class RatingSummary:
-    """The outcome of weighing a record's ratings (DESIGN step 6)."""
+    """The outcome of weighing a record's ratings (docs/scoring.md, "Ratings")."""
 
     klass: RatingClass
     used: tuple[Rating, ...] = ()

@@ -1,4 +1,4 @@
-"""Worker configuration: one TOML file, every key optional (DESIGN section 7).
+"""Worker configuration: one TOML file, every key optional (docs/configuration.md).
 
 Defaults are the seed's values, except the registry zone, which has none:
 whoever runs a zone can rate any sender or mark it ``stop=all``, so the
@@ -28,7 +28,7 @@ from .symbols import BY_NAME
 
 T = TypeVar("T")
 
-# rspamd 3.4's local_addrs plus loopback (DESIGN step 1); documentation ranges are not local.
+# rspamd 3.4's local_addrs plus loopback (docs/scoring.md, step 1); documentation ranges are not local.
 DEFAULT_LOCAL_NETWORKS = (
     "127.0.0.0/8",
     "::1/128",

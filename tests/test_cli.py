@@ -29,9 +29,10 @@ def cli(*args, cwd=None):
 def test_record_lint_valid():
     proc = cli("record", "lint", "v=reg1 svc=S1:A,M2:A,H1:B ip4=208.20.133.16/29 meth=SPF:10,SID:10")
     assert proc.returncode == 0
-    assert "ratings: [S1:A, M2:A, H1:B]" in proc.stdout
-    assert "ip4: [208.20.133.16/29]" in proc.stdout
-    assert "methods: [SPF:10, SID:10]" in proc.stdout
+    assert proc.stdout.startswith("valid record\n")
+    assert "S1 rates it A (score 9, weight 5)" in proc.stdout
+    assert "QR1: IPv4 clients in 208.20.133.16/29 are authorised" in proc.stdout
+    assert "SPF (up to 10 DNS questions), SID (up to 10 DNS questions)" in proc.stdout
 
 
 def test_record_lint_invalid_names_each_key():
@@ -170,7 +171,7 @@ def test_text_output_like_rspamc():
 @pytest.mark.parametrize(
     "ident,status,text",
     [
-        pytest.param("heaven.net", 0, "ratings: [S1:A, M2:A, H1:B]", id="found"),
+        pytest.param("heaven.net", 0, "S1 rates it A", id="found"),
         pytest.param("Heaven.NET.", 0, "heaven.net.id.regcheck.example:", id="normalised"),
         pytest.param("nowhere.example", 1, "no record for nowhere.example", id="none"),
         pytest.param("JUPITER", 2, "", id="not-a-domain"),

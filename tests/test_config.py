@@ -14,7 +14,7 @@ from rspamd_regcheck.symbols import BY_NAME
 def test_defaults_are_the_seeds():
     c = config_from_mapping({})
     assert c == Config()
-    assert c.registry_zones == ()  # no default registry (DESIGN step 4)
+    assert c.registry_zones == ()  # no default registry (docs/configuration.md)
     assert c.method_order == (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
     assert dict(c.method_limits) == {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
     r = c.ratings

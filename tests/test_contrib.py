@@ -1,4 +1,4 @@
-"""The systemd unit shipped in contrib/ says what the README promises."""
+"""The systemd unit shipped in contrib/ says what docs/install-and-operate.md promises."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reply object (DESIGN section 4) in score and enforce mode."""
+"""The reply object (docs/protocol.md) in score and enforce mode."""
 
 from __future__ import annotations
 
