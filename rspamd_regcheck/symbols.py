@@ -73,6 +73,7 @@ CATALOGUE: tuple[SymbolDef, ...] = (
     SymbolDef("REGCHECK_DKIM_ALLOW", -1.0, "A verified DKIM signature authenticates the ID"),
     SymbolDef("REGCHECK_UNVERIFIED", 0.5, "No method gave a final result for the ID"),
     SymbolDef("REGCHECK_BUDGET", 0.5, "A method was skipped or stopped by its DNS query budget"),
+    SymbolDef("REGCHECK_UNVALIDATED", 0.0, "Sender registry answer not DNSSEC-validated by a trusted resolver"),
 )
 
 BY_NAME = {s.name: s for s in CATALOGUE}
@@ -92,6 +93,7 @@ RATING_LOW = "REGCHECK_RATING_LOW"
 RATING_HIGH = "REGCHECK_RATING_HIGH"
 UNVERIFIED = "REGCHECK_UNVERIFIED"
 BUDGET = "REGCHECK_BUDGET"
+UNVALIDATED_REGISTRY = "REGCHECK_UNVALIDATED"
 
 _SUFFIX = {
     Result.PASS: "ALLOW",

@@ -138,7 +138,8 @@ def test_every_silent_question_ends_by_its_timeout(run):
         try:
             started = time.monotonic()
             answers = await asyncio.gather(*(client.ask(f"q{i}.example", RType.TXT) for i in range(300)))
-            return answers, time.monotonic() - started, len(proto.queries)
+            # sent at once from 64 ports: the responder's receive buffer may drop some of them
+            return answers, time.monotonic() - started, client.sent
         finally:
             client.close()
             server.close()
@@ -314,20 +315,20 @@ def test_questions_waiting_for_a_slot_end_by_the_check_deadline(run):
 
 def test_a_bug_while_opening_a_socket_ends_the_question(run, monkeypatch):
     """Not an OSError (a bug): the question still ends, and the next one for the name is asked."""
-    from rspamd_regcheck._transport import _Server
+    from rspamd_regcheck._transport import _Socket
 
-    real_open = _Server.open
+    real_init = _Socket.__init__
 
-    async def broken_open(self):
+    def broken_init(self, server, loop):
         raise RuntimeError("a bug")
 
     async def go():
         server, _, port = await responder([reply_to])
         resolver = Resolver(Transport([("127.0.0.1", port)], timeout=0.5), Cache())
         try:
-            monkeypatch.setattr(_Server, "open", broken_open)
+            monkeypatch.setattr(_Socket, "__init__", broken_init)
             first = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
-            monkeypatch.setattr(_Server, "open", real_open)
+            monkeypatch.setattr(_Socket, "__init__", real_init)
             second = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
             return first, second
         finally:
