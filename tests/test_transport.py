@@ -352,3 +352,222 @@ def test_a_transport_closed_before_use_sends_nothing(run):
     answer, asked = run(go())
     assert answer.status is DnsStatus.ERROR and "closed" in answer.detail
     assert asked == 0
+
+
+# -- the pool of source ports (RFC 5452 9.2) -------------------------------------------------
+
+
+class Logging(Scripted):
+    """A scripted responder that also keeps each query's source address."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.addrs: list[tuple[str, int]] = []
+
+    def datagram_received(self, data, addr):
+        self.addrs.append(addr)
+        super().datagram_received(data, addr)
+
+
+async def logging_responder(script):
+    loop = asyncio.get_running_loop()
+    proto = Logging(script)
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+def test_each_try_leaves_from_a_port_drawn_from_the_pool(run):
+    async def go():
+        server, proto, port = await logging_responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, sockets=64, rotate_every=10_000)
+        try:
+            for i in range(640):
+                await client.ask(f"q{i}.example", RType.TXT)
+            return [p for _, p in proto.addrs], client.open_sockets
+        finally:
+            client.close()
+            server.close()
+
+    ports, open_sockets = run(go())
+    assert open_sockets == 64
+    counts = {p: ports.count(p) for p in set(ports)}
+    assert len(counts) == 64  # every socket of the pool served; one port per socket
+    assert max(counts.values()) < 640 / 64 * 3  # drawn evenly: ~10 tries each
+
+
+@pytest.mark.parametrize("sockets,rotate_every", [(64, 4), (8, 2), (1, 3)])
+def test_no_port_lives_longer_than_the_pool_size_times_rotate_every(run, monkeypatch, sockets, rotate_every):
+    """A socket leaves the draw within sockets x rotate_every tries (+1: the try that rotates)
+    of opening, and closes once idle.  (Counted at the client: the kernel may give a port
+    number again to a later socket.)"""
+    from rspamd_regcheck._transport import _Socket
+
+    born: dict[int, int] = {}
+    lives: list[int] = []
+    real_open, real_retire = Transport._open, Transport._retire
+
+    def open_(self, server):
+        failed = real_open(self, server)
+        born[id(server.live[-1])] = self.sent
+        return failed
+
+    def retire(self, sock: _Socket):
+        if not sock.retired:
+            lives.append(self.sent - born[id(sock)])
+        real_retire(self, sock)
+
+    monkeypatch.setattr(Transport, "_open", open_)
+    monkeypatch.setattr(Transport, "_retire", retire)
+
+    async def go():
+        server, proto, port = await logging_responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, sockets=sockets, rotate_every=rotate_every)
+        try:
+            for i in range(sockets * rotate_every * 4):
+                await client.ask(f"q{i}.example", RType.TXT)
+            return len(proto.addrs), client.open_sockets, client.opened
+        finally:
+            client.close()
+            server.close()
+
+    asked, open_sockets, opened = run(go())
+    assert asked == sockets * rotate_every * 4
+    assert len(lives) >= asked // rotate_every - sockets
+    assert max(lives) <= sockets * rotate_every + 1
+    assert open_sockets == sockets  # retired sockets were closed once idle
+    assert opened == sockets + asked // rotate_every
+
+
+def test_a_reply_counts_only_on_the_socket_its_try_left_from(run):
+    """The genuine reply, sent to another of the client's own ports, is dropped: the try waits."""
+
+    async def go():
+        sent_to = []
+
+        def elsewhere(query):
+            return reply_to(query)
+
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=0.4, tries=1, sockets=4, rotate_every=10_000)
+        try:
+            task = asyncio.ensure_future(client.ask(NAME, RType.TXT))
+            while not proto.queries:
+                await asyncio.sleep(0.005)
+            query, (_, asked_from) = proto.queries[0], proto.addrs[0]
+            others = [s.sock.getsockname()[1] for s in client._servers[0].live]
+            for other in others:
+                if other != asked_from:
+                    server.sendto(elsewhere(query), ("127.0.0.1", other))
+                    sent_to.append(other)
+            answer = await task
+            return answer, len(sent_to), client.dropped
+        finally:
+            client.close()
+            server.close()
+
+    answer, sent, dropped = run(go())
+    assert sent == 3 and dropped == 3
+    assert answer.status is DnsStatus.TIMEOUT
+
+
+def test_an_icmp_error_fails_nothing_but_costs_a_re_send(run):
+    """A socket closed under the client (as an ICMP error does) retires only that socket; its tries
+    go out again from another socket within their try, and the questions elsewhere wait on."""
+
+    async def go():
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1, sockets=8, rotate_every=10_000)
+        try:
+            tasks = [asyncio.ensure_future(client.ask(f"q{i}.example", RType.TXT)) for i in range(40)]
+            while len(proto.queries) < 40:
+                await asyncio.sleep(0.005)
+            victim = client._servers[0].live[0]
+            on_victim = len(victim.pending)
+            client._refused(victim, "forged: port unreachable")
+            await asyncio.sleep(0.05)
+            for query, addr in list(zip(proto.queries, proto.addrs))[40:] + list(zip(proto.queries, proto.addrs))[:40]:
+                server.sendto(reply_to(query), addr)
+            answers = await asyncio.gather(*tasks)
+            return answers, on_victim, len(proto.queries), client.refusals, victim.closed
+        finally:
+            client.close()
+            server.close()
+
+    answers, on_victim, asked, refusals, closed = run(go())
+    assert on_victim > 0 and refusals == 1 and closed
+    assert asked == 40 + on_victim  # only the victim's questions were sent again
+    assert {a.status for a in answers} == {DnsStatus.OK}
+
+
+def test_case_randomised_questions_want_the_case_echoed(run):
+    """0x20: a reply whose question is in another case than asked is dropped."""
+
+    def lowered(query: bytes) -> bytes:
+        end = query.index(b"\x00", 12) + 5
+        return reply_to(query[:12] + query[12:end].lower() + query[end:])
+
+    def echoed(query: bytes) -> bytes:
+        return reply_to(query)
+
+    async def go(step):
+        server, proto, port = await responder([step])
+        client = Transport([("127.0.0.1", port)], timeout=0.3, tries=1, case_randomise=True)
+        try:
+            return await client.ask(NAME, RType.TXT), proto.queries[0]
+        finally:
+            client.close()
+            server.close()
+
+    lowered_answer, query = run(go(lowered))
+    echoed_answer, _ = run(go(echoed))
+    assert query[12:].lower() != query[12:]  # asked in mixed case (22 letters: all lower has odds 2^-22)
+    assert lowered_answer.status is DnsStatus.TIMEOUT
+    assert echoed_answer.status is DnsStatus.OK
+
+
+@pytest.mark.parametrize(
+    "host,trusted,expected",
+    [
+        pytest.param("127.0.0.1", (), True, id="loopback"),
+        pytest.param("127.0.0.53", (), True, id="loopback-net"),
+        pytest.param("::1", (), True, id="loopback-v6"),
+        pytest.param("192.0.2.53", (), False, id="remote"),
+        pytest.param("192.0.2.53", ("192.0.2.53",), True, id="remote-listed"),
+        pytest.param("2001:db8::53", ("2001:DB8::53",), True, id="remote-v6-listed"),
+        pytest.param("192.0.2.54", ("192.0.2.53",), False, id="remote-not-listed"),
+    ],
+)
+def test_whose_ad_bit_counts(host, trusted, expected):
+    assert Transport([(host, 53)], trusted=trusted)._servers[0].trusted is expected
+
+
+def test_a_forked_child_opens_sockets_of_its_own():
+    def ports(client):
+        return sorted(s.sock.getsockname()[1] for s in client._servers[0].live)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        client = Transport([silent.getsockname()], timeout=0.2, tries=1, sockets=4)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(client.ask(NAME, RType.TXT))  # opens the parent's sockets
+            parent = ports(client)
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: a loop of its own, as a worker process has
+                try:
+                    asyncio.new_event_loop().run_until_complete(client.ask(NAME, RType.TXT))
+                    os.write(write, struct.pack("!4H", *ports(client)))
+                finally:
+                    os._exit(0)
+            os.close(write)
+            child = list(struct.unpack("!4H", os.read(read, 8)))
+            os.close(read)
+            os.waitpid(pid, 0)
+            assert loop.run_until_complete(client.ask(NAME, RType.TXT)).status is DnsStatus.TIMEOUT
+            still = ports(client)
+        finally:
+            client.close()
+            loop.close()
+    assert len(parent) == 4 and not set(child) & set(parent)
+    assert still == parent  # the child left the parent's sockets alone
