@@ -166,7 +166,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
 class Worker:
     """`rspamd-regcheck serve` (one worker process) against the benchmark's knot."""
 
-    def __init__(self, work: Path, name: str, dns_port: int, cache_size: int | None = None, prescreen: bool = True):
+    def __init__(self, work: Path, name: str, dns_port: int, cache_size: int | None = None, prescreen: bool = True,
+                 dns_extra: str = ""):
         self.port = free_port()
         conf = work / f"{name}.toml"
         lines = [
@@ -177,6 +178,8 @@ class Worker:
         ]
         if cache_size is not None:
             lines[1] += f"\ncache_size = {cache_size}"
+        if dns_extra:
+            lines[1] += f"\n{dns_extra}"
         if prescreen:
             lines.append(f'[[prescreen.zones]]\nzone = "{DNSBL}"')
         conf.write_text("\n".join(lines) + "\n")
@@ -608,6 +611,9 @@ def report(results: list[Result], size: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+KEPT_SECTIONS = "\n## "  # from here on, RESULTS.md holds sections of other scripts (bench/ports.py)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
@@ -621,7 +627,9 @@ def main() -> int:
     text = report(results, size, time.monotonic() - started)
     print(text)
     if size != "tiny":
-        (args.out / "RESULTS.md").write_text(text)
+        old = args.out / "RESULTS.md"
+        kept = old.read_text().partition(KEPT_SECTIONS)[1:] if old.exists() else ("", "")
+        (args.out / "RESULTS.md").write_text(text + "".join(kept))  # sections other scripts wrote stay
     else:
         (args.out / "RESULTS-tiny.md").write_text(text)
     return 0

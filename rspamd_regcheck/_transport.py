@@ -105,7 +105,6 @@ os.register_at_fork(after_in_child=_forked)
 DEFAULT_SOCKETS = 64  # RFC 5452 9.2: with the 16-bit ID, at least 22 bits to guess
 DEFAULT_ROTATE_EVERY = 4  # tries on a server between two new ports (a port lives 64 x 4 tries)
 MAX_REFUSALS = 1  # ICMP errors a try survives (each costs a re-send on another socket)
-MAX_READS = 64  # datagrams read from one socket per wake-up, so one socket cannot starve the rest
 MAX_UDP_REPLY = 65535  # bytes; a server should keep to EDNS_PAYLOAD, but a longer datagram is read whole
 
 
@@ -187,19 +186,17 @@ class _Socket:
         self.closed = False
 
     def _readable(self) -> None:
-        recv = self.recv
-        for _ in range(MAX_READS):
-            try:
-                data = recv(MAX_UDP_REPLY)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # an ICMP error the kernel queued on the socket
-                server = self.server
-                self.owner._refused(self, f"{server.host}:{server.port}: {exc.strerror or exc}")
-                return
-            self.owner._reply(self, data)
-            if self.closed:
-                return
+        # One datagram a wake-up, as asyncio's own transports read: the loop polls level-triggered,
+        # so more waiting are read on the next turn, and the common case raises no BlockingIOError.
+        try:
+            data = self.recv(MAX_UDP_REPLY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error the kernel queued on the socket
+            server = self.server
+            self.owner._refused(self, f"{server.host}:{server.port}: {exc.strerror or exc}")
+            return
+        self.owner._reply(self, data)
 
     def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Close the socket; *loop* None: without touching an event loop (a forked child's inherited one)."""
