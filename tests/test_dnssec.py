@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import tomllib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from rspamd_regcheck import Action, Checker, Config, Envelope, Transport
 from rspamd_regcheck._answer import DnsStatus
 from rspamd_regcheck._wire import RType
+from rspamd_regcheck.config import config_from_mapping
 
 from validating import BROKEN, SIGNED, UNSIGNED, validating_resolver
 
@@ -90,3 +93,31 @@ def test_the_ad_bit_is_asked_for_and_read(servers, authentic, ad):
 
     answer = asyncio.run(go())
     assert answer.status is DnsStatus.OK and answer.authentic is ad
+
+
+DOC = Path(__file__).parent.parent / "docs" / "dns-security.md"
+
+
+def test_the_docs_example_loads_and_its_table_gives_the_defaults():
+    text = DOC.read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = config_from_mapping(tomllib.loads(example))
+    assert cfg.require_dnssec and cfg.nameservers == ("127.0.0.1",)
+    defaults = Config()
+    fields = {
+        "dns.sockets": defaults.dns_sockets,
+        "dns.rotate_every": defaults.dns_rotate_every,
+        "dns.case_randomise": defaults.case_randomise,
+        "dns.max_negative_ttl": defaults.max_negative_ttl,
+        "dns.negative_ttl": defaults.negative_ttl,
+        "dns.trusted_validators": list(defaults.trusted_validators),
+        "registry.require_dnssec": defaults.require_dnssec,
+    }
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in text.splitlines()
+        if line.startswith("| `")
+    }
+    assert set(rows) == set(fields)
+    for key, value in fields.items():
+        assert tomllib.loads(f"x = {rows[key]}")["x"] == value, key

@@ -82,7 +82,7 @@ def test_targeted_forgeries_lose_to_the_genuine_answer(responder):
 @NEEDS_RAW
 def test_forged_icmp_errors_turn_no_check_into_a_dns_failure(responder):
     """Two forged "port unreachable" errors at the port each question left from: the question
-    is sent again from another port and answered.  (The client as it was failed every check:
+    is sent again from another port and answered.  (The client as it was failed most checks:
     one ICMP error failed every question in flight.)"""
     helos = [f"mx.icmp.example{i}" for i in range(CHECKS)]  # an ID each (icmp.exampleN): forged once per name
     results = run_checks(config(responder), helos)
