@@ -83,23 +83,21 @@ def make_resolver(config: Config) -> Resolver:
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
     servers = config.nameservers or tuple(system_nameservers())
-    pool = {
-        "sockets": config.dns_sockets,
-        "rotate_every": config.dns_rotate_every,
-        "case_randomise": config.case_randomise,
-        "authentic": config.require_dnssec,  # the AD bit asked for (RFC 6840 5.7)
-        "trusted": config.trusted_validators,
-    }
-    default = (
-        Transport([(s, config.dns_port) for s in servers], config.dns_timeout, config.dns_tries, **pool)
-        if servers
-        else None
-    )
-    routes = [
-        (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries, **pool))
-        for z in config.prescreen
-        if z.nameserver is not None
-    ]
+
+    def transport(to: list[tuple[str, int]]) -> Transport:
+        return Transport(
+            to,
+            config.dns_timeout,
+            config.dns_tries,
+            sockets=config.dns_sockets,
+            rotate_every=config.dns_rotate_every,
+            case_randomise=config.case_randomise,
+            authentic=config.require_dnssec,  # the AD bit asked for (RFC 6840 5.7)
+            trusted=config.trusted_validators,
+        )
+
+    default = transport([(s, config.dns_port) for s in servers]) if servers else None
+    routes = [(z.zone, transport([z.nameserver])) for z in config.prescreen if z.nameserver is not None]
     return Resolver(
         default,
         Cache(config.cache_size, config.max_ttl, config.negative_ttl, config.max_negative_ttl),

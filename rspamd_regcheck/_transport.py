@@ -23,8 +23,9 @@ the port and the ID: 22 bits with 64 sockets.  Ports are replaced as they
 serve: every ``rotate_every`` tries on a server (replies dropped count as
 tries) a new socket opens and the oldest leaves the draw, closed once
 nothing waits on it; so a port seen by an attacker lives ``sockets x
-rotate_every`` tries at most.  A malformed or mismatched reply is dropped
-and the question keeps waiting.
+rotate_every`` tries at most (rotation waits while as many retired sockets
+as the pool holds are still waited on: at most twice ``sockets`` are open).
+A malformed or mismatched reply is dropped and the question keeps waiting.
 
 Errors stay local: an ICMP error (or a socket closed under us) retires that
 socket only, and the questions waiting on it are sent again on another
@@ -37,10 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import math
 import os
-import ipaddress
 import secrets
 import socket
 import struct
@@ -444,8 +445,14 @@ class Transport:
             sock.close(self._loop)
 
     def _rotate(self, server: _Server) -> None:
-        """A new port in the draw, then the oldest out of it (its replacement is ready first)."""
+        """A new port in the draw, then the oldest out of it (its replacement is ready first).
+
+        Not while as many retired sockets as the pool holds still have tries waiting on them
+        (a slow server under load): a server's sockets stay at most twice ``sockets``.
+        """
         server.tries = 0
+        if len(server.draining) >= self._size:
+            return
         if self._open(server) is None and len(server.live) > self._size:
             self._retire(server.live[0])
 

@@ -25,5 +25,5 @@ def test_systemd_unit():
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     # the sum docs/dns-security.md gives, for the defaults and three nameservers
     c = Config()
-    need = c.max_connections + 1 + 2 * c.dns_sockets * 3 + 64
+    need = c.max_connections + 1 + 4 * c.dns_sockets * 3 + 64
     assert int(service["LimitNOFILE"]) >= need

@@ -10,13 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from validating import BROKEN, SIGNED, UNSIGNED, validating_resolver
 
 from rspamd_regcheck import Action, Checker, Config, Envelope, Transport
 from rspamd_regcheck._answer import DnsStatus
 from rspamd_regcheck._wire import RType
 from rspamd_regcheck.config import config_from_mapping
-
-from validating import BROKEN, SIGNED, UNSIGNED, validating_resolver
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +51,24 @@ def check(cfg: Config, helo: str):  # type: ignore[no-untyped-def]
 
 CASES = [
     pytest.param("unbound", SIGNED, True, "mx.heaven.net", "REGCHECK_QR1_ALLOW", Action.ACCEPT, id="signed-validated"),
-    pytest.param("unbound", SIGNED, True, "mx.nowhere.example", "REGCHECK_NO_RECORD", Action.REJECT, id="signed-nxdomain"),
+    pytest.param(
+        "unbound", SIGNED, True, "mx.nowhere.example", "REGCHECK_NO_RECORD", Action.REJECT, id="signed-nxdomain"
+    ),
     pytest.param(
         "unbound", UNSIGNED, True, "mx.heaven.net", "REGCHECK_UNVALIDATED", Action.TEMPFAIL, id="unsigned-required"
     ),
     pytest.param(
-        "unbound", UNSIGNED, True, "mx.nowhere.example", "REGCHECK_UNVALIDATED", Action.TEMPFAIL, id="unsigned-nxdomain"
+        "unbound",
+        UNSIGNED,
+        True,
+        "mx.nowhere.example",
+        "REGCHECK_UNVALIDATED",
+        Action.TEMPFAIL,
+        id="unsigned-nxdomain",
     ),
-    pytest.param("unbound", UNSIGNED, False, "mx.heaven.net", "REGCHECK_QR1_ALLOW", Action.ACCEPT, id="unsigned-optional"),
+    pytest.param(
+        "unbound", UNSIGNED, False, "mx.heaven.net", "REGCHECK_QR1_ALLOW", Action.ACCEPT, id="unsigned-optional"
+    ),
     # the record was changed under its signature: unbound answers SERVFAIL, a DNS failure
     pytest.param("unbound", BROKEN, True, "mx.heaven.net", "REGCHECK_DNSFAIL", Action.TEMPFAIL, id="broken-signature"),
     pytest.param("unbound", BROKEN, False, "mx.heaven.net", "REGCHECK_DNSFAIL", Action.TEMPFAIL, id="broken-optional"),

@@ -96,6 +96,43 @@ def test_formerr_is_asked_again_without_edns(run):
     assert [arcount(q) for q in queries] == [1, 0]  # with the OPT record, then without
 
 
+def no_records(query: bytes) -> bytes:
+    """A NOERROR reply to *query* with no records."""
+    reply = truncated_reply(query)
+    return reply[:2] + b"\x81\x80" + reply[4:]
+
+
+def with_opt(reply: bytes, extended: int = 0) -> bytes:
+    """*reply* with an OPT record (RFC 6891 6.1.2), its TTL carrying the extended RCODE's upper bits."""
+    count = struct.unpack("!H", reply[10:12])[0] + 1
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, extended << 24, 0)
+    return reply[:10] + struct.pack("!H", count) + reply[12:] + opt
+
+
+@pytest.mark.parametrize(
+    "step,detail",
+    [
+        # FORMERR from a server that speaks EDNS (its reply has OPT): the question itself failed
+        pytest.param(lambda q: with_opt(reply_to(q, rcode=1)), "FORMERR", id="formerr-with-opt"),
+        # BADVERS (16): the header says NOERROR; read alone, it would be an empty answer, cached
+        pytest.param(lambda q: with_opt(no_records(q), extended=1), "BADVERS", id="badvers"),
+    ],
+)
+def test_edns_is_kept_when_the_server_speaks_it(run, step, detail):
+    async def go():
+        server, proto, port = await responder([step])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
+        try:
+            return await client.ask(NAME, RType.TXT), proto.queries
+        finally:
+            client.close()
+            server.close()
+
+    answer, queries = run(go())
+    assert (answer.status, answer.detail) == (DnsStatus.ERROR, detail)
+    assert [arcount(q) for q in queries] == [1]  # not asked again without EDNS
+
+
 def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout(run):
     async def go():
         server, proto, port = await responder([None, reply_to])
@@ -485,7 +522,7 @@ def test_an_icmp_error_fails_nothing_but_costs_a_re_send(run):
             on_victim = len(victim.pending)
             client._refused(victim, "forged: port unreachable")
             await asyncio.sleep(0.05)
-            for query, addr in list(zip(proto.queries, proto.addrs))[40:] + list(zip(proto.queries, proto.addrs))[:40]:
+            for query, addr in zip(proto.queries, proto.addrs, strict=True):  # to the victim's port: dropped
                 server.sendto(reply_to(query), addr)
             answers = await asyncio.gather(*tasks)
             return answers, on_victim, len(proto.queries), client.refusals, victim.closed
@@ -571,3 +608,28 @@ def test_a_forked_child_opens_sockets_of_its_own():
             loop.close()
     assert len(parent) == 4 and not set(child) & set(parent)
     assert still == parent  # the child left the parent's sockets alone
+
+
+def test_a_slow_server_under_load_keeps_at_most_twice_the_pool_open(run):
+    """Retired sockets close only once idle; while as many as the pool still wait on a server that
+    does not answer, rotation waits (file descriptors stay bounded)."""
+
+    async def go():
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=0.5, tries=1, sockets=8, rotate_every=1)
+        try:
+            most = 0
+            tasks = []
+            for i in range(400):
+                tasks.append(asyncio.ensure_future(client.ask(f"q{i}.example", RType.TXT)))
+                await asyncio.sleep(0)
+                most = max(most, client.open_sockets)
+            await asyncio.gather(*tasks)
+            return most, client.open_sockets
+        finally:
+            client.close()
+            server.close()
+
+    most, after = run(go())
+    assert most == 2 * 8
+    assert after == 8  # the retired ones closed once their questions timed out

@@ -83,7 +83,9 @@ def test_answers(qtype, answers, status, records, ttl):
         pytest.param(dns.rcode.NXDOMAIN, [], DnsStatus.NXDOMAIN, None, id="nxdomain-no-soa"),
         pytest.param(dns.rcode.NOERROR, [SOA], DnsStatus.NODATA, 300, id="nodata"),
         pytest.param(dns.rcode.NOERROR, [], DnsStatus.NODATA, None, id="nodata-no-soa"),
-        pytest.param(dns.rcode.NXDOMAIN, [("example.org", *SOA[1:])], DnsStatus.NXDOMAIN, None, id="soa-of-another-zone"),
+        pytest.param(
+            dns.rcode.NXDOMAIN, [("example.org", *SOA[1:])], DnsStatus.NXDOMAIN, None, id="soa-of-another-zone"
+        ),
         pytest.param(dns.rcode.NXDOMAIN, [("x." + QNAME, *SOA[1:])], DnsStatus.NXDOMAIN, None, id="soa-below-the-name"),
         pytest.param(dns.rcode.NXDOMAIN, [(QNAME, *SOA[1:])], DnsStatus.NXDOMAIN, 300, id="soa-at-the-name"),
         pytest.param(

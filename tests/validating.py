@@ -81,7 +81,7 @@ def _knot_conf(base: Path, port: int, broken_signed: bool) -> str:
         f"server:\n    listen: 127.0.0.1@{port}\n    rundir: {base}\n",
         "log:\n  - target: stderr\n    any: warning\n",
         f"database:\n    storage: {base}\n",
-        f"acl:\n  - id: local\n    address: 127.0.0.1\n    action: transfer\n",
+        "acl:\n  - id: local\n    address: 127.0.0.1\n    action: transfer\n",
         f"template:\n  - id: default\n    storage: {base / 'zones'}\n    acl: local\n",
         f"control:\n    listen: {base}/knot.sock\n",
         "zone:\n",
