@@ -81,17 +81,19 @@ def closed_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def test_formerr_is_asked_again_without_edns(run):
-    async def go():
-        server, proto, port = await responder([lambda q: reply_to(q, rcode=1), reply_to])
-        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
-        try:
-            return await client.ask(NAME, RType.TXT), proto.queries
-        finally:
-            client.close()
-            server.close()
+async def ask_once(script, **kw):  # type: ignore[no-untyped-def]
+    """Ask NAME of a responder scripted with *script*, one try: (answer, the queries it got)."""
+    server, proto, port = await responder(script)
+    client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1, **kw)
+    try:
+        return await client.ask(NAME, RType.TXT), proto.queries
+    finally:
+        client.close()
+        server.close()
 
-    answer, queries = run(go())
+
+def test_formerr_is_asked_again_without_edns(run):
+    answer, queries = run(ask_once([lambda q: reply_to(q, rcode=1), reply_to]))
     assert answer.status is DnsStatus.OK
     assert [arcount(q) for q in queries] == [1, 0]  # with the OPT record, then without
 
@@ -119,16 +121,7 @@ def with_opt(reply: bytes, extended: int = 0) -> bytes:
     ],
 )
 def test_edns_is_kept_when_the_server_speaks_it(run, step, detail):
-    async def go():
-        server, proto, port = await responder([step])
-        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
-        try:
-            return await client.ask(NAME, RType.TXT), proto.queries
-        finally:
-            client.close()
-            server.close()
-
-    answer, queries = run(go())
+    answer, queries = run(ask_once([step]))
     assert (answer.status, answer.detail) == (DnsStatus.ERROR, detail)
     assert [arcount(q) for q in queries] == [1]  # not asked again without EDNS
 
@@ -546,17 +539,8 @@ def test_case_randomised_questions_want_the_case_echoed(run):
     def echoed(query: bytes) -> bytes:
         return reply_to(query)
 
-    async def go(step):
-        server, proto, port = await responder([step])
-        client = Transport([("127.0.0.1", port)], timeout=0.3, tries=1, case_randomise=True)
-        try:
-            return await client.ask(NAME, RType.TXT), proto.queries[0]
-        finally:
-            client.close()
-            server.close()
-
-    lowered_answer, query = run(go(lowered))
-    echoed_answer, _ = run(go(echoed))
+    lowered_answer, (query,) = run(ask_once([lowered], case_randomise=True))
+    echoed_answer, _ = run(ask_once([echoed], case_randomise=True))
     assert query[12:].lower() != query[12:]  # asked in mixed case (22 letters: all lower has odds 2^-22)
     assert lowered_answer.status is DnsStatus.TIMEOUT
     assert echoed_answer.status is DnsStatus.OK
