@@ -10,8 +10,8 @@ counts of the budgets.  This client builds and reads messages with
 The common case costs no task, coroutine or timer of its own: `start`
 sends the question and returns; the reply callback reads it and calls the
 caller back.  Timeouts are kept in buckets of a few milliseconds, swept by
-one timer per transport.  Only the rare paths (opening sockets, TCP after
-truncation) run as tasks.
+one timer per transport.  Only the rare path (TCP after truncation) runs as
+a task; sockets open and close without one.
 
 Forgery (RFC 5452): each server has a pool of ``sockets`` connected UDP
 sockets, each on a port the kernel chose at random (RFC 6056).  A try
@@ -27,8 +27,8 @@ rotate_every`` tries at most (rotation waits while as many retired sockets
 as the pool holds are still waited on: at most twice ``sockets`` are open).
 A malformed or mismatched reply is dropped and the question keeps waiting.
 
-Errors stay local: an ICMP error (or a socket closed under us) retires that
-socket only, and the questions waiting on it are sent again on another
+Errors stay local: an ICMP error (or any other error reading a socket)
+retires that socket only, and the questions waiting on it are sent again on another
 socket for the rest of their try.  A second refusal within the same try
 ends the try: a server that really refuses is left for the next as before.
 """
@@ -256,11 +256,8 @@ class Transport:
     ):
         if not servers:
             raise ValueError("no DNS server to ask")
-        trust = {str(ipaddress.ip_address(t)) for t in trusted}
-        self._servers = [
-            _Server(host, port, i, self, _is_loopback(host) or str(ipaddress.ip_address(host)) in trust)
-            for i, (host, port) in enumerate(servers)
-        ]
+        trust = {ipaddress.ip_address(t) for t in trusted}
+        self._servers = [_Server(host, port, i, self, _trusted(host, trust)) for i, (host, port) in enumerate(servers)]
         self._timeout = timeout
         self.timeout = timeout  # the longest a question takes (UDP tries and TCP together)
         self._tries = max(1, tries)
@@ -284,7 +281,7 @@ class Transport:
         self.sent = 0  # UDP questions sent, retries included
         self.tcp = 0  # questions re-asked over TCP
         self.dropped = 0  # UDP replies not accepted: unknown ID, malformed, another question
-        self.refusals = 0  # ICMP errors and sockets closed under us
+        self.refusals = 0  # ICMP errors (and other errors reading a socket)
         self.opened = 0  # sockets opened
 
     async def ask(self, name: str, rtype: RType) -> DnsAnswer:
@@ -415,7 +412,7 @@ class Transport:
             self._rotate(server)
 
     def _refused(self, sock: _Socket, detail: str) -> None:
-        """An ICMP error: retire the socket, send the tries waiting on it again from another."""
+        """An ICMP error (forged, maybe): retire the socket, send the tries waiting on it again from another."""
         self.refusals += 1
         server = sock.server
         waiting = list(sock.pending.values())
@@ -653,8 +650,13 @@ class Transport:
             self._timer, self._timer_bucket = None, math.inf
 
 
-def _is_loopback(host: str) -> bool:
-    return ipaddress.ip_address(host).is_loopback
+def _trusted(host: str, listed: set[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    """Whether *host*'s AD bit counts: a loopback address (nothing crossed a network), or one listed."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address in listed
 
 
 def _resolve(fut: asyncio.Future[DnsAnswer], answer: DnsAnswer) -> None:
