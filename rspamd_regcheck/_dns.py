@@ -385,6 +385,14 @@ class Resolver:
         finally:
             self._draining = False
 
+    def transport_counts(self) -> dict[str, int]:
+        """What the transports saw of forgery: replies dropped, ICMP errors (cumulative)."""
+        transports = [t for t in self._all_transports() if isinstance(t, Transport)]
+        return {
+            "reply_dropped": sum(t.dropped for t in transports),
+            "icmp_error": sum(t.refusals for t in transports),
+        }
+
     def _all_transports(self) -> list[Transport]:
         transports = {id(t): t for _, t in self._routes}
         if self._default is not None:

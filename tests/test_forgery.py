@@ -52,12 +52,16 @@ def symbols(result) -> set[str]:  # type: ignore[no-untyped-def]
     return {s.name for s in result.verdict.symbols}
 
 
-def run_checks(cfg: Config, helos: list[str]) -> list[set[str]]:
+def run_checks(cfg: Config, helos: list[str], counts: dict[str, int] | None = None) -> list[set[str]]:
+    """Check each HELO in turn; *counts*, when given, gets the transports' forgery counters."""
+
     async def go() -> list[set[str]]:
         checker = Checker(cfg)
         try:
             return [symbols(await checker.check(env(h))) for h in helos]
         finally:
+            if counts is not None:
+                counts.update(checker.resolver.transport_counts())
             checker.close()
 
     return asyncio.run(go())
@@ -69,7 +73,8 @@ CHECKS = 20
 def test_targeted_forgeries_lose_to_the_genuine_answer(responder):
     """Wrong ID, wrong question, from another port, malformed under the right ID: each says
     stop=all, each arrives before the genuine answer, and none is believed."""
-    results = run_checks(config(responder), ["mx.forged.example"] * CHECKS)
+    counts: dict[str, int] = {}
+    results = run_checks(config(responder), ["mx.forged.example"] * CHECKS, counts)
     assert responder.forgeries == {
         "wrong ID": CHECKS,
         "wrong question": CHECKS,
@@ -77,6 +82,9 @@ def test_targeted_forgeries_lose_to_the_genuine_answer(responder):
         "from another port": CHECKS,
     }
     assert all("REGCHECK_QR1_ALLOW" in r and "REGCHECK_STOP" not in r for r in results), results
+    # the three that reached the client were dropped (and counted, for /metrics); the fourth
+    # came from another port, and the kernel dropped it on the connected socket
+    assert counts["reply_dropped"] == 3 * CHECKS
 
 
 @NEEDS_RAW
@@ -85,8 +93,10 @@ def test_forged_icmp_errors_turn_no_check_into_a_dns_failure(responder):
     is sent again from another port and answered.  (The client as it was failed most checks:
     one ICMP error failed every question in flight.)"""
     helos = [f"mx.icmp.example{i}" for i in range(CHECKS)]  # an ID each (icmp.exampleN): forged once per name
-    results = run_checks(config(responder), helos)
+    counts: dict[str, int] = {}
+    results = run_checks(config(responder), helos, counts)
     assert responder.forgeries == {"ICMP port unreachable": 2 * CHECKS}
+    assert counts["icmp_error"] == CHECKS  # the second of each pair met a closed port
     assert not [r for r in results if "REGCHECK_DNSFAIL" in r], results
     assert all("REGCHECK_QR1_ALLOW" in r for r in results)
     by_name: dict[str, list[int]] = {}
