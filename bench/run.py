@@ -182,6 +182,7 @@ class Worker:
         cache_size: int | None = None,
         prescreen: bool = True,
         services: bool = False,
+        dns_extra: str = "",
     ):
         self.port = free_port()
         conf = work / f"{name}.toml"
@@ -193,6 +194,8 @@ class Worker:
         ]
         if cache_size is not None:
             lines[1] += f"\ncache_size = {cache_size}"
+        if dns_extra:
+            lines[1] += f"\n{dns_extra}"
         if prescreen:
             lines.append(f'[[prescreen.zones]]\nzone = "{DNSBL}"')
         if services:
@@ -676,6 +679,9 @@ def report(results: list[Result], size: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+KEPT_SECTIONS = "\n## "  # from here on, RESULTS.md holds sections of other scripts (bench/ports.py)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
@@ -694,7 +700,9 @@ def main() -> int:
     text = report(results, size, time.monotonic() - started)
     print(text)
     if size != "tiny":
-        (args.out / "RESULTS.md").write_text(text)
+        old = args.out / "RESULTS.md"
+        kept = old.read_text().partition(KEPT_SECTIONS)[1:] if old.exists() else ("", "")
+        (args.out / "RESULTS.md").write_text(text + "".join(kept))  # sections other scripts wrote stay
     else:
         (args.out / "RESULTS-tiny.md").write_text(text)
     return 0

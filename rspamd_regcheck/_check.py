@@ -100,19 +100,32 @@ def make_resolver(config: Config) -> Resolver:
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
     servers = config.dns_servers or tuple((s, config.dns_port) for s in system_nameservers())
-    default = Transport(list(servers), config.dns_timeout, config.dns_tries) if servers else None
-    routes = [
-        (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries))
-        for z in config.prescreen
-        if z.nameserver is not None
-    ]
+
+    def transport(to: list[tuple[str, int]]) -> Transport:
+        return Transport(
+            to,
+            config.dns_timeout,
+            config.dns_tries,
+            sockets=config.dns_sockets,
+            rotate_every=config.dns_rotate_every,
+            case_randomise=config.case_randomise,
+            authentic=config.require_dnssec,  # the AD bit asked for (RFC 6840 5.7)
+            trusted=config.trusted_validators,
+        )
+
+    default = transport(list(servers)) if servers else None
+    routes = [(z.zone, transport([z.nameserver])) for z in config.prescreen if z.nameserver is not None]
     return Resolver(
         default,
-        Cache(config.cache_size, config.max_ttl, config.negative_ttl),
+        Cache(config.cache_size, config.max_ttl, config.negative_ttl, config.max_negative_ttl),
         [LocalZone(path) for path in config.zone_files],
         routes,
         config.max_inflight,
     )
+
+
+UNVALIDATED_REASON = "registry answer not validated"
+_ANSWERED = frozenset({DnsStatus.OK, DnsStatus.NXDOMAIN, DnsStatus.NODATA})  # what DNSSEC can vouch for
 
 
 @functools.lru_cache(maxsize=8192)
@@ -125,19 +138,27 @@ def _parse_answer(texts: tuple[str, ...]) -> Record | InvalidRecord:
 
 
 async def lookup_record(
-    fetcher: Fetcher, ident: str, zones: Sequence[str], first: Awaitable[DnsAnswer] | None = None
+    fetcher: Fetcher,
+    ident: str,
+    zones: Sequence[str],
+    first: Awaitable[DnsAnswer] | None = None,
+    require_dnssec: bool = False,
 ) -> RegistryFacts:
     """Fetch and parse the record of *ident* from the registry *zones*, in order.
 
     NXDOMAIN (or no TXT at the name) falls through to the next zone; a DNS
     failure stops the walk.  *first*, when given, is the answer from the first
-    zone, already asked for.
+    zone, already asked for.  With *require_dnssec*, an answer (found or not)
+    that a trusted validator did not mark authentic stops the walk as
+    UNVALIDATED.
     """
     for i, zone in enumerate(zones):
         if i == 0 and first is not None:
             answer = await first
         else:
             answer = await fetcher.query(f"{ident}.{zone}", "TXT")
+        if require_dnssec and not answer.authentic and answer.status in _ANSWERED:
+            return RegistryFacts(RegistryStatus.UNVALIDATED, reasons=(UNVALIDATED_REASON,), zone=zone)
         if answer.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
             continue
         if answer.status is DnsStatus.BUDGET:
@@ -249,7 +270,8 @@ class Checker:
             return Facts(ip=ip, helo=found)
         ident = found.id
         zones = self.config.registry_zones
-        registry = await lookup_record(session, ident, zones, first)
+        dnssec = self.config.require_dnssec
+        registry = await lookup_record(session, ident, zones, first, dnssec)
         record = registry.record
         if record is not None and record.idlevel is not None:
             # A name the public suffix list does not split: the real IDs are
@@ -257,7 +279,7 @@ class Checker:
             deeper = id_at_level(found.helo, record.idlevel)
             if deeper is not None and len(deeper) > len(ident):
                 ident = deeper
-                registry = await lookup_record(session, deeper, zones)
+                registry = await lookup_record(session, deeper, zones, require_dnssec=dnssec)
                 record = registry.record
         if registry.status is RegistryStatus.NO_RECORD and self.config.registry_fallback == "authenticate":
             registry = await fallback_registry(session, found.helo, self.config.method_limits)

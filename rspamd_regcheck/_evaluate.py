@@ -45,6 +45,7 @@ class RegistryStatus(enum.Enum):
     INVALID = "invalid"
     DNSFAIL = "dnsfail"
     BUDGET = "budget"  # the check's query cap was spent before the registry answered
+    UNVALIDATED = "unvalidated"  # registry.require_dnssec, and no trusted validator vouched for the answer
 
 
 @dataclass(frozen=True)
@@ -204,15 +205,19 @@ class _Evaluation:
             )
         ident = f.id or f.helo
         reg = f.registry
-        if reg is None or reg.status is RegistryStatus.DNSFAIL:
+        if reg is None or reg.status in (RegistryStatus.DNSFAIL, RegistryStatus.UNVALIDATED):
             why = ", ".join(reg.reasons) if reg else "no answer"
-            self.hit(S.DNSFAIL, ident, why)
+            # An answer no trusted validator vouched for is weighed like a DNS failure: it may be
+            # true, but nothing says it is.
+            unvalidated = reg is not None and reg.status is RegistryStatus.UNVALIDATED
+            self.hit(S.UNVALIDATED_REGISTRY if unvalidated else S.DNSFAIL, ident, why)
+            what = "answer" if unvalidated else "lookup"
             return self.done(
                 Action.TEMPFAIL,
                 TEMPFAIL_CODE,
                 TEMPFAIL_DNS_X,
                 # the SMTP text goes to strangers: what failed where (a resolver's address) stays in the log
-                f"Sender registry lookup for '{ident}' failed; please try again later",
+                f"Sender registry {what} for '{ident}' failed; please try again later",
                 detail=why,
             )
         if reg.status is RegistryStatus.BUDGET:

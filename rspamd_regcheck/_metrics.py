@@ -171,4 +171,5 @@ def dns_counts(resolver: Any, result_hits: int = 0) -> dict[str, int]:
     }
     for status, n in stats.failures.items():
         counts[status] = n
+    counts.update(resolver.transport_counts())  # forged or stray replies, ICMP errors
     return counts

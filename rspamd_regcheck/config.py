@@ -91,8 +91,14 @@ class Config:
     dns_tries: int = 2
     cache_size: int = 50_000  # answers
     result_cache_size: int = 10_000  # check results reused while their DNS answers are cached; 0: off
-    negative_ttl: int = 300  # seconds, for NXDOMAIN/NODATA without an SOA
+    negative_ttl: int = 0  # seconds, for NXDOMAIN/NODATA without an SOA (RFC 2308 5: not cached)
+    max_negative_ttl: int = 3600  # seconds, the cap on an SOA-derived negative TTL (as unbound)
     max_ttl: int = 86_400
+    dns_sockets: int = 64  # UDP source ports per server (RFC 5452 9.2)
+    dns_rotate_every: int = 4  # tries on a server between two new ports
+    case_randomise: bool = False  # 0x20: questions in mixed case, echoed or dropped
+    trusted_validators: tuple[str, ...] = ()  # resolvers whose AD bit counts (besides loopback)
+    require_dnssec: bool = False  # registry answers count only with the AD bit of a trusted validator
     max_queries: int = 100  # per check: registry, DNSBL and methods together
     deadline: float = 3.0  # seconds per check; then it answers with what it has
     max_inflight: int = 1000  # DNS questions on the wire at once, per worker
@@ -169,13 +175,19 @@ class Config:
         lines.append(f"cache_size = {self.cache_size}")
         lines.append(f"result_cache_size = {self.result_cache_size}")
         lines.append(f"negative_ttl = {self.negative_ttl}")
+        lines.append(f"max_negative_ttl = {self.max_negative_ttl}")
         lines.append(f"max_ttl = {self.max_ttl}")
+        lines.append(f"sockets = {self.dns_sockets}")
+        lines.append(f"rotate_every = {self.dns_rotate_every}")
+        lines.append(f"case_randomise = {str(self.case_randomise).lower()}")
+        lines.append(f"trusted_validators = {_toml_list(self.trusted_validators)}")
         lines.append(f"max_queries = {self.max_queries}")
         lines.append(f"deadline = {self.deadline}")
         lines.append(f"max_inflight = {self.max_inflight}")
         lines.append(f"zone_files = {_toml_list(self.zone_files)}")
         lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
         lines.append(f'fallback = "{self.registry_fallback}"')
+        lines.append(f"require_dnssec = {str(self.require_dnssec).lower()}")
         for z in self.prescreen:
             lines += ["", "[[prescreen.zones]]", f'zone = "{z.zone}"', f"ipv6 = {str(z.ipv6).lower()}"]
             if z.nameserver is not None:
@@ -331,6 +343,11 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "deadline",
             "max_inflight",
             "zone_files",
+            "max_negative_ttl",
+            "sockets",
+            "rotate_every",
+            "case_randomise",
+            "trusted_validators",
         ),
     )
     if "nameservers" in dns:
@@ -349,6 +366,16 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["negative_ttl"] = _int(dns["negative_ttl"], "dns.negative_ttl", 0, 86_400)
     if "max_ttl" in dns:
         kw["max_ttl"] = _int(dns["max_ttl"], "dns.max_ttl", 0, 604_800)
+    if "max_negative_ttl" in dns:
+        kw["max_negative_ttl"] = _int(dns["max_negative_ttl"], "dns.max_negative_ttl", 0, 86_400)
+    if "sockets" in dns:
+        kw["dns_sockets"] = _int(dns["sockets"], "dns.sockets", 1, 1024)
+    if "rotate_every" in dns:
+        kw["dns_rotate_every"] = _int(dns["rotate_every"], "dns.rotate_every", 1, 10_000)
+    if "case_randomise" in dns:
+        kw["case_randomise"] = _bool(dns["case_randomise"], "dns.case_randomise")
+    if "trusted_validators" in dns:
+        kw["trusted_validators"] = tuple(_str_list(dns, "dns.trusted_validators", "trusted_validators", _nameserver))
     if "max_queries" in dns:
         kw["max_queries"] = _int(dns["max_queries"], "dns.max_queries", 1, 1000)
     if "deadline" in dns:
@@ -374,7 +401,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
         kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)
 
-    reg = _table(data, "registry", ("zones", "fallback"))
+    reg = _table(data, "registry", ("zones", "fallback", "require_dnssec"))
     if "zones" in reg:
         kw["registry_zones"] = tuple(_str_list(reg, "registry.zones", "zones", _zone))
     if "fallback" in reg:
@@ -382,6 +409,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         if fallback not in FALLBACKS:
             raise ConfigError("registry.fallback", f"{fallback!r} is not one of {', '.join(FALLBACKS)}")
         kw["registry_fallback"] = fallback
+    if "require_dnssec" in reg:
+        kw["require_dnssec"] = _bool(reg["require_dnssec"], "registry.require_dnssec")
 
     pre = _table(data, "prescreen", ("zones",))
     if "zones" in pre:

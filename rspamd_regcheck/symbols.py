@@ -75,6 +75,7 @@ CATALOGUE: tuple[SymbolDef, ...] = (
     SymbolDef("REGCHECK_UNVERIFIED", 0.5, "No method gave a final result for the ID"),
     SymbolDef("REGCHECK_BUDGET", 0.5, "A method was skipped or stopped by its DNS query budget"),
     SymbolDef("REGCHECK_SERVICE_BAD", 2.0, "A rating service asked directly rated the ID bad (e.g. a DBL listing)"),
+    SymbolDef("REGCHECK_UNVALIDATED", 0.0, "Sender registry answer not DNSSEC-validated by a trusted resolver"),
 )
 
 BY_NAME = {s.name: s for s in CATALOGUE}
@@ -95,6 +96,7 @@ RATING_HIGH = "REGCHECK_RATING_HIGH"
 UNVERIFIED = "REGCHECK_UNVERIFIED"
 BUDGET = "REGCHECK_BUDGET"
 SERVICE_BAD = "REGCHECK_SERVICE_BAD"
+UNVALIDATED_REGISTRY = "REGCHECK_UNVALIDATED"
 
 _SUFFIX = {
     Result.PASS: "ALLOW",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 
 import pytest
 
@@ -91,7 +92,35 @@ BAD = [
     pytest.param({"policy": {"enforce_tempfail": "no"}}, "policy.enforce_tempfail", id="enforce-not-bool"),
     pytest.param({"policy": {"never_reject": ["postmaster@x.example"]}}, "policy.never_reject[0]", id="never-reject"),
     pytest.param({"policy": {"never_reject": "abuse"}}, "policy.never_reject", id="never-reject-not-list"),
+    pytest.param({"dns": {"sockets": 0}}, "dns.sockets", id="no-sockets"),
+    pytest.param({"dns": {"rotate_every": 0}}, "dns.rotate_every", id="rotate-never"),
+    pytest.param({"dns": {"max_negative_ttl": -1}}, "dns.max_negative_ttl", id="negative-ttl-cap"),
+    pytest.param({"dns": {"case_randomise": 1}}, "dns.case_randomise", id="case-not-bool"),
+    pytest.param({"dns": {"trusted_validators": ["resolver.example"]}}, "dns.trusted_validators[0]", id="validator-ip"),
+    pytest.param({"registry": {"require_dnssec": "yes"}}, "registry.require_dnssec", id="dnssec-not-bool"),
 ]
+
+
+def test_dns_security_keys():
+    c = config_from_mapping(
+        {
+            "dns": {
+                "sockets": 128,
+                "rotate_every": 2,
+                "max_negative_ttl": 600,
+                "case_randomise": True,
+                "trusted_validators": ["192.0.2.53", "2001:DB8::53"],
+            },
+            "registry": {"require_dnssec": True},
+        }
+    )
+    assert (c.dns_sockets, c.dns_rotate_every, c.max_negative_ttl) == (128, 2, 600)
+    assert c.case_randomise and c.require_dnssec
+    assert c.trusted_validators == ("192.0.2.53", "2001:db8::53")
+    defaults = Config()
+    assert (defaults.dns_sockets, defaults.max_negative_ttl, defaults.negative_ttl) == (64, 3600, 0)
+    assert not defaults.case_randomise and not defaults.require_dnssec
+    assert config_from_mapping(tomllib.loads(c.to_toml())) == c  # written back, read the same
 
 
 @pytest.mark.parametrize("data,key", BAD)

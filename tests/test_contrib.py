@@ -5,6 +5,8 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+from rspamd_regcheck import Config
+
 UNIT = Path(__file__).parent.parent / "contrib" / "rspamd-regcheck.service"
 
 
@@ -21,6 +23,10 @@ def test_systemd_unit():
     assert service["NoNewPrivileges"] == "yes" and service["CapabilityBoundingSet"] == ""
     assert int(service["TimeoutStopSec"]) >= 15  # longer than the workers' drain
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+    # the sum docs/dns-security.md gives, for the defaults and three nameservers
+    c = Config()
+    need = c.max_connections + 1 + 4 * c.dns_sockets * 3 + 64
+    assert int(service["LimitNOFILE"]) >= need
 
 
 def test_unit_checks_quietly_and_points_at_our_docs():

@@ -207,6 +207,19 @@ CASES = [
     pytest.param(
         Facts(
             ip=IP,
+            helo="mx.signed.example",
+            id="signed.example",
+            registry=RegistryFacts(RegistryStatus.UNVALIDATED, reasons=("registry answer not validated",)),
+        ),
+        Action.TEMPFAIL,
+        451,
+        {"REGCHECK_UNVALIDATED": ("signed.example", "registry answer not validated")},
+        None,
+        id="registry-answer-not-validated",
+    ),
+    pytest.param(
+        Facts(
+            ip=IP,
             helo="mx.deep.example",
             id="deep.example",
             registry=RegistryFacts(RegistryStatus.BUDGET, reasons=("check query cap 2 reached",)),
