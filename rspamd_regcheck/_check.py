@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import math
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
@@ -51,10 +52,15 @@ class Envelope:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A verdict and the number of DNS questions asked to reach it."""
+    """A verdict, the number of DNS questions asked to reach it, and until when it holds.
+
+    *valid_until* (`time.monotonic()`) is when the first DNS answer it rested
+    on expires: 0 when one was a failure, infinity when none came from DNS.
+    """
 
     verdict: Verdict
     queries: int
+    valid_until: float = math.inf
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
@@ -190,7 +196,7 @@ class Checker:
             self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
         )
         facts = await self._facts(env, session)
-        result = CheckResult(evaluate(facts, self.policy), session.count)
+        result = CheckResult(evaluate(facts, self.policy), session.count, session.valid_until)
         if session.valid_until > time.monotonic():
             self._results.put(key, (session.valid_until, result))
         return result

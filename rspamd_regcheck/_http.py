@@ -34,6 +34,7 @@ from ._headers import MAX_HEADER_BLOCK, header_block
 from ._log import CheckLog
 from ._metrics import Metrics, dns_counts
 from ._reply import build_reply
+from ._slim import build_slim, encode_slim, max_age, wants_slim, with_max_age
 
 log = logging.getLogger("rspamd_regcheck.http")
 
@@ -100,7 +101,7 @@ class App:
         self.active: set[asyncio.Task[Any]] = set()
         self.connections: set[HttpProtocol] = set()
         self.draining = False  # stopping: answer what is asked, then close each connection
-        self._bodies: OrderedDict[tuple[int, int, bool], tuple[CheckResult, bytes]] = OrderedDict()
+        self._bodies: OrderedDict[tuple[int, int, bool | None], tuple[CheckResult, bytes, int]] = OrderedDict()
         self.check_log = CheckLog(_running_loop())
 
     def authorised(self, headers: list[tuple[str, str]]) -> bool:
@@ -111,18 +112,36 @@ class App:
         given = next((v for n, v in headers if n.lower() == "password"), "")
         return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
 
-    def encoded(self, checker: Checker, result: CheckResult, msgpack_reply: bool) -> bytes:
+    def encoded(self, checker: Checker, result: CheckResult, msgpack_reply: bool, slim: bool = False) -> bytes:
         """The reply body for *result*; a reused result's body is encoded once."""
+        if slim:
+            return self._slim(checker, result, msgpack_reply)
         key = (id(checker), id(result), msgpack_reply)
         entry = self._bodies.get(key)
         if entry is not None and entry[0] is result:
             return entry[1]
         reply = build_reply(result.verdict, checker.config, result.queries)
         body = msgpack.packb(reply) if msgpack_reply else _json(reply)
-        self._bodies[key] = (result, body)  # holding the result keeps its id from being reused
+        self._remember(key, result, body)
+        return body
+
+    def _slim(self, checker: Checker, result: CheckResult, msgpack_reply: bool) -> bytes:
+        """The slim reply (`_slim`): its entries encoded once per result, its max-age each time."""
+        age = max_age(result.valid_until, time.monotonic(), checker.config.max_ttl)
+        if not msgpack_reply:
+            return _json({**build_slim(result.verdict), "max_age": age})
+        key = (id(checker), id(result), None)
+        entry = self._bodies.get(key)
+        if entry is None or entry[0] is not result:
+            reply = build_slim(result.verdict)
+            entry = (result, encode_slim(reply), len(reply))
+            self._remember(key, result, entry[1], len(reply))
+        return with_max_age(entry[1], entry[2], age)
+
+    def _remember(self, key: tuple[int, int, bool | None], result: CheckResult, body: bytes, count: int = 0) -> None:
+        self._bodies[key] = (result, body, count)  # holding the result keeps its id from being reused
         if len(self._bodies) > MAX_ENCODED:
             self._bodies.popitem(last=False)
-        return body
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -372,16 +391,17 @@ class HttpProtocol(asyncio.Protocol):
         except HttpError as exc:
             self.error(exc.status, exc.message)
             return
-        self.task = self.loop.create_task(self.check(env, wants_msgpack(r.headers or [])))
+        headers = r.headers or []
+        self.task = self.loop.create_task(self.check(env, wants_msgpack(headers), wants_slim(headers)))
         self.app.active.add(self.task)
         self.task.add_done_callback(self.app.active.discard)
 
-    async def check(self, env: Envelope, msgpack_reply: bool) -> None:
+    async def check(self, env: Envelope, msgpack_reply: bool, slim: bool = False) -> None:
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
         checker = self.app.checker  # a reload swaps it for later requests, not this one
         try:
             result = await checker.check(env)
-            body = self.app.encoded(checker, result, msgpack_reply)
+            body = self.app.encoded(checker, result, msgpack_reply, slim)
             seconds = time.perf_counter() - started
             self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
             if self.app.check_log.enabled:
