@@ -20,6 +20,7 @@ from ._csa import csa_method
 from ._dkim import dkim_method
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
+from ._headers import header_block
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
 from ._prescreen import classify, query_name
@@ -48,6 +49,18 @@ class Envelope:
     user: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # the message's header block (Sender ID's PRA)
     dkim_domains: tuple[str, ...] = ()  # d= of the DKIM signatures rspamd verified
+    raw_headers: bytes = b""  # the header block as sent, parsed only when needed (`header_fields`)
+
+    @functools.cached_property
+    def header_fields(self) -> tuple[tuple[str, str], ...]:
+        """The header block's fields: *headers*, else *raw_headers* parsed (once, and only if asked).
+
+        Parsing a header block costs more than a warm check (100-250 us); only
+        Sender ID and a result resting on it need the fields.
+        """
+        if self.headers or not self.raw_headers:
+            return self.headers
+        return header_block(self.raw_headers)
 
 
 @dataclass(frozen=True)
@@ -79,8 +92,17 @@ def _parse_ip(text: str) -> IPAddress:
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:
-    """What a check's result depends on (besides DNS): not the recipients, queue id or host name."""
-    return (env.ip, env.helo, env.mail_from, env.user, env.dkim_domains, pra(env.headers) if env.headers else None)
+    """What a check's result depends on (besides DNS): not the recipients, queue id or host name.
+
+    Nor the header block, unless Sender ID ran: a result that rests on the
+    PRA is kept under this key plus the PRA (`_pra_key`), and this key holds
+    a marker saying so.
+    """
+    return (env.ip, env.helo, env.mail_from, env.user, env.dkim_domains)
+
+
+def _pra_key(key: tuple[object, ...], env: Envelope) -> tuple[object, ...]:
+    return (*key, pra(env.header_fields) if env.header_fields else None)
 
 
 def make_resolver(config: Config) -> Resolver:
@@ -155,7 +177,8 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
-        self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult]] = TwoGenerationLRU(
+        # key -> (valid until, result); a result None marks a key whose results rest on the PRA
+        self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult | None]] = TwoGenerationLRU(
             config.result_cache_size
         )
         self.result_hits = 0
@@ -185,10 +208,13 @@ class Checker:
         decide the same.
         """
         now = time.monotonic()  # the DNS cache's clock
-        key = _result_key(env)
+        key = base = _result_key(env)
         entry = self._results.get(key)
+        if entry is not None and entry[1] is None and entry[0] > now:  # the result rests on the PRA
+            key = _pra_key(base, env)
+            entry = self._results.get(key)
         if entry is not None:
-            if entry[0] > now:
+            if entry[0] > now and entry[1] is not None:
                 self.result_hits += 1
                 return entry[1]
             self._results.discard(key)
@@ -198,6 +224,9 @@ class Checker:
         facts = await self._facts(env, session)
         result = CheckResult(evaluate(facts, self.policy), session.count, session.valid_until)
         if session.valid_until > time.monotonic():
+            if any(m.method is Method.SID for m in result.verdict.methods):
+                self._results.put(base, (session.valid_until, None))
+                key = _pra_key(base, env)
             self._results.put(key, (session.valid_until, result))
         return result
 
@@ -274,7 +303,7 @@ class Checker:
             return await csa_method(session, budget, helo, ip)
         if step.method is Method.SID:
             return await sid_method(
-                session, budget, record, ip, helo, ident, env.headers, cfg.spf_alignment, cfg.spf_receiver
+                session, budget, record, ip, helo, ident, env.header_fields, cfg.spf_alignment, cfg.spf_receiver
             )
         if step.method is Method.DKIM:
             return dkim_method(env.dkim_domains, ident)

@@ -30,7 +30,7 @@ import httptools
 import msgpack
 
 from ._check import Checker, CheckResult, Envelope, parse_ip
-from ._headers import MAX_HEADER_BLOCK, header_block
+from ._headers import MAX_HEADER_BLOCK
 from ._log import CheckLog
 from ._metrics import Metrics, dns_counts
 from ._reply import build_reply
@@ -178,7 +178,7 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
         hostname=single.get("hostname") or None,
         queue_id=single.get("queue-id") or None,
         user=single.get("user") or None,
-        headers=header_block(body) if body else (),
+        raw_headers=body,  # parsed only if Sender ID or a result resting on it needs it
         dkim_domains=tuple(dkim),
     )
 
