@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _load  # noqa: E402
+import rspamd_cost  # noqa: E402
 from _knot import knot  # noqa: E402
 from _proxy import DelayProxy  # noqa: E402
 from spf_driver import zone as spf_zone  # noqa: E402
@@ -384,11 +385,11 @@ def run(size: str, out_dir: Path) -> list[Result]:
             if asked > cold_count:
                 results.append(Result("2. cold QR1", "run too long for the IDs", notes=["raise ids"]))
             ceiling = best / 2
-            results.append(judge("2. cold QR1 check (new ID and address each time)", f"{cold_rate:.0f}/s",
-                                 f"fastest DNS client / 2 questions = {ceiling:.0f}/s ({label})",
-                                 cold_rate / ceiling, 0.50))
-            results[-1].notes.append("the floor of a check that decides nothing is below this target: "
-                                     "bench/cold_floor.py")
+            # Information only: our own client is faster than the c-ares class the target names, and even a
+            # check that decides nothing stays below half its rate (bench/cold_floor.py).
+            results.append(Result("2. cold QR1 check (new ID and address each time) beside our own client",
+                                  f"{cold_rate:.0f}/s", f"fastest DNS client / 2 questions = {ceiling:.0f}/s ({label})",
+                                  cold_rate / ceiling, "informational", None))
             if cares:
                 # The issue names the ceiling's class, c-ares; our own client is faster (bench/README.md).
                 results.append(judge("2. cold QR1 check beside c-ares (the client class the target names)",
@@ -621,7 +622,11 @@ def main() -> int:
     text = report(results, size, time.monotonic() - started)
     print(text)
     if size != "tiny":
-        (args.out / "RESULTS.md").write_text(text)
+        path = args.out / "RESULTS.md"
+        old = path.read_text() if path.exists() else ""
+        if rspamd_cost.SECTION in old:  # bench/rspamd_cost.py's section is kept
+            text = text.rstrip("\n") + "\n\n" + rspamd_cost.SECTION + old.split(rspamd_cost.SECTION, 1)[1]
+        path.write_text(text)
     else:
         (args.out / "RESULTS-tiny.md").write_text(text)
     return 0
