@@ -227,6 +227,8 @@ class HttpProtocol(asyncio.Protocol):
         self.current: _Request | None = None  # the request being answered
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # loop time the timer fires at
+        self.deadline: float | None = None  # loop time the connection times out at; None: not while checking
         self.closing = False
         self.loop = asyncio.get_running_loop()
 
@@ -255,6 +257,9 @@ class HttpProtocol(asyncio.Protocol):
         self.app.connections.discard(self)
         self.closing = True
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client went away: so does its check
@@ -285,16 +290,29 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)  # never fed again: closing follows
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._timeout)
+        """Time the connection out *seconds* from now.
+
+        The deadline moves with every request, the timer does not: it is set
+        again only when it would fire too late, and when it fires early it
+        waits for the deadline.  So a busy kept-alive connection costs no
+        timer per request (two were armed and cancelled per request before).
+        """
+        deadline = self.deadline = self.loop.time() + seconds
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(deadline, self._timeout), deadline
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None  # a timer still set finds nothing due
 
     def _timeout(self) -> None:
         self.timer = None
+        if self.deadline is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._timeout), self.deadline
+            return
         if self.current is None and not self.queue and self.transport is not None:
             # A slow or idle client: close rather than wait (a check has its own deadline).
             self.closing = True
