@@ -32,7 +32,7 @@ import msgpack
 from ._check import Checker, CheckResult, Envelope, parse_ip
 from ._headers import MAX_HEADER_BLOCK
 from ._log import CheckLog
-from ._metrics import Metrics, dns_counts
+from ._metrics import Metrics
 from ._reply import build_reply
 from ._slim import build_slim, encode_slim, max_age, wants_slim, with_max_age
 
@@ -421,7 +421,7 @@ class HttpProtocol(asyncio.Protocol):
             result = await checker.check(env)
             body = self.app.encoded(checker, result, msgpack_reply, slim)
             seconds = time.perf_counter() - started
-            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
+            self.app.metrics.check(result.verdict, seconds, checker)
             if self.app.check_log.enabled:
                 self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask)
         except asyncio.CancelledError:
