@@ -22,7 +22,11 @@ scan an ID (and sender domain) never seen before.  CPU is read from
 /proc/PID/task/*/schedstat of each process group (every rspamd process of
 an instance; the worker's supervisor and its child) before and after each
 block; rspamd's CPU per scan minus the base instance's in the same round is
-what the module added.  p50 is the client's, minus the base's p50.
+what the module added.  Latency is the client's p50 minus the base's, at the
+rate and, after each block, for scans sent one at a time: on a machine whose
+cores other work also wants, a rate the processes cannot keep up with builds
+a queue, and the p50 at the rate then measures the queue; one at a time it
+measures what the module adds to a scan.
 """
 
 from __future__ import annotations
@@ -182,6 +186,11 @@ async def _scan(port: int, data: bytes) -> float:
     return time.perf_counter() - t0
 
 
+async def one_at_a_time(port: int, make: Callable[[int], bytes], first: int, count: int) -> list[float]:
+    """*count* scans, each sent when the one before is answered; latencies."""
+    return [await _scan(port, make(first + n)) for n in range(count)]
+
+
 async def paced(port: int, make: Callable[[int], bytes], count: int, rate: float) -> list[float]:
     """*count* scans started at *rate* per second (each on time, whatever the others do); latencies."""
     tasks = []
@@ -263,7 +272,8 @@ def dns_rtt(kport: int, n: int = 500) -> float:
 class Block:
     rspamd_us: float  # CPU per scan of the rspamd instance
     worker_us: float  # CPU per scan of the worker (regcheck rows)
-    p50_ms: float
+    p50_ms: float  # at the rate
+    alone_ms: float  # one scan at a time
 
 
 @dataclass
@@ -271,9 +281,10 @@ class Stats:
     blocks: dict[tuple[float, str], list[Block]] = field(default_factory=dict)  # (rate, row label) -> rounds
 
 
-def run_block(inst: Rspamd, server_pids: list[int], kind: str, ids: Ids, rate: float, scans: int) -> Block:
+def run_block(inst: Rspamd, server_pids: list[int], kind: str, ids: Ids, rate: float, scans: int,
+              alone: int = 0) -> Block:
     if kind.startswith("cold"):
-        fresh = ids.take(kind, scans)
+        fresh = ids.take(kind, scans + alone)
 
         def make(n: int) -> bytes:
             return request(fresh[n])
@@ -287,10 +298,12 @@ def run_block(inst: Rspamd, server_pids: list[int], kind: str, ids: Ids, rate: f
     r0, w0 = cpu_ns(pids), cpu_ns(server_pids)
     lat = asyncio.run(paced(inst.port, make, scans, rate))
     r1, w1 = cpu_ns(pids), cpu_ns(server_pids)
-    return Block((r1 - r0) / scans / 1000, (w1 - w0) / scans / 1000, statistics.median(lat) * 1000)
+    by_one = asyncio.run(one_at_a_time(inst.port, make, scans, alone)) if alone else [float("nan")]
+    return Block((r1 - r0) / scans / 1000, (w1 - w0) / scans / 1000, statistics.median(lat) * 1000,
+                 statistics.median(by_one) * 1000)
 
 
-def measure(rates: list[float], scans: int, rounds: int) -> tuple[Stats, float]:
+def measure(rates: list[float], scans: int, rounds: int, alone: int) -> tuple[Stats, float]:
     work = Path(tempfile.mkdtemp(prefix="regcheck-cost-"))
     stats = Stats()
     print(f"generating zones ({bench.SIZES['default'].ids} IDs) ...", flush=True)
@@ -312,10 +325,12 @@ def measure(rates: list[float], scans: int, rounds: int) -> tuple[Stats, float]:
             for rate in rates:
                 for r in range(rounds):
                     for row in ROWS:
-                        block = run_block(insts[row.instance], servers.get(row.instance, []), row.kind, ids, rate, scans)
+                        block = run_block(insts[row.instance], servers.get(row.instance, []), row.kind, ids, rate, scans,
+                                          alone)
                         stats.blocks.setdefault((rate, row.label), []).append(block)
                         print(f"{rate:.0f}/s round {r + 1} {row.label}: rspamd {block.rspamd_us:.0f} us, "
-                              f"worker {block.worker_us:.0f} us, p50 {block.p50_ms:.2f} ms", flush=True)
+                              f"worker {block.worker_us:.0f} us, p50 {block.p50_ms:.2f} ms, "
+                              f"alone {block.alone_ms:.2f} ms", flush=True)
         finally:
             for inst in insts.values():
                 inst.stop()
@@ -335,6 +350,7 @@ class Line:
     rspamd_added: float
     worker: float
     p50_added: float
+    alone_added: float
 
     @property
     def total(self) -> float:
@@ -349,7 +365,8 @@ def lines(stats: Stats, rate: float) -> list[Line]:
         rspamd_added = statistics.median(b.rspamd_us - base[i].rspamd_us for i, b in enumerate(blocks))
         worker = statistics.median(b.worker_us for b in blocks) if row.instance in SERVED else 0.0
         p50 = statistics.median(b.p50_ms - base[i].p50_ms for i, b in enumerate(blocks))
-        out.append(Line(row.label, rspamd_added, worker, p50))
+        alone = statistics.median(b.alone_ms - base[i].alone_ms for i, b in enumerate(blocks))
+        out.append(Line(row.label, rspamd_added, worker, p50, alone))
     return out
 
 
@@ -366,25 +383,29 @@ def targets(by: dict[str, Line], rtt_ms: float) -> list[tuple[str, str, bool, st
                 f"{cold.total:.0f} us vs {n_cold.total:.0f} us = {ratio:.1f}x", ratio <= 3.0,
                 f"{floor.total:.0f} us = {floor.total / max(n_cold.total, 1.0):.1f}x"))
     limit = rtt_ms + 0.3
-    out.append(("cold QR1: p50 added latency <= 1 DNS round trip + 0.3 ms",
-                f"{cold.p50_added:.2f} ms vs {rtt_ms:.2f} + 0.3 = {limit:.2f} ms", cold.p50_added <= limit,
-                f"{floor.p50_added:.2f} ms"))
+    out.append(("cold QR1: p50 added latency (one at a time) <= 1 DNS round trip + 0.3 ms",
+                f"{cold.alone_added:.2f} ms vs {rtt_ms:.2f} + 0.3 = {limit:.2f} ms", cold.alone_added <= limit,
+                f"{floor.alone_added:.2f} ms"))
     return out
 
 
-def report(stats: Stats, rates: list[float], rtt: float, scans: int, rounds: int, seconds: float) -> str:
+def report(stats: Stats, rates: list[float], rtt: float, scans: int, rounds: int, seconds: float,
+           loads: tuple[float, float]) -> str:
     out = [
         SECTION,
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; {platform.node()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         f"- Command: `bench/rspamd_cost.py --scans {scans} --rounds {rounds}` ({seconds:.0f} s); rates "
-        + ", ".join(f"{r:.0f}/s" for r in rates),
+        + ", ".join(f"{r:.0f}/s" for r in rates)
+        + f"; load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (2 cores shared)",
         "- rspamd 3.4, one normal worker per configuration; the worker (`serve`, one process) and knot",
         "  with the 100,000-ID registry; every configuration in each round, blocks interleaved.",
         "- CPU per scan from /proc/PID/task/*/schedstat of each process group; rspamd's minus the",
         "  base instance's in the same round (median of the rounds). p50 added: the client's p50",
-        f"  minus the base's. One DNS round trip to knot (bare UDP, p50): {rtt * 1000:.3f} ms.",
+        "  minus the base's, for scans sent one at a time after each block, and at the rate (where",
+        "  the machine cannot keep up with the rate, that one measures the queue).",
+        f"- One DNS round trip to knot (bare UDP, p50): {rtt * 1000:.3f} ms.",
         "",
     ]
     for rate in rates:
@@ -392,18 +413,19 @@ def report(stats: Stats, rates: list[float], rtt: float, scans: int, rounds: int
         out += [
             f"### {rate:.0f} scans/s",
             "",
-            "| | rspamd CPU added | worker CPU | total added | p50 added |",
-            "|---|---|---|---|---|",
+            "| | rspamd CPU added | worker CPU | total added | p50 added, one at a time | p50 added at the rate |",
+            "|---|---|---|---|---|---|",
         ]
         for line in ls[1:]:
             worker = f"{line.worker:.0f} us" if line.worker else "-"
             out.append(f"| {line.label} | {line.rspamd_added:.0f} us | {worker} | **{line.total:.0f} us** | "
-                       f"{line.p50_added:.2f} ms |")
+                       f"{line.alone_added:.2f} ms | {line.p50_added:.2f} ms |")
         base = stats.blocks[(rate, ROWS[0].label)]
         out += [
             "",
             f"Base rspamd itself: {statistics.median(b.rspamd_us for b in base):.0f} us of CPU and p50 "
-            f"{statistics.median(b.p50_ms for b in base):.2f} ms per scan.",
+            f"{statistics.median(b.p50_ms for b in base):.2f} ms per scan at the rate, "
+            f"{statistics.median(b.alone_ms for b in base):.2f} ms one at a time.",
             "",
             "| target (ratio to native SPF, same run) | measured | verdict | floor (bare server) |",
             "|---|---|---|---|",
@@ -455,13 +477,16 @@ def main() -> int:
     p.add_argument("--rate", type=float, action="append", help="scans/s (repeat; default 500 and 1000)")
     p.add_argument("--scans", type=int, default=2000, help="scans per block")
     p.add_argument("--rounds", type=int, default=3, help="rounds of interleaved blocks per rate")
+    p.add_argument("--alone", type=int, default=100, help="scans sent one at a time after each block")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the plot")
     p.add_argument("--out", type=Path, default=HERE, help="the folder of RESULTS.md and rspamd_cost.png")
     args = p.parse_args()
     rates = args.rate or [500.0, 1000.0]
     started = time.monotonic()
-    stats, rtt = measure(rates, args.scans, args.rounds)
-    text = report(stats, rates, rtt, args.scans, args.rounds, time.monotonic() - started)
+    load = os.getloadavg()[0]
+    stats, rtt = measure(rates, args.scans, args.rounds, args.alone)
+    loads = (load, os.getloadavg()[0])
+    text = report(stats, rates, rtt, args.scans, args.rounds, time.monotonic() - started, loads)
     print(text)
     if not args.no_write:
         write_section(text, args.out / "RESULTS.md")

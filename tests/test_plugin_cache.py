@@ -159,3 +159,20 @@ def test_redis_holds_prepared_symbols_not_the_reply(setup):
     values = [setup["redis"].get(k) for k in setup["redis"].keys()]
     assert values and all('"name":"REGCHECK_' in v for v in values)
     assert not any("description" in v or "metric_score" in v for v in values)
+
+
+def test_redis_down_means_asking_the_worker(knot, setup, tmp_path):
+    """Redis configured but not listening: every scan is still answered, by the worker."""
+    block = (
+        f'regcheck {{ servers = "127.0.0.1:{setup["good"]}"; timeout = 1.5s; cache_size = 0; '
+        f'redis {{ servers = "127.0.0.1:{free_port()}"; timeout = 0.5s; }} }}'
+    )
+    proc, port = start_rspamd(tmp_path, "no-redis", block, knot.port)
+    try:
+        before = checks_answered(setup["good"])
+        for _ in range(2):
+            got, _ = scan(port, setup["eml"], *HEAVEN, "-F", "down@heaven.net")
+            assert "REGCHECK_QR1_ALLOW" in got and "REGCHECK_FAIL" not in got
+        assert checks_answered(setup["good"]) - before == 2
+    finally:
+        proc.stop()
