@@ -475,8 +475,8 @@ def write_section(text: str, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, action="append", help="scans/s (repeat; default 500 and 1000)")
-    p.add_argument("--scans", type=int, default=2000, help="scans per block")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of interleaved blocks per rate")
+    p.add_argument("--scans", type=int, default=1000, help="scans per block")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of interleaved blocks per rate")
     p.add_argument("--alone", type=int, default=100, help="scans sent one at a time after each block")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the plot")
     p.add_argument("--out", type=Path, default=HERE, help="the folder of RESULTS.md and rspamd_cost.png")

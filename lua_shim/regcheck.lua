@@ -301,7 +301,7 @@ function lib.slim_symbols(obj, prefix)
 end
 
 --- What one reply (slim or full) makes of a scan: { symbols, milter, action,
---- message, max_age }.  max_age is 0 for the full form (it carries none).
+--- message, max_age, pra }.  max_age is 0 for the full form (it carries none).
 function lib.prepare(obj, settings, rcpt_locals)
   local slim = obj.max_age ~= nil
   local ok, symbols
@@ -316,6 +316,7 @@ function lib.prepare(obj, settings, rcpt_locals)
   local entry = { symbols = symbols, milter = lib.milter(obj), max_age = 0 }
   if slim then
     entry.max_age = math.max(0, math.floor(tonumber(obj.max_age) or 0))
+    entry.pra = obj.pra == true -- the result rests on the message's PRA too (Sender ID ran)
   end
   if settings.mode == 'enforce' then
     local view = obj
@@ -345,8 +346,9 @@ function lib.protected_rcpt(rcpt_locals, never_reject)
 end
 
 --- The cache key: every input the worker's result (and the plugin's enforce
---- pre-result) depends on.  header_material is what the PRA can come from
---- (nil when no header block is sent); false when the result cannot be keyed.
+--- pre-result) depends on.  header_material is what the PRA can come from,
+--- for a result that rests on it (nil: the key of the session alone); false
+--- when it cannot be keyed.
 function lib.cache_key(env, header_material, protected)
   if header_material == false then
     return nil
@@ -400,8 +402,8 @@ end
 
 --- An entry as stored in Redis (JSON, with its absolute expiry), and back.
 function lib.encode_entry(entry, expires)
-  return ucl.to_format({ s = entry.symbols, m = entry.milter, a = entry.action, t = entry.message, e = expires },
-      'json-compact')
+  return ucl.to_format({ s = entry.symbols, m = entry.milter, a = entry.action, t = entry.message, e = expires,
+                         p = entry.pra or nil }, 'json-compact')
 end
 
 function lib.decode_entry(text, prefix)
@@ -427,7 +429,7 @@ function lib.decode_entry(text, prefix)
   end
   local entry = { symbols = symbols, milter = type(obj.m) == 'table' and obj.m or nil,
                   action = type(obj.a) == 'string' and obj.a or nil,
-                  message = type(obj.t) == 'string' and obj.t or nil }
+                  message = type(obj.t) == 'string' and obj.t or nil, pra = obj.p == true }
   return true, entry, obj.e
 end
 
@@ -567,13 +569,17 @@ local function redis_key(key)
   return settings.redis_prefix .. rspamd_hash.create(redis_salt .. '\0' .. key):base32():sub(1, 32)
 end
 
---- Keep a prepared result for its max-age (at most cache_expire); nothing for 0.
-local function remember(task, key, entry)
-  local ttl = math.floor(math.min(entry.max_age, settings.cache_expire))
-  if not key or ttl < 1 then
-    return
-  end
-  local expires = rspamd_util.get_time() + ttl
+local function protected_of(env)
+  return settings.mode == 'enforce' and lib.protected_rcpt(env.rcpt_locals, settings.never_reject)
+end
+
+--- The key of a result that rests on the PRA: the session's inputs and the
+--- header fields the PRA comes from; nil when those cannot be keyed.
+local function pra_key(task, env)
+  return lib.cache_key(env, header_material(task), protected_of(env))
+end
+
+local function store(task, key, entry, ttl, expires)
   if local_cache then
     lib.cache_put(local_cache, key, entry, expires)
   end
@@ -589,8 +595,26 @@ local function remember(task, key, entry)
   end
 end
 
---- Look the key up in Redis: apply a hit, call on_miss otherwise (also on errors).
-local function redis_lookup(task, key, on_miss)
+--- Keep a prepared result for its max-age (at most cache_expire); nothing for
+--- 0.  Under the session's key; one that rests on the PRA also under the PRA's
+--- key (the session's key then only says so).
+local function remember(task, env, base, entry)
+  local ttl = math.floor(math.min(entry.max_age, settings.cache_expire))
+  if not base or ttl < 1 then
+    return
+  end
+  local expires = rspamd_util.get_time() + ttl
+  store(task, base, entry, ttl, expires)
+  if entry.pra and settings.send_header_block then
+    local key = pra_key(task, env)
+    if key then
+      store(task, key, entry, ttl, expires)
+    end
+  end
+end
+
+--- Look the key up in Redis; done(entry) or done(nil) (also on errors).
+local function redis_lookup(task, key, done)
   local function got(err, data)
     if err then
       rspamd_logger.infox(task, 'regcheck: redis cache lookup failed: %s', err)
@@ -601,16 +625,32 @@ local function redis_lookup(task, key, on_miss)
           lib.cache_put(local_cache, key, entry, expires)
         end
         lua_util.debugm(N, task, 'result from the redis cache')
-        apply_prepared(task, entry)
+        done(entry)
         return
       end
     end
-    on_miss()
+    done(nil)
   end
   local rkey = redis_key(key)
   if not lua_redis.redis_make_request(task, redis_params, rkey, false, got, 'GET', { rkey }) then
-    on_miss()
+    done(nil)
   end
+end
+
+--- The cached entry for key, from this process or Redis: done(entry) or done(nil).
+local function find(task, key, done)
+  if local_cache then
+    local entry = lib.cache_get(local_cache, key, rspamd_util.get_time())
+    if entry then
+      done(entry)
+      return
+    end
+  end
+  if redis_params then
+    redis_lookup(task, key, done)
+    return
+  end
+  done(nil)
 end
 
 local function ask_worker(task, env, key)
@@ -664,7 +704,7 @@ local function ask_worker(task, env, key)
       end
       local entry = apply(task, obj, env)
       if entry then
-        remember(task, key, entry)
+        remember(task, env, key, entry)
       end
     end
 
@@ -692,24 +732,35 @@ local function regcheck_cb(task)
     return
   end
   local env = envelope(task)
-  local key
-  if local_cache or redis_params then
-    local protected = settings.mode == 'enforce' and lib.protected_rcpt(env.rcpt_locals, settings.never_reject)
-    key = lib.cache_key(env, header_material(task), protected)
+  if not (local_cache or redis_params) then
+    ask_worker(task, env, nil)
+    return
   end
-  if key and local_cache then
-    local entry = lib.cache_get(local_cache, key, rspamd_util.get_time())
+  -- The session's key first: most results do not read the message's headers.
+  local base = lib.cache_key(env, nil, protected_of(env))
+  find(task, base, function(entry)
+    if entry and entry.pra and settings.send_header_block then
+      local key = pra_key(task, env) -- the result rests on the PRA: look for this message's
+      if not key then
+        ask_worker(task, env, base)
+        return
+      end
+      find(task, key, function(hit)
+        if hit then
+          apply_prepared(task, hit)
+        else
+          ask_worker(task, env, base)
+        end
+      end)
+      return
+    end
     if entry then
       lua_util.debugm(N, task, 'result from the cache')
       apply_prepared(task, entry)
-      return
+    else
+      ask_worker(task, env, base)
     end
-  end
-  if key and redis_params then
-    redis_lookup(task, key, function() ask_worker(task, env, key) end)
-    return
-  end
-  ask_worker(task, env, key)
+  end)
 end
 
 local function config_fail_cb(task)

@@ -27,7 +27,7 @@ from ._prescreen import classify, query_name
 from ._qr1 import client_address, qr1
 from ._ratings import rate
 from ._record import parse_record, select_record
-from ._sid import pra, sid_method
+from ._sid import pra, rests_on_pra, sid_method
 from ._spf import spf_method
 from ._transport import Transport
 from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
@@ -224,7 +224,7 @@ class Checker:
         facts = await self._facts(env, session)
         result = CheckResult(evaluate(facts, self.policy), session.count, session.valid_until)
         if session.valid_until > time.monotonic():
-            if any(m.method is Method.SID for m in result.verdict.methods):
+            if rests_on_pra(result.verdict.methods):
                 self._results.put(base, (session.valid_until, None))
                 key = _pra_key(base, env)
             self._results.put(key, (session.valid_until, result))

@@ -8,10 +8,14 @@ it.  A request with the header ``Regcheck-Reply: slim`` gets instead::
     {"symbols": [[name, weight, [option, ...]], ...],   # sorted by name
      "milter": {"add_headers": {...}, "remove_headers": {...}},  # only when not empty
      "verdict": {"action", "smtp_code", "xcode", "message"},     # only when it sets an action
+     "pra": true,                                               # only when Sender ID read the headers
      "max_age": seconds}
 
 ``max_age`` is how long the plugin may reuse the result: until the first DNS
 answer it rested on expires, 0 when one was a failure (nothing to reuse).
+``pra`` says the result rests on the message's headers too: the plugin then
+reuses it only for messages with the same PRA; without it, for any message
+of the same session.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import msgpack
 
 from ._reply import safe
+from ._sid import rests_on_pra
 from ._types import Action, Verdict
 
 SLIM_HEADER = "regcheck-reply"  # its value "slim" asks for this form
@@ -46,6 +51,8 @@ def build_slim(verdict: Verdict) -> dict[str, Any]:
         milter["remove_headers"] = {name: 0 for name in verdict.remove_headers}
     if milter:
         reply["milter"] = milter
+    if rests_on_pra(verdict.methods):
+        reply["pra"] = True
     seed = verdict.seed
     if seed.action in ACTING:
         reply["verdict"] = {

@@ -176,3 +176,26 @@ def test_redis_down_means_asking_the_worker(knot, setup, tmp_path):
         assert checks_answered(setup["good"]) - before == 2
     finally:
         proc.stop()
+
+
+def message(tmp_path, sender: str):
+    path = tmp_path / f"{sender}.eml"
+    path.write_bytes(f"From: {sender}\r\nTo: bob@receiver.test\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    return path
+
+
+def test_only_a_result_resting_on_the_pra_is_keyed_on_the_message(setup, tmp_path):
+    """QR1 reads no header: another message of the session is answered from the cache.  Sender ID reads
+    the PRA: the same PRA is, another one is checked again (and finds another result)."""
+    before = checks_answered(setup["good"])
+    qr1 = [*HEAVEN, "-F", "pra@heaven.net"]
+    first = scan(setup["a"], message(tmp_path, "a@x.example"), *qr1)
+    assert scan(setup["a"], message(tmp_path, "b@y.example"), *qr1)[0] == first[0]
+    assert checks_answered(setup["good"]) - before == 1
+    sid = ["-i", "192.0.2.77", "--helo", "mx.sid.example"]
+    failing = scan(setup["a"], message(tmp_path, "alice@fail.sid.example"), *sid)[0]
+    again = scan(setup["a"], message(tmp_path, "alice@fail.sid.example"), *sid)[0]
+    passing = scan(setup["a"], message(tmp_path, "alice@pass.sid.example"), *sid)[0]
+    assert "REGCHECK_SID_FAIL" in failing and again == failing
+    assert "REGCHECK_SID_ALLOW" in passing
+    assert checks_answered(setup["good"]) - before == 3

@@ -37,6 +37,9 @@ check('slim: options as strings', e.symbols[2].options[2] == '42')
 check('slim: milter', e.milter.add_headers['X-Regcheck'] == 'a')
 check('slim: max-age in whole seconds', e.max_age == 299, e.max_age)
 check('slim: score mode sets no action', e.action == nil)
+check('slim: not resting on the PRA', e.pra == false)
+ok, e = lib.prepare({ symbols = {}, pra = true, max_age = 3 }, score, {})
+check('slim: resting on the PRA', ok and e.pra == true)
 ok, e = lib.prepare(slim, enforce, { 'user' })
 check('slim: enforce rejects by the verdict', ok and e.action == 'reject' and e.message == '550 5.7.1 no', e.message)
 ok, e = lib.prepare(slim, enforce, { 'Postmaster' })
@@ -76,6 +79,8 @@ check('key: user', with('user', 'alice') ~= base)
 check('key: dkim domains', with('dkim', { 'a.example', 'b.example' }) ~= base)
 check('key: headers', lib.cache_key(env, 'From:y', false) ~= base)
 check('key: no header block', lib.cache_key(env, nil, false) ~= base)
+check('key: no Sender or From field is not the session key',
+  lib.cache_key(env, '', false) ~= lib.cache_key(env, nil, false))
 check('key: protected recipient', lib.cache_key(env, 'From:x', true) ~= base)
 check('key: none when the PRA cannot be keyed', lib.cache_key(env, false, false) == nil)
 check('key: no field runs into the next', lib.cache_key({ ip = 'a', helo = 'b:c' }, nil, false)
@@ -110,9 +115,11 @@ end
 ok, e = lib.prepare(slim, enforce, { 'user' })
 local text = lib.encode_entry(e, 12345)
 local ok2, back, expires = lib.decode_entry(text, 'REGCHECK')
-check('entry: round trip', ok and ok2 and expires == 12345 and back.symbols[2].options[2] == '42'
+check('entry: round trip', ok and ok2 and back.pra == false and expires == 12345 and back.symbols[2].options[2] == '42'
   and back.symbols[1].weight == 1 and back.action == 'reject' and back.message == '550 5.7.1 no'
   and back.milter.add_headers['X-Regcheck'] == 'a', text)
+e.pra = true
+check('entry: resting on the PRA', select(2, lib.decode_entry(lib.encode_entry(e, 1), 'REGCHECK')).pra == true)
 check('entry: not a string', not lib.decode_entry(nil, 'REGCHECK'))
 check('entry: garbage', not lib.decode_entry('{"s": 1', 'REGCHECK'))
 check('entry: no expiry', not lib.decode_entry('{"s": []}', 'REGCHECK'))
