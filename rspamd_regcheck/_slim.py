@@ -42,7 +42,9 @@ def wants_slim(headers: Iterable[tuple[str, str]]) -> bool:
 def build_slim(verdict: Verdict) -> dict[str, Any]:
     """The slim reply for *verdict*, without its ``max_age`` (that changes as time passes)."""
     reply: dict[str, Any] = {
-        "symbols": [[hit.name, hit.weight, [safe(o) for o in hit.options]] for hit in sorted(verdict.symbols, key=_name)]
+        "symbols": [
+            [hit.name, hit.weight, [safe(o) for o in hit.options]] for hit in sorted(verdict.symbols, key=_name)
+        ]
     }
     milter: dict[str, Any] = {}
     if verdict.add_headers:

@@ -29,5 +29,5 @@ def test_the_documented_values_are_the_defaults():
     for key, value in re.findall(r"^  (\w+) = ([^;]+);", settings_block(), re.MULTILINE):
         if key == "servers":
             continue
-        value = units.get(value, value).strip('"')
-        assert re.search(rf"^  {key} = '?{re.escape(value)}'?,", shim, re.MULTILINE), (key, value)
+        default = units.get(value, value).strip('"')
+        assert re.search(rf"^  {key} = '?{re.escape(default)}'?,", shim, re.MULTILINE), (key, default)

@@ -15,9 +15,9 @@ import subprocess
 import time
 
 import pytest
+from test_rspamd import regcheck_symbols, worker_config
 
 from rspamd_procs import Proc, free_port, rspamc, start_rspamd, start_worker
-from test_rspamd import regcheck_symbols, worker_config
 
 CACHE_EXPIRE = 120  # seconds: below the zone's TTL of 300, so the Redis TTL shows the cap
 
@@ -56,7 +56,7 @@ class Redis:
             capture_output=True, text=True, check=True, timeout=10,
         ).stdout
 
-    def keys(self) -> list[str]:
+    def cached_keys(self) -> list[str]:
         return self.cli("KEYS", "rgc_*").split()
 
     def get(self, key: str) -> str:
@@ -139,24 +139,24 @@ def test_results_are_shared_through_redis(setup):
     other_host = scan(setup["b"], setup["eml"], *env)
     assert other_host == first  # B's own worker would have said REGCHECK_DNSFAIL
     assert checks_answered(setup["dead"]) == dead_before
-    ttls = [int(setup["redis"].command("TTL", k)) for k in setup["redis"].keys()]
+    ttls = [int(setup["redis"].command("TTL", k)) for k in setup["redis"].cached_keys()]
     assert ttls and all(0 < t <= CACHE_EXPIRE for t in ttls)  # capped by cache_expire (the TTL is 300)
 
 
 def test_dns_failures_are_not_cached(setup):
     env = ["-i", "192.0.2.77", "--helo", "mx.nocache.heaven.net"]
-    keys = set(setup["redis"].keys())
+    keys = set(setup["redis"].cached_keys())
     before = checks_answered(setup["dead"])
     first = scan(setup["b"], setup["eml"], *env)
     second = scan(setup["b"], setup["eml"], *env)
     assert "REGCHECK_DNSFAIL" in first[0] and second[0] == first[0]
     assert checks_answered(setup["dead"]) - before == 2
-    assert set(setup["redis"].keys()) == keys
+    assert set(setup["redis"].cached_keys()) == keys
 
 
 def test_redis_holds_prepared_symbols_not_the_reply(setup):
     scan(setup["a"], setup["eml"], *HEAVEN, "-F", "look@heaven.net")
-    values = [setup["redis"].get(k) for k in setup["redis"].keys()]
+    values = [setup["redis"].get(k) for k in setup["redis"].cached_keys()]
     assert values and all('"name":"REGCHECK_' in v for v in values)
     assert not any("description" in v or "metric_score" in v for v in values)
 

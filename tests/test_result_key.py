@@ -7,10 +7,9 @@ import ipaddress
 from dataclasses import replace
 
 import pytest
+from test_slim import config_for
 
 from rspamd_regcheck import Checker, Envelope
-
-from test_slim import config_for
 
 
 def block(sender: str) -> bytes:
