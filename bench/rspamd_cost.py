@@ -136,24 +136,6 @@ def request(i: int) -> bytes:
 # -- CPU of a process group ---------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """*pid* and every process below it."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parents.get(p, [])
-    return out
-
-
 def cpu_ns(pids: list[int]) -> int:
     """Nanoseconds on CPU of every thread of *pids* (schedstat's first field)."""
     total = 0
@@ -294,7 +276,7 @@ def run_block(inst: Rspamd, server_pids: list[int], kind: str, ids: Ids, rate: f
         def make(n: int) -> bytes:
             return request(first + 2 * (n % WARM))
 
-    pids = descendants(inst.proc.pid)
+    pids = bench.descendants(inst.proc.pid)
     r0, w0 = cpu_ns(pids), cpu_ns(server_pids)
     lat = asyncio.run(paced(inst.port, make, scans, rate))
     r1, w1 = cpu_ns(pids), cpu_ns(server_pids)
@@ -315,7 +297,7 @@ def measure(rates: list[float], scans: int, rounds: int, alone: int) -> tuple[St
         insts: dict[str, Rspamd] = {}
         try:
             insts = instances(work, kport, worker.port, bare_port)
-            worker_pids = descendants(worker.proc.pid)
+            worker_pids = bench.descendants(worker.proc.pid)
             servers = {"regcheck": worker_pids, "nocache": worker_pids, "floor": [bare.pid]}
             rtt = dns_rtt(kport)
             ids = Ids()

@@ -164,6 +164,24 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"nothing answered on {port}")
 
 
+def descendants(pid: int) -> list[int]:
+    """*pid* and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
 class Worker:
     """`rspamd-regcheck serve` (one worker process) against the benchmark's knot."""
 
@@ -190,15 +208,10 @@ class Worker:
         wait_port(self.port, self.proc, 30)
 
     def worker_pid(self) -> int:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    return int(entry)
-        raise RuntimeError("no worker process")
+        below = descendants(self.proc.pid)[1:]
+        if not below:
+            raise RuntimeError("no worker process")
+        return below[0]
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.worker_pid()}/status").read_text().splitlines():
