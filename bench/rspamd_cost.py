@@ -86,7 +86,8 @@ import asyncio, sys, msgpack, uvloop
 REPLY = msgpack.packb({"symbols": [["REGCHECK_QR1_ALLOW", 1.0, ["id0.test", "198.18.0.0/15"]],
                                    ["REGCHECK_RATING_HIGH", 1.0, ["id0.test", "ratings=S1:A,M2:A,H1:B"]]],
                        "milter": {"add_headers": {"X-Regcheck": "198.18.0.0 id0.test QR1 pass"},
-                                  "remove_headers": {"X-Regcheck": 0}}, "max_age": 0})
+                                  "remove_headers": {"X-Regcheck": 0}},
+                       "enforce": {"action": "no action"}, "max_age": 0})
 HEAD = (b"HTTP/1.1 200 OK\\r\\nContent-Type: application/msgpack\\r\\nConnection: keep-alive\\r\\n"
         b"Content-Length: %d\\r\\n\\r\\n" % len(REPLY))
 class P(asyncio.Protocol):

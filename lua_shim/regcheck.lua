@@ -27,7 +27,7 @@ regcheck {
   servers = "127.0.0.1:11340";
   # Give up (REGCHECK_FAIL, score 0) after this long; keep it above the worker's dns.deadline
   timeout = 4s;
-  # "score": symbols only; "enforce": the seed verdict also sets an action
+  # "score": symbols only; "enforce": the worker's enforce decision also sets an action
   mode = "score";
   # Shared secret (the worker's server.secret), sent as Password
   #secret = "...";
@@ -69,6 +69,7 @@ local CATALOGUE = {
   'REGCHECK_SID_ALLOW', 'REGCHECK_SID_FAIL', 'REGCHECK_SID_SOFTFAIL', 'REGCHECK_SID_NEUTRAL',
   'REGCHECK_SID_NA', 'REGCHECK_SID_PERMFAIL', 'REGCHECK_SID_DNSFAIL',
   'REGCHECK_DKIM_ALLOW', 'REGCHECK_UNVERIFIED', 'REGCHECK_BUDGET',
+  'REGCHECK_SERVICE_BAD',
 }
 
 local DEFAULT_PORT = 11340
@@ -85,12 +86,7 @@ local default_settings = {
   secret = nil,
   send_header_block = true, -- for Sender ID's PRA
   send_dkim = true, -- the d= of signatures rspamd verified
-  -- enforce mode: verdicts that set an action only when asked for
-  enforce_no_record = false,
-  enforce_invalid_record = false,
-  -- enforce mode never rejects mail for these local parts
-  never_reject = { 'postmaster', 'abuse' },
-  -- the worker's slim reply (symbols, options, milter, verdict, max-age); 'full' for rspamd's shape
+  -- the worker's slim reply (symbols, options, milter, enforce decision, max-age); 'full' for rspamd's shape
   reply_form = 'slim',
   -- results kept per rspamd process for the max-age the worker returns, at most cache_expire
   cache_size = 10000, -- entries; 0: no cache
@@ -99,6 +95,10 @@ local default_settings = {
   use_redis = true,
   redis_prefix = 'rgc_',
 }
+
+-- Settings that moved to the worker's [policy] (it decides what enforce mode
+-- does): accepted here so an old config still loads, and reported at load.
+local MOVED_TO_WORKER = { 'enforce_no_record', 'enforce_invalid_record', 'never_reject' }
 
 local settings_schema = ts.shape({
   servers = ts.string + ts.array_of(ts.string),
@@ -112,9 +112,9 @@ local settings_schema = ts.shape({
   secret = ts.string:is_optional(),
   send_header_block = ts.boolean,
   send_dkim = ts.boolean,
-  enforce_no_record = ts.boolean,
-  enforce_invalid_record = ts.boolean,
-  never_reject = ts.array_of(ts.string),
+  enforce_no_record = ts.boolean:is_optional(),
+  enforce_invalid_record = ts.boolean:is_optional(),
+  never_reject = ts.array_of(ts.string):is_optional(),
   reply_form = ts.one_of({ 'slim', 'full' }),
   cache_size = ts.number,
   cache_expire = ts.number,
@@ -230,44 +230,32 @@ function lib.milter(obj)
   return reply
 end
 
---- Enforce mode: the pre-result the seed verdict asks for, or nil.
---- Returns action, message (REJECT -> reject, TEMPFAIL -> soft reject,
---- FILTER -> add header; ACCEPT and CONTINUE never set one: a "no action"
---- pre-result would skip the rest of rspamd).
-function lib.pre_result(obj, settings, rcpt_locals)
+--- Enforce mode: the pre-result the worker decided (reply field
+--- regcheck.enforce = {action, message}), applied as given: the rule lives in
+--- the worker (rspamd_regcheck/_enforce.py), not here.
+--- Returns true, action, message; true, nil for "no action" (a "no action"
+--- pre-result would skip the rest of rspamd); false, error for a reply without
+--- a usable decision.
+local ENFORCE_ACTIONS = { ['reject'] = true, ['soft reject'] = true, ['add header'] = true }
+
+function lib.enforcement(obj)
   local rc = obj.regcheck
-  if type(rc) ~= 'table' or type(rc.verdict) ~= 'table' then
-    return nil
+  local decision = type(rc) == 'table' and rc.enforce or nil
+  if type(decision) ~= 'table' or type(decision.action) ~= 'string' then
+    return false, 'reply has no enforce decision (regcheck.enforce)'
   end
-  local verdict = rc.verdict
-  local symbols = type(obj.symbols) == 'table' and obj.symbols or {}
-  if symbols['REGCHECK_NO_RECORD'] and not settings.enforce_no_record then
-    return nil
+  local action = decision.action
+  if action == 'no action' then
+    return true, nil
   end
-  if symbols['REGCHECK_RECORD_PERMFAIL'] and not settings.enforce_invalid_record then
-    return nil
+  if not ENFORCE_ACTIONS[action] then
+    return false, 'unknown enforce action in reply: ' .. action
   end
-  local action = ({ REJECT = 'reject', TEMPFAIL = 'soft reject', FILTER = 'add header' })[verdict.action]
-  if not action then
-    return nil
+  local message = decision.message
+  if type(message) ~= 'string' or action == 'add header' then
+    message = nil -- the mail is accepted: no SMTP text to give
   end
-  if action ~= 'add header' then
-    for _, lp in ipairs(rcpt_locals or {}) do
-      for _, protected in ipairs(settings.never_reject) do
-        if lp:lower() == protected then
-          return 'add header', nil -- mail to postmaster@ and abuse@ is never refused
-        end
-      end
-    end
-  end
-  if action == 'add header' then
-    return action, nil -- the mail is accepted: no SMTP text to give
-  end
-  local message = verdict.message and tostring(verdict.message) or nil
-  if verdict.smtp_code and verdict.xcode and message then
-    message = string.format('%s %s %s', verdict.smtp_code, verdict.xcode, message)
-  end
-  return action, message
+  return true, action, message
 end
 
 ------------------------------------------------------------------------------
@@ -301,8 +289,12 @@ function lib.slim_symbols(obj, prefix)
 end
 
 --- What one reply (slim or full) makes of a scan: { symbols, milter, action,
---- message, max_age, pra }.  max_age is 0 for the full form (it carries none).
-function lib.prepare(obj, settings, rcpt_locals)
+--- message, max_age, pra, rcpt, error }.  max_age is 0 for the full form (it
+--- carries none).  In enforce mode action and message are the worker's
+--- decision (lib.enforcement), for the slim form from its top-level enforce;
+--- a reply without a usable one keeps its symbols and gets error (the scan
+--- then shows REGCHECK_FAIL too), and is not kept.
+function lib.prepare(obj, settings)
   local slim = obj.max_age ~= nil
   local ok, symbols
   if slim then
@@ -317,39 +309,44 @@ function lib.prepare(obj, settings, rcpt_locals)
   if slim then
     entry.max_age = math.max(0, math.floor(tonumber(obj.max_age) or 0))
     entry.pra = obj.pra == true -- the result rests on the message's PRA too (Sender ID ran)
+    entry.rcpt = obj.rcpt == true -- the enforce decision rests on the recipients too
   end
   if settings.mode == 'enforce' then
-    local view = obj
-    if slim then -- the shape lib.pre_result reads: symbols by name, regcheck.verdict
-      local names = {}
-      for _, s in ipairs(obj.symbols) do
-        names[s[1]] = true
-      end
-      view = { symbols = names, regcheck = { verdict = obj.verdict } }
+    local view = slim and { regcheck = { enforce = obj.enforce } } or obj
+    local ok_enforce, action, message = lib.enforcement(view)
+    if ok_enforce then
+      entry.action, entry.message = action, message
+    else
+      entry.error, entry.max_age = action, 0
     end
-    entry.action, entry.message = lib.pre_result(view, settings, rcpt_locals)
   end
   return true, entry
 end
 
---- True when a recipient's local part is one enforce mode never rejects for.
-function lib.protected_rcpt(rcpt_locals, never_reject)
-  for _, lp in ipairs(rcpt_locals or {}) do
-    local low = lp:lower()
-    for _, protected in ipairs(never_reject) do
-      if low == protected then
-        return true
-      end
-    end
+--- The recipients' part of a cache key: their local parts (what the
+--- worker's never_reject reads), lower-cased and sorted, each
+--- length-prefixed.  The plugin does not know the worker's never_reject list,
+--- so any change of local parts is another key; it is used only for results
+--- whose enforce decision the worker says rests on the recipients (rcpt).
+function lib.rcpt_material(rcpts)
+  local locals = {}
+  for _, addr in ipairs(rcpts or {}) do
+    local lp = addr:match('^(.*)@') or addr -- the worker splits at the last @ too
+    locals[#locals + 1] = lp:lower()
   end
-  return false
+  table.sort(locals)
+  for i, lp in ipairs(locals) do
+    locals[i] = #lp .. ':' .. lp
+  end
+  return table.concat(locals)
 end
 
---- The cache key: every input the worker's result (and the plugin's enforce
---- pre-result) depends on.  header_material is what the PRA can come from,
---- for a result that rests on it (nil: the key of the session alone); false
---- when it cannot be keyed.
-function lib.cache_key(env, header_material, protected)
+--- The cache key: every input the worker's result and enforce decision
+--- depend on.  header_material is what the PRA can come from, for a result
+--- that rests on it, false when it cannot be keyed (no key then);
+--- rcpt_material (lib.rcpt_material) for a decision that rests on the
+--- recipients.  Both nil: the key of the session alone.
+function lib.cache_key(env, header_material, rcpt_material)
   if header_material == false then
     return nil
   end
@@ -359,7 +356,7 @@ function lib.cache_key(env, header_material, protected)
   end
   return table.concat({
     part(env.ip), part(env.helo ~= '' and env.helo or nil), part(env.from), part(env.user ~= '' and env.user or nil),
-    part(table.concat(env.dkim or {}, ',')), part(header_material), protected and 'p' or '-',
+    part(table.concat(env.dkim or {}, ',')), part(header_material), part(rcpt_material),
   })
 end
 
@@ -403,7 +400,7 @@ end
 --- An entry as stored in Redis (JSON, with its absolute expiry), and back.
 function lib.encode_entry(entry, expires)
   return ucl.to_format({ s = entry.symbols, m = entry.milter, a = entry.action, t = entry.message, e = expires,
-                         p = entry.pra or nil }, 'json-compact')
+                         p = entry.pra or nil, r = entry.rcpt or nil }, 'json-compact')
 end
 
 function lib.decode_entry(text, prefix)
@@ -429,7 +426,8 @@ function lib.decode_entry(text, prefix)
   end
   local entry = { symbols = symbols, milter = type(obj.m) == 'table' and obj.m or nil,
                   action = type(obj.a) == 'string' and obj.a or nil,
-                  message = type(obj.t) == 'string' and obj.t or nil, pra = obj.p == true }
+                  message = type(obj.t) == 'string' and obj.t or nil, pra = obj.p == true,
+                  rcpt = obj.r == true }
   return true, entry, obj.e
 end
 
@@ -453,6 +451,12 @@ if not ok_schema then
   config_error = 'invalid settings: ' .. tostring(schema_err)
 else
   settings = ok_schema
+  for _, key in ipairs(MOVED_TO_WORKER) do
+    if settings[key] ~= nil then
+      rspamd_logger.warnx(rspamd_config,
+          'regcheck: %s is ignored here: set it in the worker\'s [policy] (the worker decides enforce mode)', key)
+    end
+  end
   local servers = type(settings.servers) == 'table' and table.concat(settings.servers, ',') or settings.servers
   settings.upstreams = upstream_list.create(rspamd_config, servers, DEFAULT_PORT)
   if not settings.upstreams then
@@ -466,7 +470,7 @@ end
 local auth_and_local_conf = { settings.check_local, settings.check_authed }
 
 local function envelope(task)
-  local env = { rcpts = {}, dkim = {}, rcpt_locals = {} }
+  local env = { rcpts = {}, dkim = {} }
   local ip = task:get_from_ip()
   if ip and ip:is_valid() then
     env.ip = ip:to_string()
@@ -479,7 +483,6 @@ local function envelope(task)
   for _, r in ipairs(task:get_recipients('smtp') or {}) do
     if r.addr and r.addr ~= '' then
       env.rcpts[#env.rcpts + 1] = r.addr
-      env.rcpt_locals[#env.rcpt_locals + 1] = r.user or ''
     end
   end
   env.hostname = task:get_hostname()
@@ -508,13 +511,15 @@ local function apply_prepared(task, entry)
   if entry.milter then
     task:set_milter_reply(entry.milter)
   end
-  if entry.action then
+  if entry.error then
+    fail(task, entry.error) -- enforce mode, and the reply carried no usable decision
+  elseif entry.action then
     task:set_pre_result({ action = entry.action, message = entry.message, module = N })
   end
 end
 
-local function apply(task, obj, env)
-  local ok, entry = lib.prepare(obj, settings, env.rcpt_locals)
+local function apply(task, obj)
+  local ok, entry = lib.prepare(obj, settings)
   if not ok then
     fail(task, entry)
     return nil
@@ -539,10 +544,9 @@ if not config_error and settings.cache_expire > 0 then
     redis_params = lua_redis.parse_redis_server(N, { redis = settings.redis })
     if redis_params then
       lua_redis.register_prefix(settings.redis_prefix .. '*', N, 'regcheck results shared between rspamd hosts')
-      -- hosts with other symbol names or enforce settings prepare other entries from one result
-      redis_salt = table.concat({ settings.symbol_prefix, settings.mode, tostring(settings.enforce_no_record),
-                                  tostring(settings.enforce_invalid_record), table.concat(settings.never_reject, ',') },
-          '\0')
+      -- hosts with other symbol names or modes prepare other entries from one result (the enforce
+      -- settings are the workers': hosts sharing a Redis are expected to share their workers' config)
+      redis_salt = table.concat({ settings.symbol_prefix, settings.mode }, '\0')
     end
   end
 end
@@ -569,14 +573,25 @@ local function redis_key(key)
   return settings.redis_prefix .. rspamd_hash.create(redis_salt .. '\0' .. key):base32():sub(1, 32)
 end
 
-local function protected_of(env)
-  return settings.mode == 'enforce' and lib.protected_rcpt(env.rcpt_locals, settings.never_reject)
+--- Whether a (cached or new) entry rests on more than the session: the PRA
+--- (pra, when the header block is sent) or, in enforce mode, the recipients
+--- (rcpt: score mode applies no decision, so they cannot change its scan).
+local function rests_on_more(entry)
+  return (entry.pra and settings.send_header_block) or (entry.rcpt and settings.mode == 'enforce')
 end
 
---- The key of a result that rests on the PRA: the session's inputs and the
---- header fields the PRA comes from; nil when those cannot be keyed.
-local function pra_key(task, env)
-  return lib.cache_key(env, header_material(task), protected_of(env))
+--- The key of a result that rests on more than the session: the session's
+--- inputs, the header fields the PRA comes from and the recipients' local
+--- parts, as the entry needs them; nil when the headers cannot be keyed.
+local function detail_key(task, env, entry)
+  local headers, rcpts
+  if entry.pra and settings.send_header_block then
+    headers = header_material(task)
+  end
+  if entry.rcpt and settings.mode == 'enforce' then
+    rcpts = lib.rcpt_material(env.rcpts)
+  end
+  return lib.cache_key(env, headers, rcpts)
 end
 
 local function store(task, key, entry, ttl, expires)
@@ -596,8 +611,9 @@ local function store(task, key, entry, ttl, expires)
 end
 
 --- Keep a prepared result for its max-age (at most cache_expire); nothing for
---- 0.  Under the session's key; one that rests on the PRA also under the PRA's
---- key (the session's key then only says so).
+--- 0.  Under the session's key; one that rests on the PRA or the recipients
+--- also under its detail key (the session's key then only says so: a lookup
+--- finds pra or rcpt there and looks again under the message's own detail key).
 local function remember(task, env, base, entry)
   local ttl = math.floor(math.min(entry.max_age, settings.cache_expire))
   if not base or ttl < 1 then
@@ -605,8 +621,8 @@ local function remember(task, env, base, entry)
   end
   local expires = rspamd_util.get_time() + ttl
   store(task, base, entry, ttl, expires)
-  if entry.pra and settings.send_header_block then
-    local key = pra_key(task, env)
+  if rests_on_more(entry) then
+    local key = detail_key(task, env, entry)
     if key then
       store(task, key, entry, ttl, expires)
     end
@@ -671,6 +687,7 @@ local function ask_worker(task, env, key)
     if addr:get_version() == 6 then
       host = '[' .. host .. ']'
     end
+    local where = string.format('%s:%d', host, port) -- failure reasons name the server with its port
     local remaining = settings.timeout - (rspamd_util.get_ticks() - started)
 
     local function on_reply(err, code, reply_body, reply_headers)
@@ -681,7 +698,7 @@ local function ask_worker(task, env, key)
           ask(settings.upstreams:get_upstream_round_robin(), retransmits - 1)
           return
         end
-        fail(task, string.format('%s: %s', host, err))
+        fail(task, string.format('%s: %s', where, err))
         return
       end
       if code ~= 200 then
@@ -693,7 +710,7 @@ local function ask_worker(task, env, key)
         if ok and obj.error then
           why = ': ' .. tostring(obj.error)
         end
-        fail(task, string.format('%s: HTTP %s%s', host, code, why))
+        fail(task, string.format('%s: HTTP %s%s', where, code, why))
         return
       end
       upstream:ok()
@@ -702,7 +719,7 @@ local function ask_worker(task, env, key)
         fail(task, obj)
         return
       end
-      local entry = apply(task, obj, env)
+      local entry = apply(task, obj)
       if entry then
         remember(task, env, key, entry)
       end
@@ -720,7 +737,7 @@ local function ask_worker(task, env, key)
       callback = on_reply,
     })
     if not queued then
-      fail(task, 'cannot send the request to ' .. host)
+      fail(task, 'cannot send the request to ' .. where)
     end
   end
 
@@ -736,11 +753,11 @@ local function regcheck_cb(task)
     ask_worker(task, env, nil)
     return
   end
-  -- The session's key first: most results do not read the message's headers.
-  local base = lib.cache_key(env, nil, protected_of(env))
+  -- The session's key first: most results read neither the message's headers nor its recipients.
+  local base = lib.cache_key(env, nil, nil)
   find(task, base, function(entry)
-    if entry and entry.pra and settings.send_header_block then
-      local key = pra_key(task, env) -- the result rests on the PRA: look for this message's
+    if entry and rests_on_more(entry) then
+      local key = detail_key(task, env, entry) -- look for this message's PRA and recipients
       if not key then
         ask_worker(task, env, base)
         return

@@ -1,6 +1,6 @@
 """The async shell around the decision core: gather facts with DNS, then evaluate.
 
-`Checker.check(envelope)` runs DESIGN section 2's steps: skip, identity,
+`Checker.check(envelope)` runs the steps of docs/scoring.md: skip, identity,
 registry (with the ``IDlevel`` re-ask), ratings, plan, methods, verdict.
 Only the fetching awaits; every decision is made by `_evaluate`.
 """
@@ -16,21 +16,24 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsAnswer, DnsStatus
-from ._csa import csa_method
-from ._dkim import dkim_method
+from ._context import MethodContext
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
+from ._enforce import EnforcePolicy
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
-from ._headers import header_block
+from ._fallback import fallback_registry
+from ._headers import fields_of
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
-from ._prescreen import classify, query_name
-from ._qr1 import client_address, qr1
+from ._methods import RUNNERS
+from ._names import reverse_name
+from ._prescreen import classify
+from ._qr1 import client_address
 from ._ratings import rate
 from ._record import parse_record, select_record
-from ._sid import pra, rests_on_pra, sid_method
-from ._spf import spf_method
+from ._services import Pending, Services
+from ._sid import pra, rests_on_pra
 from ._transport import Transport
-from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
+from ._types import IPAddress, MethodOutcome, Record, Verdict
 from ._wire import RType
 from .config import Config
 from .errors import InvalidRecord
@@ -38,7 +41,7 @@ from .errors import InvalidRecord
 
 @dataclass(frozen=True)
 class Envelope:
-    """What the MTA knows of one SMTP session (DESIGN section 2)."""
+    """What the MTA knows of one SMTP session (docs/protocol.md, "Requests")."""
 
     ip: IPAddress | None
     helo: str | None = None
@@ -58,9 +61,7 @@ class Envelope:
         Parsing a header block costs more than a warm check (100-250 us); only
         Sender ID and a result resting on it need the fields.
         """
-        if self.headers or not self.raw_headers:
-            return self.headers
-        return header_block(self.raw_headers)
+        return fields_of(self.headers, self.raw_headers)
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,32 @@ class CheckResult:
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
-    """Parse a client IP header value; None for a missing one.
+    """Parse a client address (an ``IP`` header value, ``--ip``); None for a missing or empty one.
 
-    :raises ValueError: when the text is not an IPv4 or IPv6 address.
+    Only an address written as `ipaddress` writes it is taken (hex digits in
+    either case): no zone ID (``%eth0``), brackets, whitespace, leading zeros or
+    uncompressed IPv6.  What reaches a header we add is then exactly what was
+    given.  An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is the IPv4
+    address, as rspamd and postfix take it.
+
+    :raises ValueError: when the text is anything else.
     """
-    if text is None or not text.strip():
+    if text is None or text == "":
         return None
-    return _parse_ip(text.strip())
+    return _parse_ip(text)
 
 
 @memo(8192)
 def _parse_ip(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    ip = ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"{text!r} has a zone ID")
+        if ip.ipv4_mapped is not None and text.lower() == f"::ffff:{ip.ipv4_mapped}":
+            return ip.ipv4_mapped
+    if str(ip) != text.lower():
+        raise ValueError(f"{text!r} is not written as {ip}")
+    return ip
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:
@@ -110,10 +125,8 @@ def make_resolver(config: Config) -> Resolver:
 
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
-    servers = config.nameservers or tuple(system_nameservers())
-    default = (
-        Transport([(s, config.dns_port) for s in servers], config.dns_timeout, config.dns_tries) if servers else None
-    )
+    servers = config.dns_servers or tuple((s, config.dns_port) for s in system_nameservers())
+    default = Transport(list(servers), config.dns_timeout, config.dns_tries) if servers else None
     routes = [
         (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries))
         for z in config.prescreen
@@ -177,18 +190,24 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
+        self.enforce_policy = EnforcePolicy.of(config)
         # key -> (valid until, result); a result None marks a key whose results rest on the PRA
         self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult | None]] = TwoGenerationLRU(
             config.result_cache_size
         )
         self.result_hits = 0
+        self.services = Services(config.rating_services, config.ratings)
+
+    def _service_headers(self, env: Envelope) -> tuple[tuple[str, str], ...]:
+        """The header fields the rating services read (VBR-Info): parsed only when one reads them."""
+        return env.header_fields if self.services.vbr else ()
 
     def close(self) -> None:
         """Close the DNS sockets."""
         self.resolver.close()
 
     def skip_reason(self, env: Envelope) -> str | None:
-        """Why this session is not checked at all (DESIGN step 1), or None."""
+        """Why this session is not checked at all (docs/scoring.md, step 1), or None."""
         if env.ip is None:
             return "no client IP"
         ip = client_address(env.ip)
@@ -208,7 +227,7 @@ class Checker:
         decide the same.
         """
         now = time.monotonic()  # the DNS cache's clock
-        key = base = _result_key(env)
+        key = base = _result_key(env) + (self.services.key(self._service_headers(env)) if self.services else ())
         entry = self._results.get(key)
         if entry is not None and entry[1] is None and entry[0] > now:  # the result rests on the PRA
             key = _pra_key(base, env)
@@ -238,14 +257,17 @@ class Checker:
         found = identify(env.helo)
         zones = self.config.registry_zones
         # The registry's first question goes out first (many DNSBL zones must not take the
-        # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
+        # per-check cap from it), then the pre-screen's, all in flight together (docs/scoring.md, step 2).
         registry = None
         if not isinstance(found, BadHelo) and zones:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
-        asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        asked = [session.begin(reverse_name(ip, z.zone), RType.A) for z in dnsbl]
+        services = None
+        if self.services and not isinstance(found, BadHelo):  # their questions fly beside the registry's
+            services = self.services.begin(session, ip, found.id, found.helo, self._service_headers(env))
         first = session.end(registry) if registry is not None else None
-        facts = await self._registry_facts(env, ip, session, found, first)
+        facts = await self._registry_facts(env, ip, session, found, first, services)
         if self.config.prescreen:
             answers = [await session.end(a) for a in asked]
             facts = replace(facts, prescreen=tuple(classify(z, a) for z, a in zip(dnsbl, answers, strict=True)))
@@ -258,6 +280,7 @@ class Checker:
         session: Session,
         found: Identity | BadHelo,
         first: Awaitable[DnsAnswer] | None,
+        services: Pending | None = None,
     ) -> Facts:
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
@@ -273,9 +296,17 @@ class Checker:
                 ident = deeper
                 registry = await lookup_record(session, deeper, zones)
                 record = registry.record
+        if registry.status is RegistryStatus.NO_RECORD and self.config.registry_fallback == "authenticate":
+            registry = await fallback_registry(session, found.helo, self.config.method_limits)
+            record = registry.record
         if record is None or record.stop:
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry)
-        ratings = rate(record.ratings, self.config.ratings)
+        if services is not None:
+            ratings = await self.services.rate(
+                session, services, record, ip, ident, found.helo, self._service_headers(env)
+            )
+        else:
+            ratings = rate(record.ratings, self.config.ratings)
         if not wants_methods(ratings):
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings)
         planned, budget_skips = plan(record, ip, self.policy)
@@ -290,21 +321,10 @@ class Checker:
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session
     ) -> MethodOutcome:
-        """Run one planned method within its query budget."""
-        budget = Budget(step.budget)
+        """Run one planned method within its query budget, through the method table."""
         cfg = self.config
-        if step.method is Method.QR1:
-            return qr1(record, ip)
-        if step.method is Method.SPF:
-            return await spf_method(
-                session, budget, record, ip, helo, ident, env.mail_from, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.CSA:
-            return await csa_method(session, budget, helo, ip)
-        if step.method is Method.SID:
-            return await sid_method(
-                session, budget, record, ip, helo, ident, env.header_fields, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.DKIM:
-            return dkim_method(env.dkim_domains, ident)
-        raise AssertionError(f"no runner for {step.method.value}")  # every Method has one above
+        ctx = MethodContext(
+            record, ip, helo, ident, session, Budget(step.budget), env.mail_from, env.headers, env.dkim_domains,
+            cfg.spf_alignment, cfg.spf_receiver, env.raw_headers,
+        )  # fmt: skip
+        return await RUNNERS[step.method](ctx)

@@ -13,7 +13,7 @@
 
 Answers are `DnsAnswer` facts; nothing above this module sees an exception
 from DNS.  Budgets count questions *before* the cache, so a check's result
-never depends on what happens to be cached (DESIGN step 8).
+never depends on what happens to be cached (docs/development.md, "The DNS client").
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Fetcher(Protocol):
 
 @dataclass
 class Budget:
-    """How many questions one method may still ask (DESIGN step 8)."""
+    """How many questions one method may still ask (docs/development.md, "The DNS client")."""
 
     limit: int
     spent: int = 0

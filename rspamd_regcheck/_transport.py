@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from ._answer import DnsAnswer, DnsStatus, answer_from_reply
+from ._types import hostport
 from ._wire import MalformedReply, Rcode, Reply, RType, build_query, parse_reply
 
 log = logging.getLogger("rspamd_regcheck.dns")
@@ -135,7 +136,7 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         if self.server.endpoint is self:
-            detail = f"{self.server.host}:{self.server.port}: {getattr(exc, 'strerror', None) or exc}"
+            detail = f"{hostport(self.server.host, self.server.port)}: {getattr(exc, 'strerror', None) or exc}"
             self.server.fail_pending(detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -289,7 +290,7 @@ class Transport:
             await server.open()
         except OSError as exc:
             failed: DnsAnswer | None = DnsAnswer(
-                DnsStatus.ERROR, detail=f"{server.host}:{server.port}: {exc.strerror or exc}"
+                DnsStatus.ERROR, detail=f"{hostport(server.host, server.port)}: {exc.strerror or exc}"
             )
         else:
             failed = None
@@ -468,7 +469,7 @@ class Transport:
         except TimeoutError:
             return DnsAnswer(DnsStatus.TIMEOUT, detail="timeout over TCP")
         except (OSError, asyncio.IncompleteReadError) as exc:
-            return DnsAnswer(DnsStatus.ERROR, detail=f"TCP to {server.host}:{server.port}: {exc}")
+            return DnsAnswer(DnsStatus.ERROR, detail=f"TCP to {hostport(server.host, server.port)}: {exc}")
         finally:
             if writer is not None:
                 writer.close()

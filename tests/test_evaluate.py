@@ -254,7 +254,7 @@ def test_messages_are_the_projects_own():
     assert v.seed.message == "Host 208.20.133.17 is not authorised to send mail for 'heaven.net' (QR1)"
 
 
-# -- the plan (DESIGN step 7) ----------------------------------------------------------------
+# -- the plan (docs/scoring.md, step 6) ----------------------------------------------------------------
 
 NO_DKIM = Policy(RatingPolicy(), SEED_METHOD_ORDER[:-1], SEED_METHOD_LIMITS)
 PLANS = [

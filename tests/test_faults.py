@@ -150,5 +150,9 @@ def test_soak_memory_and_descriptors_stay_flat(own_knot, tmp_path):
     settled = [s for s in samples if s[0] >= SOAK_SECONDS / 3]  # after warming up
     rss = [s[1] for s in settled]
     fds = [s[2] for s in settled]
-    assert max(fds) - min(fds) <= 4, fds
+    # Each request opens its own connection, so a sample also counts the connections in
+    # flight at that moment, which swing with the machine's load.  A leak raises the floor:
+    # compare the fewest descriptors seen in the later half with the fewest in the earlier.
+    half = len(fds) // 2
+    assert min(fds[half:]) - min(fds[:half]) <= 4, fds
     assert max(rss) <= min(rss) * 1.10, rss  # flat within 10 %

@@ -199,3 +199,37 @@ def test_only_a_result_resting_on_the_pra_is_keyed_on_the_message(setup, tmp_pat
     assert "REGCHECK_SID_FAIL" in failing and again == failing
     assert "REGCHECK_SID_ALLOW" in passing
     assert checks_answered(setup["good"]) - before == 3
+
+
+def test_enforce_decisions_are_keyed_on_the_recipients_only_when_they_rest_on_them(knot, setup, tmp_path):
+    """Enforce mode applies the worker's decision from the cache.  A reject that mail to abuse@
+    would turn into add header (the worker's never_reject) is kept per recipients' local parts;
+    a decision no recipient can change is kept for the session, whoever the mail is for."""
+    port = free_port()
+    config = worker_config(knot).replace("[policy]\n", "[policy]\nenforce_no_record = true\n")
+    worker = start_worker(tmp_path, "enforcing", config, port)
+    block = f'regcheck {{ servers = "127.0.0.1:{port}"; timeout = 1.5s; mode = "enforce"; use_redis = false; }}'
+    proc, rport = start_rspamd(tmp_path, "enforce-cache", block, knot.port)
+
+    def action(env, *rcpts):
+        result, _ = rspamc(rport, setup["eml"], *env, *[a for r in rcpts for a in ("-r", r)])
+        assert "REGCHECK_FAIL" not in result["symbols"]
+        return result["action"], result.get("messages", {}).get("smtp_message")
+
+    try:
+        nowhere = ["-i", "192.0.2.1", "--helo", "mx.nowhere.example"]
+        refused = ("reject", "550 5.7.1 'nowhere.example' is not listed in the sender registry")
+        before = checks_answered(port)
+        assert action(nowhere, "ann@receiver.test") == refused
+        assert action(nowhere, "ANN@other.test") == refused  # the same local part: from the cache
+        assert action(nowhere, "ann@receiver.test", "abuse@receiver.test") == ("add header", None)
+        assert action(nowhere, "Abuse@receiver.test", "ann@receiver.test") == ("add header", None)  # cached
+        assert action(nowhere, "ann@receiver.test") == refused  # each recipients' decision kept apart
+        assert checks_answered(port) - before == 2
+        before = checks_answered(port)
+        assert action(HEAVEN, "ann@receiver.test") == ("no action", None)
+        assert action(HEAVEN, "abuse@receiver.test") == ("no action", None)
+        assert checks_answered(port) - before == 1
+    finally:
+        proc.stop()
+        worker.stop()

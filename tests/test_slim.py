@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from rspamd_regcheck import Checker, Config, Facts, Policy, RegistryFacts, RegistryStatus, evaluate
+from rspamd_regcheck._enforce import EnforcePolicy, enforce, rests_on_rcpts
 from rspamd_regcheck._http import App, Limits, start_server
 from rspamd_regcheck._slim import build_slim, encode_slim, max_age, wants_slim, with_max_age
 
@@ -57,21 +58,44 @@ def test_wants_slim(headers, expected):
     assert wants_slim(headers) is expected
 
 
+ENFORCE_ALL = EnforcePolicy(no_record=True)
+
+
 @pytest.mark.parametrize(
-    "status,keys",
+    "status,policy,rcpts,keys,action",
     [
-        pytest.param(RegistryStatus.NO_RECORD, {"symbols", "milter", "verdict"}, id="no-record-rejects"),
-        pytest.param(RegistryStatus.DNSFAIL, {"symbols", "milter", "verdict"}, id="dnsfail-tempfails"),
-        pytest.param(None, {"symbols"}, id="skipped-nothing-else"),
+        pytest.param(
+            RegistryStatus.NO_RECORD, ENFORCE_ALL, (), {"symbols", "milter", "enforce", "rcpt"}, "reject",
+            id="no-record-rejects-rests-on-rcpts",
+        ),
+        pytest.param(
+            RegistryStatus.NO_RECORD, ENFORCE_ALL, ("Postmaster@x.test",), {"symbols", "milter", "enforce", "rcpt"},
+            "add header", id="no-record-to-postmaster",
+        ),
+        pytest.param(
+            RegistryStatus.NO_RECORD, EnforcePolicy(), (), {"symbols", "milter", "enforce"}, "no action",
+            id="no-record-not-enforced",
+        ),
+        pytest.param(
+            RegistryStatus.DNSFAIL, EnforcePolicy(), (), {"symbols", "milter", "enforce", "rcpt"}, "soft reject",
+            id="dnsfail-tempfails",
+        ),
+        pytest.param(
+            RegistryStatus.DNSFAIL, EnforcePolicy(tempfail=False), (), {"symbols", "milter", "enforce"}, "no action",
+            id="dnsfail-tempfail-off",
+        ),
+        pytest.param(None, EnforcePolicy(), (), {"symbols", "enforce"}, "no action", id="skipped-nothing-else"),
     ],
-)
-def test_slim_carries_only_what_the_plugin_uses(status, keys):
+)  # fmt: skip
+def test_slim_carries_only_what_the_plugin_uses(status, policy, rcpts, keys, action):
     v = verdict(status)
-    slim = build_slim(v)
+    decision = enforce(v, policy, rcpts)
+    slim = build_slim(v, decision, rests_on_rcpts(v, policy))
     assert set(slim) == keys
     assert slim["symbols"] == sorted([h.name, h.weight, list(h.options)] for h in v.symbols)
-    if "verdict" in slim:
-        assert slim["verdict"]["action"] == v.seed.action.value
+    assert slim["enforce"]["action"] == action  # the worker's decision, as regcheck.enforce carries it
+    assert slim["enforce"].get("message") == decision.message
+    assert ("message" in slim["enforce"]) is (action in ("reject", "soft reject"))
     if "milter" in slim:
         assert slim["milter"].get("add_headers", {}) == dict(v.add_headers)
         assert list(slim["milter"].get("remove_headers", {})) == list(v.remove_headers)
@@ -79,13 +103,15 @@ def test_slim_carries_only_what_the_plugin_uses(status, keys):
 
 @pytest.mark.parametrize("age", [0, 1, 127, 128, 65_536, 604_800])
 def test_max_age_is_spliced_into_a_valid_msgpack_map(age):
-    slim = build_slim(verdict(RegistryStatus.NO_RECORD))
+    v = verdict(RegistryStatus.NO_RECORD)
+    slim = build_slim(v, enforce(v, ENFORCE_ALL), True)
     body = with_max_age(encode_slim(slim), len(slim), age)
     assert msgpack.unpackb(body) == {**slim, "max_age": age}
 
 
-async def _ask(config: Config, headers: bytes) -> list[dict]:
-    """Two slim checks of the same envelope through the in-process worker, on one connection."""
+async def _ask(config: Config, headers: bytes, *more: bytes) -> list[dict]:
+    """Slim checks through the in-process worker, on one connection: *headers* twice, then
+    *headers* with each of *more* added."""
     checker = Checker(config)
     server = await start_server(App(checker, Limits()), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -93,10 +119,10 @@ async def _ask(config: Config, headers: bytes) -> list[dict]:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.setblocking(True)
-            for _ in range(2):
+            for extra in (b"", b"", *more):
                 request = (
                     b"POST /checkv2 HTTP/1.1\r\nHost: x\r\nAccept: application/msgpack\r\n"
-                    b"Regcheck-Reply: slim\r\n%sContent-Length: 0\r\n\r\n" % headers
+                    b"Regcheck-Reply: slim\r\n%s%sContent-Length: 0\r\n\r\n" % (headers, extra)
                 )
                 await asyncio.get_running_loop().sock_sendall(s, request)
                 status, _, body = await asyncio.to_thread(read_reply, s)
@@ -150,4 +176,32 @@ def test_dns_failure_has_max_age_zero():
         first, _ = asyncio.run(_ask(config, b"IP: 192.0.2.9\r\nHelo: mx.heaven.net\r\n"))
     assert "REGCHECK_DNSFAIL" in [s[0] for s in first["symbols"]]
     assert first["max_age"] == 0
-    assert first["verdict"]["action"] == "TEMPFAIL"
+    assert first["enforce"] == {
+        "action": "soft reject",
+        "message": "451 4.4.3 Sender registry lookup for 'heaven.net' failed; please try again later",
+    }
+    assert first["rcpt"] is True
+
+
+def test_real_worker_slim_enforce_follows_the_recipients(knot):
+    """One cached result, three decisions: the slim reply's enforce action is per message (its
+    recipients), and says when it rests on them; the encoded body is not shared across decisions."""
+    config = config_for(knot, enforce_no_record=True)
+    nowhere = b"IP: 192.0.2.1\r\nHelo: mx.nowhere.example\r\n"
+    first, again, to_abuse, to_ann = asyncio.run(
+        _ask(config, nowhere, b"Rcpt: <ann@x.test>\r\nRcpt: <ABUSE@x.test>\r\n", b"Rcpt: <ann@x.test>\r\n")
+    )
+    assert "REGCHECK_NO_RECORD" in [s[0] for s in first["symbols"]]
+    assert first["enforce"]["action"] == again["enforce"]["action"] == to_ann["enforce"]["action"] == "reject"
+    assert to_abuse["enforce"] == {"action": "add header"}
+    assert first["rcpt"] is to_abuse["rcpt"] is True
+    assert first["max_age"] > 0  # a decision resting on recipients is still kept, keyed on them
+
+
+def test_real_worker_slim_no_rcpt_flag_when_recipients_cannot_matter(knot):
+    config = config_for(knot)  # enforce_no_record off: no action, whoever the mail is for
+    (first, _, to_abuse) = asyncio.run(
+        _ask(config, b"IP: 192.0.2.1\r\nHelo: mx.nowhere.example\r\n", b"Rcpt: <abuse@x.test>\r\n")
+    )
+    assert first["enforce"] == to_abuse["enforce"] == {"action": "no action"}
+    assert "rcpt" not in first and "rcpt" not in to_abuse
