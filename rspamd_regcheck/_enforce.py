@@ -141,5 +141,6 @@ def protected(rcpts: Sequence[str], local_parts: Sequence[str]) -> bool:
 
 
 __all__ = [
-    "ADD_HEADER", "NO_ACTION", "EnforceAction", "EnforcePolicy", "Enforcement", "enforce", "protected", "rests_on_rcpts",
+    "ADD_HEADER", "NO_ACTION", "EnforceAction", "EnforcePolicy", "Enforcement", "enforce", "protected",
+    "rests_on_rcpts",
 ]  # fmt: skip
