@@ -171,6 +171,24 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"nothing answered on {port}")
 
 
+def descendants(pid: int) -> list[int]:
+    """*pid* and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
 class Worker:
     """`rspamd-regcheck serve` (one worker process) against the benchmark's knot."""
 
@@ -210,15 +228,10 @@ class Worker:
         wait_port(self.port, self.proc, 30)
 
     def worker_pid(self) -> int:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    return int(entry)
-        raise RuntimeError("no worker process")
+        below = descendants(self.proc.pid)[1:]
+        if not below:
+            raise RuntimeError("no worker process")
+        return below[0]
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.worker_pid()}/status").read_text().splitlines():
@@ -416,11 +429,11 @@ def run(size: str, out_dir: Path) -> list[Result]:
             if asked > cold_count:
                 results.append(Result("2. cold QR1", "run too long for the IDs", notes=["raise ids"]))
             ceiling = best / 2
-            results.append(judge("2. cold QR1 check (new ID and address each time)", f"{cold_rate:.0f}/s",
-                                 f"fastest DNS client / 2 questions = {ceiling:.0f}/s ({label})",
-                                 cold_rate / ceiling, 0.50))
-            results[-1].notes.append("the floor of a check that decides nothing is below this target: "
-                                     "bench/cold_floor.py")
+            # Information only: our own client is faster than the c-ares class the target names, and even a
+            # check that decides nothing stays below half its rate (bench/cold_floor.py).
+            results.append(Result("2. cold QR1 check (new ID and address each time) beside our own client",
+                                  f"{cold_rate:.0f}/s", f"fastest DNS client / 2 questions = {ceiling:.0f}/s ({label})",
+                                  cold_rate / ceiling, "informational", None))
             if cares:
                 # The issue names the ceiling's class, c-ares; our own client is faster (bench/README.md).
                 results.append(judge("2. cold QR1 check beside c-ares (the client class the target names)",

@@ -34,6 +34,12 @@ regcheck {
   # Check local and authenticated senders too (the worker skips them anyway by default)
   check_local = false;
   check_authed = false;
+  # Results reused for the max-age the worker gives (at most cache_expire), per rspamd process
+  cache_size = 10000;
+  cache_expire = 1h;
+  # Shared between rspamd hosts through Redis (else the global redis section, if any)
+  #redis { servers = "127.0.0.1:6379"; }
+  #use_redis = false;
 }
 ]])
   return
@@ -45,6 +51,8 @@ local rspamd_util = require "rspamd_util"
 local lua_util = require "lua_util"
 local ucl = require "ucl"
 local upstream_list = require "rspamd_upstream_list"
+local lua_redis = require "lua_redis"
+local rspamd_hash = require "rspamd_cryptobox_hash"
 local ts = require("tableshape").types
 
 -- Every symbol the worker can return (rspamd_regcheck/symbols.py, the single
@@ -79,6 +87,14 @@ local default_settings = {
   secret = nil,
   send_header_block = true, -- for Sender ID's PRA
   send_dkim = true, -- the d= of signatures rspamd verified
+  -- the worker's slim reply (symbols, options, milter, enforce decision, max-age); 'full' for rspamd's shape
+  reply_form = 'slim',
+  -- results kept per rspamd process for the max-age the worker returns, at most cache_expire
+  cache_size = 10000, -- entries; 0: no cache
+  cache_expire = 3600, -- seconds
+  -- the shared cache: redis { ... } here, else the global redis section; false: none
+  use_redis = true,
+  redis_prefix = 'rgc_',
 }
 
 -- Settings that moved to the worker's [policy] (it decides what enforce mode
@@ -100,6 +116,12 @@ local settings_schema = ts.shape({
   enforce_no_record = ts.boolean:is_optional(),
   enforce_invalid_record = ts.boolean:is_optional(),
   never_reject = ts.array_of(ts.string):is_optional(),
+  reply_form = ts.one_of({ 'slim', 'full' }),
+  cache_size = ts.number,
+  cache_expire = ts.number,
+  use_redis = ts.boolean,
+  redis_prefix = ts.string,
+  redis = ts.table:is_optional(),
   enabled = ts.boolean:is_optional(),
 })
 
@@ -131,6 +153,7 @@ function lib.request_headers(env, settings)
   if env.user then h['User'] = env.user end
   if env.dkim and #env.dkim > 0 then h['Dkim-Domain'] = env.dkim end
   if settings.secret then h['Password'] = settings.secret end
+  if settings.reply_form == 'slim' then h['Regcheck-Reply'] = 'slim' end
   return h
 end
 
@@ -236,6 +259,179 @@ function lib.enforcement(obj)
   return true, action, message
 end
 
+------------------------------------------------------------------------------
+-- The result cache and the slim reply (pure, like the helpers above).
+-- A cached entry is the prepared result of one check: the symbols to insert,
+-- the milter headers and the enforce pre-result, never the reply itself.
+------------------------------------------------------------------------------
+
+--- The symbols of a slim reply ({ {name, weight, {options}}, ... }, sorted by
+--- the worker) in the shape lib.symbols gives.
+function lib.slim_symbols(obj, prefix)
+  if type(obj.symbols) ~= 'table' then
+    return false, 'reply has no symbols list'
+  end
+  local out = {}
+  for _, s in ipairs(obj.symbols) do
+    local name = type(s) == 'table' and s[1]
+    if type(name) ~= 'string' or not name:match('^REGCHECK_[A-Z0-9_]+$') then
+      return false, 'bad symbol name in reply: ' .. tostring(name)
+    end
+    local options = {}
+    if type(s[3]) == 'table' then
+      for _, o in ipairs(s[3]) do
+        options[#options + 1] = tostring(o)
+      end
+    end
+    out[#out + 1] = { name = lib.rename(name, prefix), weight = tonumber(s[2]) or 1.0, options = options }
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return true, out
+end
+
+--- What one reply (slim or full) makes of a scan: { symbols, milter, action,
+--- message, max_age, pra, rcpt, error }.  max_age is 0 for the full form (it
+--- carries none).  In enforce mode action and message are the worker's
+--- decision (lib.enforcement), for the slim form from its top-level enforce;
+--- a reply without a usable one keeps its symbols and gets error (the scan
+--- then shows REGCHECK_FAIL too), and is not kept.
+function lib.prepare(obj, settings)
+  local slim = obj.max_age ~= nil
+  local ok, symbols
+  if slim then
+    ok, symbols = lib.slim_symbols(obj, settings.symbol_prefix)
+  else
+    ok, symbols = lib.symbols(obj, settings.symbol_prefix)
+  end
+  if not ok then
+    return false, symbols
+  end
+  local entry = { symbols = symbols, milter = lib.milter(obj), max_age = 0 }
+  if slim then
+    entry.max_age = math.max(0, math.floor(tonumber(obj.max_age) or 0))
+    entry.pra = obj.pra == true -- the result rests on the message's PRA too (Sender ID ran)
+    entry.rcpt = obj.rcpt == true -- the enforce decision rests on the recipients too
+  end
+  if settings.mode == 'enforce' then
+    local view = slim and { regcheck = { enforce = obj.enforce } } or obj
+    local ok_enforce, action, message = lib.enforcement(view)
+    if ok_enforce then
+      entry.action, entry.message = action, message
+    else
+      entry.error, entry.max_age = action, 0
+    end
+  end
+  return true, entry
+end
+
+--- The recipients' part of a cache key: their local parts (what the
+--- worker's never_reject reads), lower-cased and sorted, each
+--- length-prefixed.  The plugin does not know the worker's never_reject list,
+--- so any change of local parts is another key; it is used only for results
+--- whose enforce decision the worker says rests on the recipients (rcpt).
+function lib.rcpt_material(rcpts)
+  local locals = {}
+  for _, addr in ipairs(rcpts or {}) do
+    local lp = addr:match('^(.*)@') or addr -- the worker splits at the last @ too
+    locals[#locals + 1] = lp:lower()
+  end
+  table.sort(locals)
+  for i, lp in ipairs(locals) do
+    locals[i] = #lp .. ':' .. lp
+  end
+  return table.concat(locals)
+end
+
+--- The cache key: every input the worker's result and enforce decision
+--- depend on.  header_material is what the PRA can come from, for a result
+--- that rests on it, false when it cannot be keyed (no key then);
+--- rcpt_material (lib.rcpt_material) for a decision that rests on the
+--- recipients.  Both nil: the key of the session alone.
+function lib.cache_key(env, header_material, rcpt_material)
+  if header_material == false then
+    return nil
+  end
+  local function part(v) -- length-prefixed: no value can run into the next
+    if v == nil then return '-' end -- a missing value is not an empty one (MAIL FROM:<>)
+    return #v .. ':' .. v
+  end
+  return table.concat({
+    part(env.ip), part(env.helo ~= '' and env.helo or nil), part(env.from), part(env.user ~= '' and env.user or nil),
+    part(table.concat(env.dkim or {}, ',')), part(header_material), part(rcpt_material),
+  })
+end
+
+--- A bounded map with expiry in two generations: a hit moves to the young
+--- one; when the young one holds half the bound, the old one is dropped.
+function lib.cache_new(size)
+  return { half = math.max(1, math.floor(size / 2)), young = {}, old = {}, n = 0 }
+end
+
+function lib.cache_put(cache, key, value, expires)
+  if cache.young[key] == nil then
+    cache.n = cache.n + 1
+  end
+  cache.young[key] = { value, expires }
+  cache.old[key] = nil
+  if cache.n >= cache.half then
+    cache.old, cache.young, cache.n = cache.young, {}, 0
+  end
+end
+
+function lib.cache_get(cache, key, now)
+  local e = cache.young[key]
+  if e == nil then
+    e = cache.old[key]
+    if e == nil then
+      return nil
+    end
+    if e[2] > now then
+      lib.cache_put(cache, key, e[1], e[2])
+    else
+      cache.old[key] = nil
+    end
+  end
+  if e[2] <= now then
+    cache.young[key] = nil
+    return nil
+  end
+  return e[1]
+end
+
+--- An entry as stored in Redis (JSON, with its absolute expiry), and back.
+function lib.encode_entry(entry, expires)
+  return ucl.to_format({ s = entry.symbols, m = entry.milter, a = entry.action, t = entry.message, e = expires,
+                         p = entry.pra or nil, r = entry.rcpt or nil }, 'json-compact')
+end
+
+function lib.decode_entry(text, prefix)
+  if type(text) ~= 'string' then
+    return false, 'no cached entry'
+  end
+  local parser = ucl.parser()
+  local ok = parser:parse_string(text)
+  local obj = ok and parser:get_object()
+  if type(obj) ~= 'table' or type(obj.s) ~= 'table' or type(obj.e) ~= 'number' then
+    return false, 'malformed cached entry'
+  end
+  local symbols = {}
+  for _, s in ipairs(obj.s) do
+    if type(s) ~= 'table' or type(s.name) ~= 'string' or s.name:sub(1, #prefix + 1) ~= prefix .. '_' then
+      return false, 'malformed cached entry'
+    end
+    local options = {}
+    for _, o in ipairs(type(s.options) == 'table' and s.options or {}) do
+      options[#options + 1] = tostring(o)
+    end
+    symbols[#symbols + 1] = { name = s.name, weight = tonumber(s.weight) or 1.0, options = options }
+  end
+  local entry = { symbols = symbols, milter = type(obj.m) == 'table' and obj.m or nil,
+                  action = type(obj.a) == 'string' and obj.a or nil,
+                  message = type(obj.t) == 'string' and obj.t or nil, pra = obj.p == true,
+                  rcpt = obj.r == true }
+  return true, entry, obj.e
+end
+
 if rawget(_G, 'REGCHECK_UNIT_TEST') then
   return lib -- loaded by the unit tests: no registration
 end
@@ -308,35 +504,173 @@ local function fail(task, reason)
   task:insert_result(sym('REGCHECK_FAIL'), 1.0, reason)
 end
 
-local function apply(task, obj)
-  local ok, symbols = lib.symbols(obj, settings.symbol_prefix)
-  if not ok then
-    fail(task, symbols)
-    return
-  end
-  for _, s in ipairs(symbols) do
+--- Insert a prepared result (lib.prepare): from a reply or from the cache.
+local function apply_prepared(task, entry)
+  for _, s in ipairs(entry.symbols) do
     task:insert_result(s.name, s.weight, s.options)
   end
-  local milter = lib.milter(obj)
-  if milter then
-    task:set_milter_reply(milter)
+  if entry.milter then
+    task:set_milter_reply(entry.milter)
   end
-  if settings.mode == 'enforce' then
-    local ok_enforce, action, message = lib.enforcement(obj)
-    if not ok_enforce then
-      fail(task, action)
-    elseif action then
-      task:set_pre_result({ action = action, message = message, module = N })
-    end
+  if entry.error then
+    fail(task, entry.error) -- enforce mode, and the reply carried no usable decision
+  elseif entry.action then
+    task:set_pre_result({ action = entry.action, message = entry.message, module = N })
   end
-  lua_util.debugm(N, task, 'inserted %s symbols', #symbols)
 end
 
-local function regcheck_cb(task)
-  if lua_util.is_skip_local_or_authed(task, auth_and_local_conf, task:get_from_ip()) then
+local function apply(task, obj)
+  local ok, entry = lib.prepare(obj, settings)
+  if not ok then
+    fail(task, entry)
+    return nil
+  end
+  apply_prepared(task, entry)
+  lua_util.debugm(N, task, 'inserted %s symbols', #entry.symbols)
+  return entry
+end
+
+------------------------------------------------------------------------------
+-- The result cache: per process, and shared through Redis when configured
+------------------------------------------------------------------------------
+
+local local_cache, redis_params, redis_salt
+if not config_error and settings.cache_expire > 0 then
+  if settings.cache_size > 0 then
+    local_cache = lib.cache_new(settings.cache_size)
+  end
+  if settings.use_redis then
+    -- `redis { }` in this module, else the global section, as rspamd's modules read them (not
+    -- this module's own `servers`: those are the workers)
+    redis_params = lua_redis.parse_redis_server(N, { redis = settings.redis })
+    if redis_params then
+      lua_redis.register_prefix(settings.redis_prefix .. '*', N, 'regcheck results shared between rspamd hosts')
+      -- hosts with other symbol names or modes prepare other entries from one result (the enforce
+      -- settings are the workers': hosts sharing a Redis are expected to share their workers' config)
+      redis_salt = table.concat({ settings.symbol_prefix, settings.mode }, '\0')
+    end
+  end
+end
+
+--- What the PRA (Sender ID) can come from, for the key: the Sender and From
+--- fields; false (do not cache) with Resent-* fields, whose order counts.
+local function header_material(task)
+  if not settings.send_header_block then
+    return nil
+  end
+  if task:get_header('Resent-From') or task:get_header('Resent-Sender') then
+    return false
+  end
+  local parts = {}
+  for _, name in ipairs({ 'Sender', 'From' }) do
+    for _, h in ipairs(task:get_header_full(name) or {}) do
+      parts[#parts + 1] = name .. ':' .. tostring(h.value or '')
+    end
+  end
+  return table.concat(parts, '\n')
+end
+
+local function redis_key(key)
+  return settings.redis_prefix .. rspamd_hash.create(redis_salt .. '\0' .. key):base32():sub(1, 32)
+end
+
+--- Whether a (cached or new) entry rests on more than the session: the PRA
+--- (pra, when the header block is sent) or, in enforce mode, the recipients
+--- (rcpt: score mode applies no decision, so they cannot change its scan).
+local function rests_on_more(entry)
+  return (entry.pra and settings.send_header_block) or (entry.rcpt and settings.mode == 'enforce')
+end
+
+--- The key of a result that rests on more than the session: the session's
+--- inputs, the header fields the PRA comes from and the recipients' local
+--- parts, as the entry needs them; nil when the headers cannot be keyed.
+local function detail_key(task, env, entry)
+  local headers, rcpts
+  if entry.pra and settings.send_header_block then
+    headers = header_material(task)
+  end
+  if entry.rcpt and settings.mode == 'enforce' then
+    rcpts = lib.rcpt_material(env.rcpts)
+  end
+  return lib.cache_key(env, headers, rcpts)
+end
+
+local function store(task, key, entry, ttl, expires)
+  if local_cache then
+    lib.cache_put(local_cache, key, entry, expires)
+  end
+  if redis_params then
+    local rkey = redis_key(key)
+    local function saved(err)
+      if err then
+        rspamd_logger.infox(task, 'regcheck: cannot save to the redis cache: %s', err)
+      end
+    end
+    lua_redis.redis_make_request(task, redis_params, rkey, true, saved, 'SETEX',
+        { rkey, tostring(ttl), lib.encode_entry(entry, expires) })
+  end
+end
+
+--- Keep a prepared result for its max-age (at most cache_expire); nothing for
+--- 0.  Under the session's key; one that rests on the PRA or the recipients
+--- also under its detail key (the session's key then only says so: a lookup
+--- finds pra or rcpt there and looks again under the message's own detail key).
+local function remember(task, env, base, entry)
+  local ttl = math.floor(math.min(entry.max_age, settings.cache_expire))
+  if not base or ttl < 1 then
     return
   end
-  local env = envelope(task)
+  local expires = rspamd_util.get_time() + ttl
+  store(task, base, entry, ttl, expires)
+  if rests_on_more(entry) then
+    local key = detail_key(task, env, entry)
+    if key then
+      store(task, key, entry, ttl, expires)
+    end
+  end
+end
+
+--- Look the key up in Redis; done(entry) or done(nil) (also on errors).
+local function redis_lookup(task, key, done)
+  local function got(err, data)
+    if err then
+      rspamd_logger.infox(task, 'regcheck: redis cache lookup failed: %s', err)
+    elseif type(data) == 'string' then -- a missing key comes as a null userdata
+      local ok, entry, expires = lib.decode_entry(data, settings.symbol_prefix)
+      if ok and expires > rspamd_util.get_time() then
+        if local_cache then
+          lib.cache_put(local_cache, key, entry, expires)
+        end
+        lua_util.debugm(N, task, 'result from the redis cache')
+        done(entry)
+        return
+      end
+    end
+    done(nil)
+  end
+  local rkey = redis_key(key)
+  if not lua_redis.redis_make_request(task, redis_params, rkey, false, got, 'GET', { rkey }) then
+    done(nil)
+  end
+end
+
+--- The cached entry for key, from this process or Redis: done(entry) or done(nil).
+local function find(task, key, done)
+  if local_cache then
+    local entry = lib.cache_get(local_cache, key, rspamd_util.get_time())
+    if entry then
+      done(entry)
+      return
+    end
+  end
+  if redis_params then
+    redis_lookup(task, key, done)
+    return
+  end
+  done(nil)
+end
+
+local function ask_worker(task, env, key)
   local headers = lib.request_headers(env, settings)
   local body = ''
   if settings.send_header_block then
@@ -386,7 +720,10 @@ local function regcheck_cb(task)
         fail(task, obj)
         return
       end
-      apply(task, obj)
+      local entry = apply(task, obj)
+      if entry then
+        remember(task, env, key, entry)
+      end
     end
 
     local queued = rspamd_http.request({
@@ -406,6 +743,42 @@ local function regcheck_cb(task)
   end
 
   ask(settings.upstreams:get_upstream_round_robin(), settings.retransmits)
+end
+
+local function regcheck_cb(task)
+  if lua_util.is_skip_local_or_authed(task, auth_and_local_conf, task:get_from_ip()) then
+    return
+  end
+  local env = envelope(task)
+  if not (local_cache or redis_params) then
+    ask_worker(task, env, nil)
+    return
+  end
+  -- The session's key first: most results read neither the message's headers nor its recipients.
+  local base = lib.cache_key(env, nil, nil)
+  find(task, base, function(entry)
+    if entry and rests_on_more(entry) then
+      local key = detail_key(task, env, entry) -- look for this message's PRA and recipients
+      if not key then
+        ask_worker(task, env, base)
+        return
+      end
+      find(task, key, function(hit)
+        if hit then
+          apply_prepared(task, hit)
+        else
+          ask_worker(task, env, base)
+        end
+      end)
+      return
+    end
+    if entry then
+      lua_util.debugm(N, task, 'result from the cache')
+      apply_prepared(task, entry)
+    else
+      ask_worker(task, env, base)
+    end
+  end)
 end
 
 local function config_fail_cb(task)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import math
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_n
 from ._enforce import EnforcePolicy
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._fallback import fallback_registry
+from ._headers import fields_of
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
 from ._methods import RUNNERS
@@ -29,7 +31,7 @@ from ._qr1 import client_address
 from ._ratings import rate
 from ._record import parse_record, select_record
 from ._services import Pending, Services
-from ._sid import pra
+from ._sid import pra, rests_on_pra
 from ._transport import Transport
 from ._types import IPAddress, MethodOutcome, Record, Verdict
 from ._wire import RType
@@ -50,14 +52,29 @@ class Envelope:
     user: str | None = None
     headers: tuple[tuple[str, str], ...] = ()  # the message's header block (Sender ID's PRA)
     dkim_domains: tuple[str, ...] = ()  # d= of the DKIM signatures rspamd verified
+    raw_headers: bytes = b""  # the header block as sent, parsed only when needed (`header_fields`)
+
+    @functools.cached_property
+    def header_fields(self) -> tuple[tuple[str, str], ...]:
+        """The header block's fields: *headers*, else *raw_headers* parsed (once, and only if asked).
+
+        Parsing a header block costs more than a warm check (100-250 us); only
+        Sender ID and a result resting on it need the fields.
+        """
+        return fields_of(self.headers, self.raw_headers)
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A verdict and the number of DNS questions asked to reach it."""
+    """A verdict, the number of DNS questions asked to reach it, and until when it holds.
+
+    *valid_until* (`time.monotonic()`) is when the first DNS answer it rested
+    on expires: 0 when one was a failure, infinity when none came from DNS.
+    """
 
     verdict: Verdict
     queries: int
+    valid_until: float = math.inf
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
@@ -90,8 +107,17 @@ def _parse_ip(text: str) -> IPAddress:
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:
-    """What a check's result depends on (besides DNS): not the recipients, queue id or host name."""
-    return (env.ip, env.helo, env.mail_from, env.user, env.dkim_domains, pra(env.headers) if env.headers else None)
+    """What a check's result depends on (besides DNS): not the recipients, queue id or host name.
+
+    Nor the header block, unless Sender ID ran: a result that rests on the
+    PRA is kept under this key plus the PRA (`_pra_key`), and this key holds
+    a marker saying so.
+    """
+    return (env.ip, env.helo, env.mail_from, env.user, env.dkim_domains)
+
+
+def _pra_key(key: tuple[object, ...], env: Envelope) -> tuple[object, ...]:
+    return (*key, pra(env.header_fields) if env.header_fields else None)
 
 
 def make_resolver(config: Config) -> Resolver:
@@ -186,11 +212,16 @@ class Checker:
             authent_header=config.authent_header,
         )
         self.enforce_policy = EnforcePolicy.of(config)
-        self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult]] = TwoGenerationLRU(
+        # key -> (valid until, result); a result None marks a key whose results rest on the PRA
+        self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult | None]] = TwoGenerationLRU(
             config.result_cache_size
         )
         self.result_hits = 0
         self.services = Services(config.rating_services, config.ratings)
+
+    def _service_headers(self, env: Envelope) -> tuple[tuple[str, str], ...]:
+        """The header fields the rating services read (VBR-Info): parsed only when one reads them."""
+        return env.header_fields if self.services.vbr else ()
 
     def close(self) -> None:
         """Close the DNS sockets."""
@@ -217,10 +248,13 @@ class Checker:
         decide the same.
         """
         now = time.monotonic()  # the DNS cache's clock
-        key = _result_key(env) + (self.services.key(env.headers) if self.services else ())
+        key = base = _result_key(env) + (self.services.key(self._service_headers(env)) if self.services else ())
         entry = self._results.get(key)
+        if entry is not None and entry[1] is None and entry[0] > now:  # the result rests on the PRA
+            key = _pra_key(base, env)
+            entry = self._results.get(key)
         if entry is not None:
-            if entry[0] > now:
+            if entry[0] > now and entry[1] is not None:
                 self.result_hits += 1
                 return entry[1]
             self._results.discard(key)
@@ -228,8 +262,11 @@ class Checker:
             self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
         )
         facts = await self._facts(env, session)
-        result = CheckResult(evaluate(facts, self.policy), session.count)
+        result = CheckResult(evaluate(facts, self.policy), session.count, session.valid_until)
         if session.valid_until > time.monotonic():
+            if rests_on_pra(result.verdict.methods):
+                self._results.put(base, (session.valid_until, None))
+                key = _pra_key(base, env)
             self._results.put(key, (session.valid_until, result))
         return result
 
@@ -249,7 +286,7 @@ class Checker:
         asked = [session.begin(reverse_name(ip, z.zone), RType.A) for z in dnsbl]
         services = None
         if self.services and not isinstance(found, BadHelo):  # their questions fly beside the registry's
-            services = self.services.begin(session, ip, found.id, found.helo, env.headers)
+            services = self.services.begin(session, ip, found.id, found.helo, self._service_headers(env))
         first = session.end(registry) if registry is not None else None
         facts = await self._registry_facts(env, ip, session, found, first, services)
         if self.config.prescreen:
@@ -287,7 +324,9 @@ class Checker:
         if record is None or record.stop:
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry)
         if services is not None:
-            ratings = await self.services.rate(session, services, record, ip, ident, found.helo, env.headers)
+            ratings = await self.services.rate(
+                session, services, record, ip, ident, found.helo, self._service_headers(env)
+            )
         else:
             ratings = rate(record.ratings, self.config.ratings)
         if not wants_methods(ratings):
@@ -308,6 +347,6 @@ class Checker:
         cfg = self.config
         ctx = MethodContext(
             record, ip, helo, ident, session, Budget(step.budget), env.mail_from, env.headers, env.dkim_domains,
-            cfg.spf_alignment, cfg.spf_receiver,
+            cfg.spf_alignment, cfg.spf_receiver, env.raw_headers,
         )  # fmt: skip
         return await RUNNERS[step.method](ctx)

@@ -7,9 +7,11 @@ method").  The context is built once per planned method by the check.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ._dns import Budget, Session
+from ._headers import fields_of
 from ._types import IPAddress, Record
 
 
@@ -28,3 +30,9 @@ class MethodContext:
     dkim_domains: tuple[str, ...] = ()  # d= of the signatures rspamd verified
     spf_alignment: str = "relaxed"
     spf_receiver: str = "unknown"
+    raw_headers: bytes = b""  # the header block as sent, when *headers* is not parsed yet
+
+    @functools.cached_property
+    def header_fields(self) -> tuple[tuple[str, str], ...]:
+        """The message's header fields: *headers*, else *raw_headers* parsed on first use."""
+        return fields_of(self.headers, self.raw_headers)

@@ -121,6 +121,16 @@ def enforce(verdict: Verdict, policy: EnforcePolicy, rcpts: Sequence[str] = ()) 
     return Enforcement(action, seed.smtp_code, seed.xcode, seed.message)
 
 
+def rests_on_rcpts(verdict: Verdict, policy: EnforcePolicy) -> bool:
+    """True when the recipients can change what `enforce` decides for *verdict*.
+
+    Only step 6 reads them, and only for a reject or soft reject: so the
+    decision rests on them exactly when, with no recipient, it is one of those.
+    A cache of decisions (the plugin's) keys on the recipients only then.
+    """
+    return enforce(verdict, policy).action in (EnforceAction.REJECT, EnforceAction.SOFT_REJECT)
+
+
 def protected(rcpts: Sequence[str], local_parts: Sequence[str]) -> bool:
     """True when a recipient's local part (case-insensitive) is one of *local_parts*."""
     for rcpt in rcpts:
@@ -130,4 +140,7 @@ def protected(rcpts: Sequence[str], local_parts: Sequence[str]) -> bool:
     return False
 
 
-__all__ = ["ADD_HEADER", "NO_ACTION", "EnforceAction", "EnforcePolicy", "Enforcement", "enforce", "protected"]
+__all__ = [
+    "ADD_HEADER", "NO_ACTION", "EnforceAction", "EnforcePolicy", "Enforcement", "enforce", "protected",
+    "rests_on_rcpts",
+]  # fmt: skip

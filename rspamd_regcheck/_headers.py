@@ -26,6 +26,17 @@ def header_block(data: bytes, limit: int = MAX_HEADER_BLOCK) -> tuple[tuple[str,
     return tuple((name, _unfold(str(value))) for name, value in message.items())
 
 
+def fields_of(parsed: tuple[tuple[str, str], ...], raw: bytes) -> tuple[tuple[str, str], ...]:
+    """*parsed* when given, else the fields of the block *raw* (`header_block`).
+
+    A request's block is kept raw and parsed only when read: parsing costs more
+    than a warm check (100-250 us), and only Sender ID and VBR read the fields.
+    """
+    if parsed or not raw:
+        return parsed
+    return header_block(raw)
+
+
 def _unfold(value: str) -> str:
     # RFC 5322 2.2.3: unfolding removes the line breaks, keeping the white space after them
     return value.replace("\r\n", "").replace("\n", "").strip()

@@ -31,11 +31,12 @@ import msgpack
 
 from . import _legacy
 from ._check import Checker, CheckResult, Envelope, parse_ip
-from ._enforce import Enforcement, enforce
-from ._headers import MAX_HEADER_BLOCK, header_block
+from ._enforce import Enforcement, enforce, rests_on_rcpts
+from ._headers import MAX_HEADER_BLOCK
 from ._log import CheckLog
-from ._metrics import Metrics, dns_counts
+from ._metrics import Metrics
 from ._reply import build_reply
+from ._slim import build_slim, encode_slim, max_age, wants_slim, with_max_age
 
 log = logging.getLogger("rspamd_regcheck.http")
 
@@ -102,7 +103,10 @@ class App:
         self.active: set[asyncio.Task[Any]] = set()
         self.connections: set[Any] = set()  # HttpProtocol and _legacy.LegacyProtocol
         self.draining = False  # stopping: answer what is asked, then close each connection
-        self._bodies: OrderedDict[tuple[int, int, bool, Enforcement | None], tuple[CheckResult, bytes]] = OrderedDict()
+        # (checker, result, msgpack or None for slim, enforce decision) -> (result, body, entries)
+        self._bodies: OrderedDict[tuple[int, int, bool | None, Enforcement], tuple[CheckResult, bytes, int]] = (
+            OrderedDict()
+        )
         self.check_log = CheckLog(_running_loop())
 
     def authorised(self, headers: list[tuple[str, str]]) -> bool:
@@ -126,20 +130,44 @@ class App:
         return hmac.compare_digest(given.encode("latin-1", "replace"), secret.encode("utf-8"))
 
     def encoded(
-        self, checker: Checker, result: CheckResult, msgpack_reply: bool, enforcement: Enforcement | None = None
+        self, checker: Checker, result: CheckResult, msgpack_reply: bool, enforcement: Enforcement, slim: bool = False
     ) -> bytes:
-        """The reply body for *result*; a reused result's body is encoded once (per enforce decision:
-        it depends on the recipients)."""
+        """The reply body for *result*; a reused result's body is encoded once per enforce decision
+        (it depends on the recipients)."""
+        if slim:
+            return self._slim(checker, result, msgpack_reply, enforcement)
         key = (id(checker), id(result), msgpack_reply, enforcement)
         entry = self._bodies.get(key)
         if entry is not None and entry[0] is result:
             return entry[1]
         reply = build_reply(result.verdict, checker.config, result.queries, enforcement)
         body = msgpack.packb(reply) if msgpack_reply else _json(reply)
-        self._bodies[key] = (result, body)  # holding the result keeps its id from being reused
+        self._remember(key, result, body)
+        return body
+
+    def _slim(self, checker: Checker, result: CheckResult, msgpack_reply: bool, enforcement: Enforcement) -> bytes:
+        """The slim reply (`_slim`): its entries encoded once per result and decision, its max-age each time."""
+        age = max_age(result.valid_until, time.monotonic(), checker.config.max_ttl)
+        if not msgpack_reply:
+            return _json({**self._slim_reply(checker, result, enforcement), "max_age": age})
+        key = (id(checker), id(result), None, enforcement)
+        entry = self._bodies.get(key)
+        if entry is None or entry[0] is not result:
+            reply = self._slim_reply(checker, result, enforcement)
+            entry = (result, encode_slim(reply), len(reply))
+            self._remember(key, result, entry[1], len(reply))
+        return with_max_age(entry[1], entry[2], age)
+
+    @staticmethod
+    def _slim_reply(checker: Checker, result: CheckResult, enforcement: Enforcement) -> dict[str, Any]:
+        return build_slim(result.verdict, enforcement, rests_on_rcpts(result.verdict, checker.enforce_policy))
+
+    def _remember(
+        self, key: tuple[int, int, bool | None, Enforcement], result: CheckResult, body: bytes, count: int = 0
+    ) -> None:
+        self._bodies[key] = (result, body, count)  # holding the result keeps its id from being reused
         if len(self._bodies) > MAX_ENCODED:
             self._bodies.popitem(last=False)
-        return body
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -182,7 +210,7 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
         hostname=single.get("hostname") or None,
         queue_id=single.get("queue-id") or None,
         user=single.get("user") or None,
-        headers=header_block(body) if body else (),
+        raw_headers=body,  # parsed only if Sender ID or a result resting on it needs it
         dkim_domains=tuple(dkim),
     )
 
@@ -248,6 +276,8 @@ class HttpProtocol(asyncio.Protocol):
         self.current: _Request | None = None  # the request being answered
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # loop time the timer fires at
+        self.deadline: float | None = None  # loop time the connection times out at; None: not while checking
         self.closing = False
         self.loop = asyncio.get_running_loop()
         self.sniffed: bytes | None = b""  # the start of the first line; None once it is known to be HTTP
@@ -277,6 +307,9 @@ class HttpProtocol(asyncio.Protocol):
         self.app.connections.discard(self)
         self.closing = True
         self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # the client went away: so does its check
@@ -317,16 +350,29 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)  # never fed again: closing follows
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._timeout)
+        """Time the connection out *seconds* from now.
+
+        The deadline moves with every request, the timer does not: it is set
+        again only when it would fire too late, and when it fires early it
+        waits for the deadline.  So a busy kept-alive connection costs no
+        timer per request (two were armed and cancelled per request before).
+        """
+        deadline = self.deadline = self.loop.time() + seconds
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer, self.timer_at = self.loop.call_at(deadline, self._timeout), deadline
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None  # a timer still set finds nothing due
 
     def _timeout(self) -> None:
         self.timer = None
+        if self.deadline is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer, self.timer_at = self.loop.call_at(self.deadline, self._timeout), self.deadline
+            return
         if self.current is None and not self.queue and self.transport is not None:
             # A slow or idle client: close rather than wait (a check has its own deadline).
             self.closing = True
@@ -425,19 +471,20 @@ class HttpProtocol(asyncio.Protocol):
         except HttpError as exc:
             self.error(exc.status, exc.message)
             return
-        self.task = self.loop.create_task(self.check(env, wants_msgpack(r.headers or [])))
+        headers = r.headers or []
+        self.task = self.loop.create_task(self.check(env, wants_msgpack(headers), wants_slim(headers)))
         self.app.active.add(self.task)
         self.task.add_done_callback(self.app.active.discard)
 
-    async def check(self, env: Envelope, msgpack_reply: bool) -> None:
+    async def check(self, env: Envelope, msgpack_reply: bool, slim: bool = False) -> None:
         started = time.perf_counter()  # uvloop's loop.time() counts whole milliseconds
         checker = self.app.checker  # a reload swaps it for later requests, not this one
         try:
             result = await checker.check(env)
             enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
-            body = self.app.encoded(checker, result, msgpack_reply, enforcement)
+            body = self.app.encoded(checker, result, msgpack_reply, enforcement, slim)
             seconds = time.perf_counter() - started
-            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
+            self.app.metrics.check(result.verdict, seconds, checker)
             if self.app.check_log.enabled:
                 self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask, enforcement)
         except asyncio.CancelledError:

@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import _http
 from ._check import Checker, Envelope
-from ._metrics import dns_counts
 from ._received import Hop, NoHop, outside_hop
 from ._reply import build_reply
 from ._types import IPNetwork
@@ -210,7 +209,7 @@ def envelope_of(request: Request, block: bytes, trusted: Iterable[IPNetwork]) ->
         raise LegacyError(Code.EX_PROTOCOL, exc.message) from None
     if not spamc or request.header("ip") is not None:
         return env, None
-    hop = outside_hop(env.headers, trusted)
+    hop = outside_hop(env.header_fields, trusted)
     if isinstance(hop, Hop):
         env = replace(env, ip=hop.ip, helo=env.helo or hop.helo)
     return env, hop
@@ -572,11 +571,11 @@ class LegacyProtocol(asyncio.Protocol):
             result = await checker.check(env)
             reply = build_reply(result.verdict, checker.config, result.queries)
             seconds = time.perf_counter() - started
-            self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
+            self.app.metrics.check(result.verdict, seconds, checker)
             if self.app.check_log.enabled:
                 self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask)
             if request.line.proto is Proto.RSPAMC:
-                message_id = next((v for n, v in env.headers if n.lower() == "message-id"), None)
+                message_id = next((v for n, v in env.header_fields if n.lower() == "message-id"), None)
                 data = rspamc_reply(reply, checker.config.thresholds.reject, message_id, self._keeps(request))
             else:
                 envelope = "request headers" if hop is None else hop.describe()

@@ -39,7 +39,7 @@ async def _spf(ctx: MethodContext) -> MethodOutcome:
 
 async def _sid(ctx: MethodContext) -> MethodOutcome:
     return await sid_method(
-        ctx.session, ctx.budget, ctx.record, ctx.ip, ctx.helo, ctx.ident, ctx.headers, ctx.spf_alignment,
+        ctx.session, ctx.budget, ctx.record, ctx.ip, ctx.helo, ctx.ident, ctx.header_fields, ctx.spf_alignment,
         ctx.spf_receiver,
     )  # fmt: skip
 

@@ -59,6 +59,7 @@ class Metrics:
         self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._dns_source: Any = None  # where the DNS counters are read at the next flush
         if self.enabled:
             self._m = _make_instruments()
 
@@ -80,9 +81,12 @@ class Metrics:
             self._tally["legacy", f"{protocol}\0{command}", str(code)] += 1
             self._soon()
 
-    def check(self, verdict: Verdict, seconds: float, dns_counts: dict[str, int]) -> None:
+    def check(self, verdict: Verdict, seconds: float, dns_source: Any) -> None:
+        """Count one check.  *dns_source* (a Checker: ``resolver``, ``result_hits``) is read at the
+        next flush: its counters are cumulative, so reading them once a second loses nothing."""
         if not self.enabled:
             return
+        self._dns_source = dns_source
         tally = self._tally
         tally["checks", verdict.seed.action.value, ""] += 1
         self._latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -93,12 +97,17 @@ class Metrics:
             budget = budget or hit.name == "REGCHECK_BUDGET"
         if budget:
             tally["budget", "", ""] += 1
-        for event, total in dns_counts.items():
+        self._soon()
+
+    def _dns_deltas(self) -> None:
+        source, self._dns_source = self._dns_source, None
+        if source is None:
+            return
+        for event, total in dns_counts(source.resolver, source.result_hits).items():
             delta = total - self._last.get(event, 0)
             if delta > 0:
-                tally["dns", event, ""] += delta
+                self._tally["dns", event, ""] += delta
                 self._last[event] = total
-        self._soon()
 
     def flush(self) -> None:
         """Hand the sums over to prometheus_client (its files are what /metrics reads)."""
@@ -107,6 +116,7 @@ class Metrics:
             self._timer = None
         if not self.enabled:
             return
+        self._dns_deltas()
         m = self._m
         for (kind, a, b), n in self._tally.items():
             if kind == "requests":

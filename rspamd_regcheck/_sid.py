@@ -45,6 +45,11 @@ def _mailbox(value: str) -> str | None:
     return boxes[0]
 
 
+def rests_on_pra(methods: Sequence[MethodOutcome]) -> bool:
+    """True when Sender ID ran: the only method that reads the message's headers (its PRA)."""
+    return any(m.method is Method.SID for m in methods)
+
+
 def pra(headers: Headers) -> tuple[str | None, str]:
     """The PRA (RFC 4407 section 2) and the header it came from; (None, why) when there is none.
 

@@ -367,7 +367,7 @@ def test_ip_header_variants():
     assert env.ip == ipaddress.ip_address("2001:db8::1")
     assert env.mail_from == "a@b.example" and env.rcpts == ("x@y.test",)
     assert env.dkim_domains == ("a.example", "b.example", "c.example")
-    assert env.headers == (("From", "z@w.example"),)
+    assert env.header_fields == (("From", "z@w.example"),)
     assert envelope_from_headers([], b"").ip is None
     with pytest.raises(HttpError):
         envelope_from_headers([("IP", "1.2.3")], b"")

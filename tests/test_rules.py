@@ -53,9 +53,10 @@ def test_luacheck():
     assert proc.returncode == 0, proc.stdout
 
 
-def test_lua_unit_tests():
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tests" / "lua").glob("test_*.lua")))
+def test_lua_unit_tests(script):
     proc = subprocess.run(
-        [tool("rspamadm"), "lua", "-a", str(SHIM), str(ROOT / "tests" / "lua" / "test_regcheck.lua")],
+        [tool("rspamadm"), "lua", "-a", str(SHIM), str(ROOT / "tests" / "lua" / script)],
         capture_output=True,
         text=True,
         timeout=60,
