@@ -35,6 +35,7 @@ from ._check import Checker, make_resolver
 from ._http import App, Limits, start_server
 from ._metrics import ENV as METRICS_ENV
 from ._metrics import mark_dead
+from ._policy_server import PolicyServer, start_policy_server
 from .config import Config
 from .errors import ConfigError, RegcheckError
 
@@ -112,6 +113,11 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     checker = Checker(config)
     app = App(checker, limits_of(config), metrics=True, log_mask=config.log_mask_clients)
     server = await start_server(app, host, port, sock=listening_socket(host, port))
+    policy = PolicyServer(app)  # Postfix's policy protocol: a second listener, off by default
+    policy_listen = config.policy_server.listen
+    policy_server = None
+    if policy_listen is not None:
+        policy_server = await start_policy_server(policy, listening_socket(*policy_listen))
     tune_gc()
     stop = asyncio.Event()
 
@@ -135,11 +141,14 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
         await stop.wait()
     finally:
         server.close()  # no new connections; open ones are answered, then close
+        if policy_server is not None:
+            policy_server.close()
         app.draining = True
         if app.active:
             log.warning("draining %d check(s)", len(app.active))
             await asyncio.wait(set(app.active), timeout=DRAIN_SECONDS)
         app.close_idle()
+        policy.close_idle()
         app.check_log.flush()
         app.metrics.flush()
         app.checker.close()
@@ -223,6 +232,8 @@ class Supervisor:
             return
         if new.listen != self.config.listen:
             log.warning("server.listen changed: that takes a restart; still listening on %s:%d", self.host, self.port)
+        if new.policy_server.listen != self.config.policy_server.listen:
+            log.warning("policy_server.listen changed: that takes a restart; kept %s", self.config.policy_server.listen)
         self.config = new
         for pid in list(self.children):
             _signal(pid, signal.SIGHUP)
@@ -294,6 +305,8 @@ def serve(load: Loader, config: Config, host: str, port: int) -> int:
     check_exposure(config, host)
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
     listening_socket(host, port).close()  # fail now on an address in use or not ours
+    if config.policy_server.listen is not None:
+        listening_socket(*config.policy_server.listen).close()
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
     os.environ[METRICS_ENV] = metrics_dir
     try:

@@ -18,10 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from ._policy import CHECK_STATES, DEFAULT_ACTIONS, Kind, PolicySettings
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
 from ._spf import ALIGNMENTS
-from ._types import IPNetwork, Method
+from ._types import Action, IPNetwork, Method
 from .errors import ConfigError
 from .symbols import BY_NAME
 
@@ -98,6 +99,7 @@ class Config:
     skip_authenticated: bool = True
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
+    policy_server: PolicySettings = field(default_factory=PolicySettings)
 
     def with_overrides(
         self,
@@ -174,6 +176,7 @@ class Config:
         lines.append(f"greylist = {t.greylist}")
         lines += ["", "[scores.symbols]"]
         lines += [f"{name} = {score}" for name, score in self.scores.items()]
+        lines += _policy_server_toml(self.policy_server)
         return "\n".join(lines) + "\n"
 
 
@@ -213,6 +216,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         "headers",
         "policy",
         "scores",
+        "policy_server",
     )
     _only(data, "", sections)
     base = Config()
@@ -385,6 +389,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
                 raise ConfigError(f"scores.symbols.{name}", "unknown symbol")
             scores[name] = _number(value, f"scores.symbols.{name}", -1000.0, 1000.0)
         kw["scores"] = scores
+    if "policy_server" in data:
+        kw["policy_server"] = _policy_server(data["policy_server"])
     return replace(base, **kw)
 
 
@@ -548,6 +554,97 @@ def _dnsbl(key: str, value: Any) -> DnsblZone:
     if "ipv6" in table:
         kw["ipv6"] = _bool(table["ipv6"], f"{key}.ipv6")
     return DnsblZone(**kw)
+
+
+_POLICY_KEYS = (
+    "listen",
+    "state",
+    "mode",
+    "actions",
+    "enforce_tempfail",
+    "enforce_no_record",
+    "enforce_invalid_record",
+    "never_reject",
+    "clients",
+    "max_line",
+    "max_attributes",
+    "request_timeout",
+    "idle_timeout",
+    "transactions",
+)
+
+
+def _policy_server(value: Any) -> PolicySettings:
+    """``[policy_server]``: the Postfix policy listener (docs/postfix.md)."""
+    table = _mapping(value, "policy_server")
+    _only(table, "policy_server.", _POLICY_KEYS)
+    kw: dict[str, Any] = {}
+    if "listen" in table:
+        text = _str(table["listen"], "policy_server.listen")
+        kw["listen"] = parse_hostport("policy_server.listen", text, 10040) if text else None
+    if "state" in table:
+        state = _str(table["state"], "policy_server.state").upper()
+        if state not in CHECK_STATES:
+            raise ConfigError("policy_server.state", f"{state!r} is not one of {', '.join(CHECK_STATES)}")
+        kw["state"] = state
+    if "mode" in table:
+        mode = _str(table["mode"], "policy_server.mode")
+        if mode not in MODES:
+            raise ConfigError("policy_server.mode", f"{mode!r} is not one of {', '.join(MODES)}")
+        kw["mode"] = mode
+    if "actions" in table:
+        actions = dict(DEFAULT_ACTIONS)
+        for name, kind in _mapping(table["actions"], "policy_server.actions").items():
+            key = f"policy_server.actions.{name}"
+            try:
+                verdict = Action(name.upper())
+                actions[verdict] = Kind(_str(kind, key).upper())
+            except ValueError:
+                verdicts = ", ".join(a.value for a in Action)
+                kinds = ", ".join(k.value for k in Kind)
+                raise ConfigError(key, f"expected a verdict ({verdicts}) mapped to one of {kinds}") from None
+        kw["actions"] = actions
+    for flag in ("enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
+        if flag in table:
+            kw[flag] = _bool(table[flag], f"policy_server.{flag}")
+    if "never_reject" in table:
+        kw["never_reject"] = tuple(
+            _str_list(table, "policy_server.never_reject", "never_reject", lambda k, v: v.strip().lower())
+        )
+    if "clients" in table:
+        kw["clients"] = tuple(_str_list(table, "policy_server.clients", "clients", _net))
+    if "max_line" in table:
+        kw["max_line"] = _int(table["max_line"], "policy_server.max_line", 512, 1024 * 1024)
+    if "max_attributes" in table:
+        kw["max_attributes"] = _int(table["max_attributes"], "policy_server.max_attributes", 8, 10_000)
+    if "request_timeout" in table:
+        kw["request_timeout"] = _number(table["request_timeout"], "policy_server.request_timeout", 0.1, 3600.0)
+    if "idle_timeout" in table:
+        kw["idle_timeout"] = _number(table["idle_timeout"], "policy_server.idle_timeout", 0.1, 86_400.0)
+    if "transactions" in table:
+        kw["transactions"] = _int(table["transactions"], "policy_server.transactions", 0, 10_000_000)
+    return PolicySettings(**kw)
+
+
+def _policy_server_toml(p: PolicySettings) -> list[str]:
+    listen = ""
+    if p.listen is not None:
+        host, port = p.listen
+        listen = f"{f'[{host}]' if ':' in host else host}:{port}"
+    lines = ["", "[policy_server]", f'listen = "{listen}"', f'state = "{p.state}"']
+    lines.append(f'# mode: {p.mode or "as policy.mode"}' if p.mode is None else f'mode = "{p.mode}"')
+    for flag in ("enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
+        lines.append(f"{flag} = {str(getattr(p, flag)).lower()}")
+    lines.append(f"never_reject = {_toml_list(p.never_reject)}")
+    lines.append(f"clients = {_toml_list(str(n) for n in p.clients)}")
+    lines.append(f"max_line = {p.max_line}")
+    lines.append(f"max_attributes = {p.max_attributes}")
+    lines.append(f"request_timeout = {p.request_timeout}")
+    lines.append(f"idle_timeout = {p.idle_timeout}")
+    lines.append(f"transactions = {p.transactions}")
+    lines += ["", "[policy_server.actions]"]
+    lines += [f'{verdict.value} = "{kind.value}"' for verdict, kind in p.actions.items()]
+    return lines
 
 
 def _code_range(key: str, text: str) -> CodeRange:

@@ -1,0 +1,274 @@
+"""The Postfix policy listener: `_policy`'s protocol on an asyncio Protocol, in the worker.
+
+It shares the worker's `App` (checker, result and DNS caches, metrics, the
+per-check log line, the list of running checks that shutdown waits for).
+One check per Postfix transaction (its ``instance``), run at the first
+request whose ``protocol_state`` has reached ``policy_server.state``; later
+requests of the transaction (more recipients, DATA) reuse it: a refusal is
+repeated for each recipient not protected by ``never_reject``, and each
+answer that may prepend carries the next header not yet sent (Postfix takes
+one header per answer).  Every request is answered: a bad one, or one whose
+check failed, gets ``action=DUNNO`` and a log line, and the connection stays
+open.  Only the idle and request timeouts close a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from ._check import Envelope, parse_ip
+from ._http import App
+from ._lru import TwoGenerationLRU
+from ._metrics import dns_counts
+from ._policy import (
+    DUNNO,
+    BadRequest,
+    Kind,
+    PolicyRequest,
+    PolicySettings,
+    Reply,
+    RequestReader,
+    policy_action,
+    respond,
+    state_rank,
+)
+from ._types import Verdict
+
+log = logging.getLogger("rspamd_regcheck.policy")
+METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
+MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
+
+
+@dataclass
+class Transaction:
+    """One Postfix transaction: its verdict and the headers still to prepend."""
+
+    verdict: Verdict
+    state: str  # the protocol_state at which the check ran
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PolicyServer:
+    """What the policy connections of one worker share besides the `App`."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.connections: set[PolicyProtocol] = set()
+        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
+            self.settings.transactions
+        )
+
+    @property
+    def settings(self) -> PolicySettings:
+        return self.app.checker.config.policy_server  # a reload applies to the next request
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.task is None and conn.transport is not None:
+                conn.transport.close()
+
+    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
+        """The reply to one request (never raises but for cancellation)."""
+        if isinstance(request, BadRequest):
+            log.warning("bad policy request answered DUNNO: %s", request.reason)
+            return DUNNO
+        try:
+            return await self._answer(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: answer, log, keep serving (STYLE item 9)
+            log.exception("policy request failed for client=%s", request.get("client_address")[:64])
+            return DUNNO
+
+    async def _answer(self, r: PolicyRequest) -> Reply:
+        settings = self.settings
+        state = r.get("protocol_state").strip().upper()
+        rank = state_rank(state)
+        instance = r.get("instance")
+        key = (instance, r.get("client_address"), r.get("helo_name"), r.get("sender"))
+        txn = self._transactions.get(key) if instance else None
+        if txn is None:
+            if rank < state_rank(settings.state):
+                return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
+            checked = await self._check(r, state, settings.mode or self.app.checker.config.mode)
+            if checked is None:
+                return DUNNO
+            txn = checked
+            if instance:
+                self._transactions.put(key, txn)
+        checker = self.app.checker
+        mode = settings.mode or checker.config.mode
+        kind = policy_action(txn.verdict, settings, mode)
+        # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
+        # never at DATA or END-OF-MESSAGE after recipients were accepted (postmaster@ among them).
+        may_refuse = state == txn.state or (state == "RCPT" and txn.state == "MAIL")
+        recipient: str | None = None
+        if state == "RCPT" or r.get("recipient_count") == "1":
+            recipient = r.get("recipient") or None
+        reply = respond(
+            kind,
+            txn.verdict,
+            recipient=recipient,
+            may_refuse=may_refuse,
+            never_reject=settings.never_reject,
+            header=txn.headers[0] if txn.headers else None,
+            may_prepend=state != "END-OF-MESSAGE",
+            client=r.get("client_address") or None,
+            address=r.get("recipient") or r.get("sender"),
+        )
+        if reply.kind is Kind.PREPEND:
+            txn.headers.pop(0)
+        return reply
+
+    async def _check(self, r: PolicyRequest, state: str, mode: str) -> Transaction | None:
+        try:
+            ip = parse_ip(r.get("client_address"))
+        except ValueError:
+            log.warning(
+                "policy request answered DUNNO: client_address %r is not an IP address", r.get("client_address")[:64]
+            )
+            return None
+        sender = r.get("sender").strip()
+        client_name = r.get("client_name")
+        env = Envelope(
+            ip=ip,
+            helo=r.get("helo_name").strip() or None,
+            mail_from=sender.strip("<>") if "sender" in r.attrs else None,
+            rcpts=(r.get("recipient"),) if r.get("recipient") else (),
+            hostname=client_name if client_name and client_name != "unknown" else None,
+            queue_id=r.get("queue_id") or None,
+            user=r.get("sasl_username") or None,
+        )
+        app = self.app
+        checker = app.checker
+        started = time.perf_counter()
+        result = await checker.check(env)
+        seconds = time.perf_counter() - started
+        app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
+        if app.check_log.enabled:
+            app.check_log.check(env, result, seconds, mode, app.log_mask)
+        return Transaction(result.verdict, state, list(result.verdict.add_headers))
+
+
+class PolicyProtocol(asyncio.Protocol):
+    """One Postfix connection: requests answered in order, one check at a time."""
+
+    def __init__(self, server: PolicyServer):
+        self.server = server
+        settings = server.settings
+        self.settings = settings
+        self.reader = RequestReader(settings.max_line, settings.max_attributes)
+        self.queue: deque[PolicyRequest | BadRequest] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if not self._allowed(peer):
+            log.warning("policy connection from %s refused: not in policy_server.clients", peer and peer[0])
+            self.transport.close()
+            return
+        if len(self.server.connections) >= self.server.app.limits.connections:
+            log.warning("policy connection refused: %d connections open", len(self.server.connections))
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm()
+
+    def _allowed(self, peer: Any) -> bool:
+        if not isinstance(peer, tuple) or not peer:
+            return True  # not an IP socket (a test's socketpair): nobody else can reach it
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.settings.clients)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._disarm()
+        self.queue.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # Postfix went away: so does the check
+
+    def data_received(self, data: bytes) -> None:
+        self.queue.extend(self.reader.feed(data))
+        if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        if self.queue and self.task is None:
+            self.task = self.loop.create_task(self._serve())
+            self.server.app.active.add(self.task)
+            self.task.add_done_callback(self.server.app.active.discard)
+        self._arm()
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and self.transport is not None and not self.transport.is_closing():
+                request = self.queue.popleft()
+                reply = await self.server.answer(request)
+                status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
+                self.server.app.metrics.request(METRIC_PATH, status)
+                self.transport.write(reply.line())
+                if self.paused and len(self.queue) < MAX_QUEUED // 2:
+                    self.paused = False
+                    self.transport.resume_reading()
+        finally:
+            self.task = None
+            if self.server.app.draining and self.transport is not None:
+                self.transport.close()
+            else:
+                self._arm()
+
+    # -- timers: idle between requests, and a whole request within request_timeout -------------
+
+    def _arm(self) -> None:
+        if self.task is not None:
+            self._disarm()  # a check has its own deadline
+            return
+        seconds = self.settings.request_timeout if self.reader.in_request else self.settings.idle_timeout
+        if self.timer is not None and self.timer_seconds == seconds:
+            return  # already counting (a request's time runs from its first byte)
+        self._disarm()
+        self.timer_seconds = seconds
+        self.timer = self.loop.call_later(seconds, self._timeout)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    timer_seconds = 0.0
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.task is None and self.transport is not None:
+            if self.reader.in_request:
+                log.warning("policy request not finished within %.0f s: closing", self.settings.request_timeout)
+            self.transport.close()
+
+
+async def start_policy_server(server: PolicyServer, sock: socket.socket) -> asyncio.Server:
+    """Serve policy connections on the listening *sock*."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.Protocol:
+        return PolicyProtocol(server)
+
+    return await loop.create_server(factory, sock=sock)
