@@ -583,15 +583,9 @@ def _policy_server(value: Any) -> PolicySettings:
         text = _str(table["listen"], "policy_server.listen")
         kw["listen"] = parse_hostport("policy_server.listen", text, 10040) if text else None
     if "state" in table:
-        state = _str(table["state"], "policy_server.state").upper()
-        if state not in CHECK_STATES:
-            raise ConfigError("policy_server.state", f"{state!r} is not one of {', '.join(CHECK_STATES)}")
-        kw["state"] = state
+        kw["state"] = _choice(_str(table["state"], "policy_server.state").upper(), "policy_server.state", CHECK_STATES)
     if "mode" in table:
-        mode = _str(table["mode"], "policy_server.mode")
-        if mode not in MODES:
-            raise ConfigError("policy_server.mode", f"{mode!r} is not one of {', '.join(MODES)}")
-        kw["mode"] = mode
+        kw["mode"] = _choice(table["mode"], "policy_server.mode", MODES)
     if "actions" in table:
         actions = dict(DEFAULT_ACTIONS)
         for name, kind in _mapping(table["actions"], "policy_server.actions").items():
@@ -626,13 +620,20 @@ def _policy_server(value: Any) -> PolicySettings:
     return PolicySettings(**kw)
 
 
+def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    text = _str(value, key)
+    if text not in choices:
+        raise ConfigError(key, f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
 def _policy_server_toml(p: PolicySettings) -> list[str]:
     listen = ""
     if p.listen is not None:
         host, port = p.listen
         listen = f"{f'[{host}]' if ':' in host else host}:{port}"
     lines = ["", "[policy_server]", f'listen = "{listen}"', f'state = "{p.state}"']
-    lines.append(f'# mode: {p.mode or "as policy.mode"}' if p.mode is None else f'mode = "{p.mode}"')
+    lines.append("# mode: as policy.mode" if p.mode is None else f'mode = "{p.mode}"')
     for flag in ("enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
         lines.append(f"{flag} = {str(getattr(p, flag)).lower()}")
     lines.append(f"never_reject = {_toml_list(p.never_reject)}")
