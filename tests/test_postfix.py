@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postfix_procs import PrivatePostfix, postfix_installed, wait_port
 
 from conftest import free_port
+from postfix_procs import PrivatePostfix, postfix_installed, wait_port
 from rspamd_procs import Proc, start_worker
 
 pytestmark = pytest.mark.skipif(
