@@ -48,10 +48,11 @@ class PrivatePostfix:
     """master(8) with its own main.cf/master.cf, and smtp-sink capturing what it delivers.
 
     *services* maps a name to (port, smtpd_recipient_restrictions, smtpd_data_restrictions):
-    one smtpd listener each, so one Postfix can show several policy set-ups.
+    one smtpd listener each, so one Postfix can show several policy set-ups; a service
+    whose restrictions are None uses main.cf's, which end with *main_cf* (contrib/postfix/).
     """
 
-    def __init__(self, services: dict[str, tuple[int, str, str]], sink_port: int):
+    def __init__(self, services: dict[str, tuple[int, str | None, str | None]], sink_port: int, main_cf: str = ""):
         # Postfix's daemons run as the postfix user: every directory up to the queue must let
         # it through, which pytest's 0700 tmp_path does not.
         base = self.base = Path(tempfile.mkdtemp(prefix="regcheck-postfix-"))
@@ -107,13 +108,13 @@ class PrivatePostfix:
             "postlog   unix-dgram n - n - 1 postlogd",
         ]
         for name, (port, rcpt, data) in services.items():
-            main.append(f"{name}_rcpt = {rcpt}")
-            main.append(f"{name}_data = {data}")
-            master.append(
-                f"127.0.0.1:{port} inet n - n - - smtpd\n"
-                f"  -o smtpd_recipient_restrictions=${name}_rcpt\n  -o smtpd_data_restrictions=${name}_data"
-            )
-        (self.etc / "main.cf").write_text("\n".join(main) + "\n")
+            master.append(f"127.0.0.1:{port} inet n - n - - smtpd")
+            if rcpt is not None:
+                main += [f"{name}_rcpt = {rcpt}", f"{name}_data = {data or ''}"]
+                master.append(
+                    f"  -o smtpd_recipient_restrictions=${name}_rcpt\n  -o smtpd_data_restrictions=${name}_data"
+                )
+        (self.etc / "main.cf").write_text("\n".join(main) + "\n" + main_cf)
         (self.etc / "master.cf").write_text("\n".join(master) + "\n")
         # `postfix check` creates the queue's directories with Postfix's own owners and modes.
         subprocess.run(["postfix", "-c", str(self.etc), "check"], capture_output=True, timeout=60, check=False)
@@ -159,3 +160,12 @@ class PrivatePostfix:
 
     def log(self) -> str:
         return self.maillog.read_text(errors="replace") if self.maillog.exists() else ""
+
+    def logged(self, text: str, timeout: float = 10.0) -> bool:
+        """Whether *text* shows in Postfix's log (postlogd writes it a moment later)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True

@@ -27,16 +27,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 REG = "id.regcheck.test"
+CONTRIB = Path(__file__).parent.parent / "contrib" / "postfix"
 POLICY = "check_policy_service {{ inet:127.0.0.1:{port}, default_action=DUNNO, timeout=10s, try_limit=1 }}"
 
 
 def start_policy_worker(base: Path, knot, policy_port: int) -> Proc:  # type: ignore[no-untyped-def]
-    """`rspamd-regcheck serve` in enforce mode with the policy listener on *policy_port*."""
+    """`rspamd-regcheck serve` with contrib/postfix/regcheck.toml's [policy_server] on *policy_port*."""
+    policy = (CONTRIB / "regcheck.toml").read_text().replace("127.0.0.1:10040", f"127.0.0.1:{policy_port}")
+    assert str(policy_port) in policy
     config = (
         f'[registry]\nzones = ["{REG}"]\n'
         f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
-        '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n'
-        f'[policy_server]\nlisten = "127.0.0.1:{policy_port}"\nmode = "enforce"\n'
+        '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n' + policy
     )
     worker = start_worker(base, "worker", config, free_port())
     wait_port(policy_port, worker)
@@ -54,13 +56,16 @@ def mta(knot, tmp_path_factory) -> Iterator[tuple[PrivatePostfix, Proc]]:  # typ
     base = tmp_path_factory.mktemp("postfix")
     policy_port, dead_port = free_port(), free_port()
     worker = start_policy_worker(base, knot, policy_port)
-    services = {
-        "main": (free_port(), POLICY.format(port=policy_port), POLICY.format(port=policy_port)),
+    # the main service runs on contrib/postfix/main.cf's lines, as an admin would add them
+    snippet = (CONTRIB / "main.cf").read_text().replace("inet:127.0.0.1:10040", f"inet:127.0.0.1:{policy_port}")
+    assert str(policy_port) in snippet
+    services: dict[str, tuple[int, str | None, str | None]] = {
+        "main": (free_port(), None, None),
         # nothing listens on dead_port: Postfix's default_action (DUNNO here) decides
         "down": (free_port(), POLICY.format(port=dead_port), ""),
     }
     try:
-        postfix = PrivatePostfix(services, free_port())
+        postfix = PrivatePostfix(services, free_port(), snippet)
     except Exception:
         worker.stop()
         raise
@@ -96,7 +101,7 @@ def test_reject_at_rcpt_with_the_workers_text_and_no_data(mta) -> None:  # type:
         "5.7.1 <user@dest.test>: Recipient address rejected: "
         "Host 208.20.133.32 is not authorised to send mail for 'heaven.net' (QR1)"
     )
-    assert "NOQUEUE: reject: RCPT from unknown[208.20.133.32]: 550 5.7.1" in postfix.log()
+    assert postfix.logged("NOQUEUE: reject: RCPT from unknown[208.20.133.32]: 550 5.7.1"), postfix.log()
 
 
 def test_postmaster_is_never_refused_and_gets_the_header(mta) -> None:  # type: ignore[no-untyped-def]
@@ -179,4 +184,4 @@ def test_worker_down_gives_postfix_default_action(mta) -> None:  # type: ignore[
         s.quit()
     message = postfix.delivered(marker)
     assert "X-Regcheck" not in message
-    assert "problem talking to server 127.0.0.1:" in postfix.log()
+    assert postfix.logged("problem talking to server 127.0.0.1:"), postfix.log()
