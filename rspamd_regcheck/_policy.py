@@ -58,7 +58,7 @@ class Kind(enum.Enum):
 
     @property
     def refusal(self) -> bool:
-        return self in (Kind.REJECT, Kind.DEFER_IF_PERMIT, Kind.DEFER)
+        return self is Kind.REJECT or self is Kind.DEFER_IF_PERMIT or self is Kind.DEFER
 
 
 DEFAULT_ACTIONS: Mapping[Action, Kind] = {
@@ -112,6 +112,7 @@ class BadRequest:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_LINE = re.compile(r"^[ \t]*([A-Za-z0-9_.\-]{1,64})[ \t]*=([^\r\n]*)$", re.M)  # a good line, as _line reads it
 
 
 class RequestReader:
@@ -138,6 +139,11 @@ class RequestReader:
             self._started = True
         self._buf += data
         while True:
+            if not self._attrs and self._error is None and not self._skipping:
+                whole = self._whole_request()
+                if whole is not None:
+                    out.append(whole)
+                    continue
             end = self._buf.find(b"\n")
             if end < 0:
                 if len(self._buf) > self.max_line:
@@ -159,6 +165,26 @@ class RequestReader:
         if not self._buf and not self._attrs and self._error is None and not self._skipping:
             self._started = False
         return out
+
+    def _whole_request(self) -> PolicyRequest | BadRequest | None:
+        """The common case at once: a whole request of good lines at the head of the buffer.
+
+        None when there is none, or when a line needs the line-by-line path (an error to name,
+        CRLF line ends); that path then reads the same bytes and decides.
+        """
+        end = self._buf.find(b"\n\n")
+        if end <= 0 or end > self.max_line * self.max_attributes:
+            return None
+        block = bytes(self._buf[:end])
+        text = block.decode("utf-8", "replace")
+        pairs = _LINE.findall(text)
+        if len(pairs) != text.count("\n") + 1 or len(pairs) > self.max_attributes:
+            return None
+        if end > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
+            return None
+        del self._buf[: end + 2]
+        self._attrs = dict(pairs)
+        return self._finish()
 
     def _fail(self, reason: str) -> None:
         if self._error is None:
@@ -259,6 +285,8 @@ _SPACES = re.compile(r"\s{2,}")
 
 def printable(text: str) -> str:
     """*text* with every character outside printable ASCII replaced (never a line break)."""
+    if text.isascii() and text.isprintable() and "  " not in text and text == text.strip():
+        return text
     return _SPACES.sub(" ", _UNSAFE.sub("?", text.replace("\t", " "))).strip()
 
 

@@ -89,29 +89,30 @@ class PolicyServer:
 
     async def _answer(self, r: PolicyRequest) -> Reply:
         settings = self.settings
-        state = r.get("protocol_state").strip().upper()
-        rank = state_rank(state)
-        instance = r.get("instance")
-        key = (instance, r.get("client_address"), r.get("helo_name"), r.get("sender"))
+        a = r.attrs
+        state = a.get("protocol_state", "").strip().upper()
+        instance = a.get("instance", "")
+        key = (instance, a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
         txn = self._transactions.get(key) if instance else None
+        mode = settings.mode or self.app.checker.config.mode
         if txn is None:
-            if rank < state_rank(settings.state):
+            if state_rank(state) < state_rank(settings.state):
                 return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
-            checked = await self._check(r, state, settings.mode or self.app.checker.config.mode)
+            checked = await self._check(r, state, mode)
             if checked is None:
                 return DUNNO
             txn = checked
             if instance:
                 self._transactions.put(key, txn)
-        checker = self.app.checker
-        mode = settings.mode or checker.config.mode
         kind = policy_action(txn.verdict, settings, mode)
+        if kind is Kind.DUNNO:
+            return DUNNO
         # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
         # never at DATA or END-OF-MESSAGE after recipients were accepted (postmaster@ among them).
         may_refuse = state == txn.state or (state == "RCPT" and txn.state == "MAIL")
         recipient: str | None = None
-        if state == "RCPT" or r.get("recipient_count") == "1":
-            recipient = r.get("recipient") or None
+        if state == "RCPT" or a.get("recipient_count") == "1":
+            recipient = a.get("recipient") or None
         reply = respond(
             kind,
             txn.verdict,
@@ -120,8 +121,8 @@ class PolicyServer:
             never_reject=settings.never_reject,
             header=txn.headers[0] if txn.headers else None,
             may_prepend=state != "END-OF-MESSAGE",
-            client=r.get("client_address") or None,
-            address=r.get("recipient") or r.get("sender"),
+            client=a.get("client_address") or None,
+            address=a.get("recipient") or a.get("sender"),
         )
         if reply.kind is Kind.PREPEND:
             txn.headers.pop(0)
