@@ -44,6 +44,7 @@ from ._types import Verdict
 log = logging.getLogger("rspamd_regcheck.policy")
 METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
 MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
+BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
 
 
 @dataclass
@@ -61,6 +62,8 @@ class PolicyServer:
     def __init__(self, app: App):
         self.app = app
         self.connections: set[PolicyProtocol] = set()
+        self._bad_logged = -BAD_LOG_SECONDS
+        self._bad_unlogged = 0
         self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
             self.settings.transactions
         )
@@ -68,6 +71,16 @@ class PolicyServer:
     @property
     def settings(self) -> PolicySettings:
         return self.app.checker.config.policy_server  # a reload applies to the next request
+
+    def _log_bad(self, reason: str) -> None:
+        """Log a bad request; at most one line a second, so a flood cannot flood the log."""
+        now = time.monotonic()
+        if now - self._bad_logged < BAD_LOG_SECONDS:
+            self._bad_unlogged += 1
+            return
+        more = f" (and {self._bad_unlogged} more since the last line)" if self._bad_unlogged else ""
+        log.warning("bad policy request answered DUNNO: %s%s", reason, more)
+        self._bad_logged, self._bad_unlogged = now, 0
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -77,7 +90,7 @@ class PolicyServer:
     async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
         """The reply to one request (never raises but for cancellation)."""
         if isinstance(request, BadRequest):
-            log.warning("bad policy request answered DUNNO: %s", request.reason)
+            self._log_bad(request.reason)
             return DUNNO
         try:
             return await self._answer(request)

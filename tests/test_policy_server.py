@@ -164,11 +164,17 @@ def test_hostile_requests_answered_and_the_session_goes_on(worker: Worker, attac
     assert after == [REJECT_TEXT]
 
 
-def test_bad_request_is_logged(worker: Worker) -> None:
-    with worker.connect() as s:
-        assert ask(s, b"hello there\n\n") == ["action=DUNNO"]
-    time.sleep(0.2)
-    assert "bad policy request answered DUNNO: not a name=value line" in worker.proc.log_path.read_text()
+def test_bad_requests_are_logged_at_most_once_a_second(other) -> None:  # type: ignore[no-untyped-def]
+    w = other()
+    with w.connect() as s:
+        assert ask(s, b"hello there\n\n" * 50, answers=50) == ["action=DUNNO"] * 50
+        time.sleep(1.1)
+        assert ask(s, b"request=smtpd_access_policy\n=x\n\n") == ["action=DUNNO"]
+    time.sleep(0.3)
+    lines = [line for line in w.proc.log_path.read_text().splitlines() if "bad policy request" in line]
+    assert len(lines) == 2, lines
+    assert "not a name=value line: b'hello there'" in lines[0]
+    assert "(and 49 more since the last line)" in lines[1]
 
 
 def test_unfinished_request_times_out(worker: Worker) -> None:
