@@ -145,9 +145,7 @@ class PolicyServer:
         try:
             ip = parse_ip(r.get("client_address"))
         except ValueError:
-            log.warning(
-                "policy request answered DUNNO: client_address %r is not an IP address", r.get("client_address")[:64]
-            )
+            self._log_bad(f"client_address {r.get('client_address')[:64]!r} is not an IP address")
             return None
         sender = r.get("sender").strip()
         client_name = r.get("client_name")

@@ -102,6 +102,10 @@ def test_reject_at_rcpt_with_the_workers_text_and_no_data(mta) -> None:  # type:
         "Host 208.20.133.32 is not authorised to send mail for 'heaven.net' (QR1)"
     )
     assert postfix.logged("NOQUEUE: reject: RCPT from unknown[208.20.133.32]: 550 5.7.1"), postfix.log()
+    # Postfix's own count of the session's commands: the one RCPT refused, no DATA
+    assert postfix.logged("disconnect from unknown[208.20.133.32]"), postfix.log()
+    (summary,) = [line for line in postfix.log().splitlines() if "disconnect from unknown[208.20.133.32]" in line]
+    assert " rcpt=0/1 " in summary and "data" not in summary, summary
 
 
 def test_postmaster_is_never_refused_and_gets_the_header(mta) -> None:  # type: ignore[no-untyped-def]
