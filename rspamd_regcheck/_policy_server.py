@@ -20,10 +20,11 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ._check import Envelope, parse_ip
+from ._check import CheckResult, Envelope, parse_ip
 from ._http import App
 from ._lru import TwoGenerationLRU
 from ._metrics import dns_counts
@@ -87,37 +88,72 @@ class PolicyServer:
             if conn.task is None and conn.transport is not None:
                 conn.transport.close()
 
-    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
-        """The reply to one request (never raises but for cancellation)."""
+    def answer_now(self, request: PolicyRequest | BadRequest) -> Reply | None:
+        """The reply when it needs no waiting: a bad request, a state before the check, a
+        transaction already checked, or a result the checker can reuse.  None when a check
+        must run (`answer` runs it).  Never raises."""
         if isinstance(request, BadRequest):
             self._log_bad(request.reason)
             return DUNNO
         try:
-            return await self._answer(request)
+            return self._answer_now(request)
+        except Exception:  # a bug: answer, log, keep serving (STYLE item 9)
+            log.exception("policy request failed for client=%s", request.get("client_address")[:64])
+            return DUNNO
+
+    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
+        """The reply to one request, running the check when it must (never raises but for cancellation)."""
+        reply = self.answer_now(request)
+        if reply is not None:
+            return reply
+        assert isinstance(request, PolicyRequest)  # a bad request is answered at once
+        try:
+            return await self._answer_checked(request)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: answer, log, keep serving (STYLE item 9)
             log.exception("policy request failed for client=%s", request.get("client_address")[:64])
             return DUNNO
 
-    async def _answer(self, r: PolicyRequest) -> Reply:
+    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:
+        return (a.get("instance", ""), a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
+
+    def _answer_now(self, r: PolicyRequest) -> Reply | None:
         settings = self.settings
         a = r.attrs
         state = a.get("protocol_state", "").strip().upper()
-        instance = a.get("instance", "")
-        key = (instance, a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
-        txn = self._transactions.get(key) if instance else None
-        mode = settings.mode or self.app.checker.config.mode
+        key = self._transaction_key(a)
+        txn = self._transactions.get(key) if key[0] else None
         if txn is None:
             if state_rank(state) < state_rank(settings.state):
                 return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
-            checked = await self._check(r, state, mode)
-            if checked is None:
+            env = self._envelope(r)
+            if env is None:
                 return DUNNO
-            txn = checked
-            if instance:
-                self._transactions.put(key, txn)
-        kind = policy_action(txn.verdict, settings, mode)
+            started = time.perf_counter()
+            result = self.app.checker.reused(env)
+            if result is None:
+                return None
+            txn = self._checked(key, env, result, time.perf_counter() - started, state)
+        return self._reply(r, txn, state)
+
+    async def _answer_checked(self, r: PolicyRequest) -> Reply:
+        state = r.get("protocol_state").strip().upper()
+        env = self._envelope(r)
+        assert env is not None  # _answer_now answered DUNNO otherwise
+        started = time.perf_counter()
+        result = await self.app.checker.check(env)
+        txn = self._checked(self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
+        return self._reply(r, txn, state)
+
+    def _mode(self) -> str:
+        return self.settings.mode or self.app.checker.config.mode
+
+    def _reply(self, r: PolicyRequest, txn: Transaction, state: str) -> Reply:
+        """The answer to one request of a checked transaction; a prepended header is spent."""
+        settings = self.settings
+        a = r.attrs
+        kind = policy_action(txn.verdict, settings, self._mode())
         if kind is Kind.DUNNO:
             return DUNNO
         # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
@@ -141,32 +177,40 @@ class PolicyServer:
             txn.headers.pop(0)
         return reply
 
-    async def _check(self, r: PolicyRequest, state: str, mode: str) -> Transaction | None:
+    def _envelope(self, r: PolicyRequest) -> Envelope | None:
+        """The check's input from Postfix's attributes; None (logged) for a client_address that is no IP."""
+        a = r.attrs
         try:
-            ip = parse_ip(r.get("client_address"))
+            ip = parse_ip(a.get("client_address"))
         except ValueError:
-            self._log_bad(f"client_address {r.get('client_address')[:64]!r} is not an IP address")
+            self._log_bad(f"client_address {a.get('client_address', '')[:64]!r} is not an IP address")
             return None
-        sender = r.get("sender").strip()
-        client_name = r.get("client_name")
-        env = Envelope(
+        sender = a.get("sender")
+        client_name = a.get("client_name")
+        recipient = a.get("recipient")
+        return Envelope(
             ip=ip,
-            helo=r.get("helo_name").strip() or None,
-            mail_from=sender.strip("<>") if "sender" in r.attrs else None,
-            rcpts=(r.get("recipient"),) if r.get("recipient") else (),
+            helo=a.get("helo_name", "").strip() or None,
+            mail_from=None if sender is None else sender.strip().strip("<>"),
+            rcpts=(recipient,) if recipient else (),
             hostname=client_name if client_name and client_name != "unknown" else None,
-            queue_id=r.get("queue_id") or None,
-            user=r.get("sasl_username") or None,
+            queue_id=a.get("queue_id") or None,
+            user=a.get("sasl_username") or None,
         )
+
+    def _checked(
+        self, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+    ) -> Transaction:
+        """Count and log a check (as the HTTP listener does) and remember its transaction."""
         app = self.app
         checker = app.checker
-        started = time.perf_counter()
-        result = await checker.check(env)
-        seconds = time.perf_counter() - started
         app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
         if app.check_log.enabled:
-            app.check_log.check(env, result, seconds, mode, app.log_mask)
-        return Transaction(result.verdict, state, list(result.verdict.add_headers))
+            app.check_log.check(env, result, seconds, self._mode(), app.log_mask)
+        txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
+        if key[0]:
+            self._transactions.put(key, txn)
+        return txn
 
 
 class PolicyProtocol(asyncio.Protocol):
@@ -181,6 +225,9 @@ class PolicyProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = float("inf")
+        self.last_activity = 0.0
+        self.request_started: float | None = None
         self.paused = False
         self.loop = asyncio.get_running_loop()
 
@@ -199,7 +246,8 @@ class PolicyProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm()
+        self.last_activity = self.loop.time()
+        self._arm_at(self.last_activity + self.settings.idle_timeout)
 
     def _allowed(self, peer: Any) -> bool:
         if not isinstance(peer, tuple) or not peer:
@@ -214,13 +262,24 @@ class PolicyProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
-        self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.queue.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()  # Postfix went away: so does the check
 
     def data_received(self, data: bytes) -> None:
-        self.queue.extend(self.reader.feed(data))
+        now = self.loop.time()
+        self.last_activity = now
+        items = self.reader.feed(data)
+        for item in items:
+            if self.task is None and not self.queue:
+                reply = self.server.answer_now(item)
+                if reply is not None:  # no waiting: answered here, without a task
+                    self._write(item, reply)
+                    continue
+            self.queue.append(item)
         if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -228,52 +287,65 @@ class PolicyProtocol(asyncio.Protocol):
             self.task = self.loop.create_task(self._serve())
             self.server.app.active.add(self.task)
             self.task.add_done_callback(self.server.app.active.discard)
-        self._arm()
+        if self.reader.in_request:
+            if self.request_started is None or items:
+                self.request_started = now  # a request's time runs from its first byte
+            due = self.request_started + self.settings.request_timeout
+            if due < self.timer_due:
+                self._arm_at(due)
+        else:
+            self.request_started = None
+
+    def _write(self, request: PolicyRequest | BadRequest, reply: Reply) -> None:
+        status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
+        self.server.app.metrics.request(METRIC_PATH, status)
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(reply.line())
+        self.last_activity = self.loop.time()
+        if self.server.app.draining and not self.queue:
+            self.transport.close()
 
     async def _serve(self) -> None:
         try:
             while self.queue and self.transport is not None and not self.transport.is_closing():
                 request = self.queue.popleft()
-                reply = await self.server.answer(request)
-                status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
-                self.server.app.metrics.request(METRIC_PATH, status)
-                self.transport.write(reply.line())
+                self._write(request, await self.server.answer(request))
                 if self.paused and len(self.queue) < MAX_QUEUED // 2:
                     self.paused = False
                     self.transport.resume_reading()
         finally:
             self.task = None
-            if self.server.app.draining and self.transport is not None:
-                self.transport.close()
-            else:
-                self._arm()
 
-    # -- timers: idle between requests, and a whole request within request_timeout -------------
+    # -- one timer: idle between requests, a whole request within request_timeout -------------
+    # It is not moved for every request (that would cost a timer per request): when it fires
+    # early, it looks at the last activity and sets itself again.
 
-    def _arm(self) -> None:
-        if self.task is not None:
-            self._disarm()  # a check has its own deadline
-            return
-        seconds = self.settings.request_timeout if self.reader.in_request else self.settings.idle_timeout
-        if self.timer is not None and self.timer_seconds == seconds:
-            return  # already counting (a request's time runs from its first byte)
-        self._disarm()
-        self.timer_seconds = seconds
-        self.timer = self.loop.call_later(seconds, self._timeout)
-
-    def _disarm(self) -> None:
+    def _arm_at(self, due: float) -> None:
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = None
-
-    timer_seconds = 0.0
+        self.timer_due = due
+        self.timer = self.loop.call_at(due, self._timeout)
 
     def _timeout(self) -> None:
         self.timer = None
-        if self.task is None and self.transport is not None:
-            if self.reader.in_request:
-                log.warning("policy request not finished within %.0f s: closing", self.settings.request_timeout)
-            self.transport.close()
+        self.timer_due = float("inf")
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.task is not None:  # a check is running (it has its own deadline)
+            self._arm_at(now + self.settings.idle_timeout)
+            return
+        if self.request_started is not None:
+            due = self.request_started + self.settings.request_timeout
+        else:
+            due = self.last_activity + self.settings.idle_timeout
+        if now < due:
+            self._arm_at(due)
+            return
+        if self.request_started is not None:
+            log.warning("policy request not finished within %.0f s: closing", self.settings.request_timeout)
+        self.transport.close()
 
 
 async def start_policy_server(server: PolicyServer, sock: socket.socket) -> asyncio.Server:
