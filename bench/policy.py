@@ -367,6 +367,10 @@ def report(rounds: list[dict[str, float]], started: str, seconds: float) -> str:
             lines.append(f"| {label} | {rng(ours)} | {rng(peer)} | {ratio:.1f}x | >= {target:.0f}x | {verdict} |")
     lines += [
         "",
+        "Warm does not mean the same work (shared peer-perf notes the same): ours reuses the check's result while",
+        "every DNS answer it rests on is cached; policyd-spf's dnspython cache answers every lookup, but it",
+        "evaluates SPF (HELO and MAIL FROM) on every request.",
+        "",
         "The floor (a bare asyncio server answering a fixed PREPEND without parsing or checking, same",
         f"driver): {rng('floor one')} requests/s on 1 connection, {rng('floor many')} on {MANY}. On one",
         "connection every request waits for two process wake-ups on shared cores, whoever answers.",

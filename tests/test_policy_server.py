@@ -267,3 +267,16 @@ def test_rspamd_after_policy_asks_no_dns(knot, worker: Worker) -> None:  # type:
         status, _, reply = read_reply(h)
     assert status == 200 and b"REGCHECK_SPF_ALLOW" in reply
     assert knot.queries() == before
+
+
+def test_shutdown_with_postfix_connected_is_clean(other) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    w = other()
+    with w.connect() as s:
+        assert ask(s, request(**ACCEPTED, instance="sd", recipient="u@d.test")) == [PASS_HEADER]
+        w.proc.proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        assert s.recv(100) == b""  # closed as the worker stops, not left hanging
+        assert time.monotonic() - started < 15.0
+    assert w.proc.proc.wait(timeout=20) == 0
