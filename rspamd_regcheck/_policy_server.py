@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from ._check import CheckResult, Envelope, parse_ip
 from ._http import App
+from ._log import CHECK_LOGGER
 from ._lru import TwoGenerationLRU
 from ._metrics import dns_counts
 from ._policy import (
@@ -43,6 +44,7 @@ from ._policy import (
 from ._types import Verdict
 
 log = logging.getLogger("rspamd_regcheck.policy")
+_CHECK_LOGGER = logging.getLogger(CHECK_LOGGER)
 METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
 MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
 BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
@@ -205,7 +207,7 @@ class PolicyServer:
         app = self.app
         checker = app.checker
         app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
-        if app.check_log.enabled:
+        if _CHECK_LOGGER.isEnabledFor(logging.INFO):  # CheckLog.enabled, without getLogger's lock per check
             app.check_log.check(env, result, seconds, self._mode(), app.log_mask)
         txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
         if key[0]:
