@@ -289,6 +289,12 @@ TEXTS = [
     ),
     pytest.param("TCP to [::1]:5353: reset", "192.0.2.7", "TCP to a server: reset", id="v6-resolver-removed"),
     pytest.param(
+        "Host 2001:db8::25 is not authorised",
+        "2001:db8::25",
+        "Host 2001:db8::25 is not authorised",
+        id="v6-client-kept",
+    ),
+    pytest.param(
         "HELO name 'b\u00fcch\x00\r\nx' is bad", None, "HELO name 'b?ch???x' is bad", id="printable-ascii-only"
     ),
 ]
