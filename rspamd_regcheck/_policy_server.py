@@ -9,7 +9,13 @@ repeated for each recipient not protected by ``never_reject``, and each
 answer that may prepend carries the next header not yet sent (Postfix takes
 one header per answer).  Every request is answered: a bad one, or one whose
 check failed, gets ``action=DUNNO`` and a log line, and the connection stays
-open.  Only the idle and request timeouts close a connection.
+open.  Besides shutdown, and a client refused at once (not in
+``policy_server.clients``, or past ``server.max_connections``), only the idle
+and request timeouts close a connection.
+
+Answers that need no waiting (a transaction already checked, a result the
+checker can reuse) are written from ``data_received``; a check that must ask
+the DNS runs in a task, and the requests behind it wait their turn.
 """
 
 from __future__ import annotations
