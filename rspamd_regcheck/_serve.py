@@ -298,11 +298,15 @@ def _describe(status: int) -> str:
 def serve(load: Loader, config: Config, host: str, port: int) -> int:
     """Run the supervisor until it is told to stop.  Returns the exit status.
 
-    :raises ConfigError: for a non-loopback address without a secret.
+    :raises ConfigError: for a non-loopback address without a secret, or a policy listener on
+        the HTTP listener's port.
     :raises OSError: when the address cannot be listened on.
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
     check_exposure(config, host)
+    if config.policy_server.listen is not None and config.policy_server.listen[1] == port:
+        # both sockets have SO_REUSEPORT: the kernel would split connections between the protocols
+        raise ConfigError("policy_server.listen", f"port {port} is the HTTP listener's; give it a port of its own")
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
     listening_socket(host, port).close()  # fail now on an address in use or not ours
     if config.policy_server.listen is not None:

@@ -280,3 +280,17 @@ def test_shutdown_with_postfix_connected_is_clean(other) -> None:  # type: ignor
         assert s.recv(100) == b""  # closed as the worker stops, not left hanging
         assert time.monotonic() - started < 15.0
     assert w.proc.proc.wait(timeout=20) == 0
+
+
+def test_refuses_the_http_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Both listeners use SO_REUSEPORT: on one port the kernel would mix the two protocols."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[registry]\nzones = ["x.test"]\n[policy_server]\nlisten = "127.0.0.1:{port}"\n')
+    argv = [sys.executable, "-m", "rspamd_regcheck", "--config", str(conf), "serve", "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert f"policy_server.listen: port {port} is the HTTP listener's" in proc.stderr
