@@ -310,7 +310,13 @@ def serve(load: Loader, config: Config, host: str, port: int) -> int:
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
     listening_socket(host, port).close()  # fail now on an address in use or not ours
     if config.policy_server.listen is not None:
-        listening_socket(*config.policy_server.listen).close()
+        try:
+            listening_socket(*config.policy_server.listen).close()
+        except OSError as exc:
+            phost, pport = config.policy_server.listen
+            raise ConfigError(
+                "policy_server.listen", f"cannot listen on {phost}:{pport}: {exc.strerror or exc}"
+            ) from exc
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
     os.environ[METRICS_ENV] = metrics_dir
     try:

@@ -294,3 +294,24 @@ def test_refuses_the_http_port(tmp_path) -> None:  # type: ignore[no-untyped-def
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2
     assert f"policy_server.listen: port {port} is the HTTP listener's" in proc.stderr
+
+
+def test_names_the_policy_address_it_cannot_listen_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('[registry]\nzones = ["x.test"]\n[policy_server]\nlisten = "192.0.2.1:10040"\n')
+    argv = [
+        sys.executable,
+        "-m",
+        "rspamd_regcheck",
+        "--config",
+        str(conf),
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert "policy_server.listen: cannot listen on 192.0.2.1:10040" in proc.stderr, proc.stderr
