@@ -282,36 +282,23 @@ def test_shutdown_with_postfix_connected_is_clean(other) -> None:  # type: ignor
     assert w.proc.proc.wait(timeout=20) == 0
 
 
-def test_refuses_the_http_port(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Both listeners use SO_REUSEPORT: on one port the kernel would mix the two protocols."""
+@pytest.mark.parametrize(
+    ("policy_listen", "message"),
+    [
+        # both listeners use SO_REUSEPORT: on one port the kernel would mix the two protocols
+        pytest.param("127.0.0.1:{port}", "policy_server.listen: port {port} is the HTTP listener's", id="http-port"),
+        pytest.param("192.0.2.1:10040", "policy_server.listen: cannot listen on 192.0.2.1:10040", id="not-ours"),
+    ],
+)
+def test_refuses_to_start(tmp_path, policy_listen: str, message: str) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys
 
     port = free_port()
     conf = tmp_path / "c.toml"
-    conf.write_text(f'[registry]\nzones = ["x.test"]\n[policy_server]\nlisten = "127.0.0.1:{port}"\n')
-    argv = [sys.executable, "-m", "rspamd_regcheck", "--config", str(conf), "serve", "--listen", f"127.0.0.1:{port}"]
+    conf.write_text(f'[registry]\nzones = ["x.test"]\n[policy_server]\nlisten = "{policy_listen.format(port=port)}"\n')
+    serve = [sys.executable, "-m", "rspamd_regcheck", "--config", str(conf), "serve"]
+    argv = [*serve, "--listen", f"127.0.0.1:{port}"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 2
-    assert f"policy_server.listen: port {port} is the HTTP listener's" in proc.stderr
-
-
-def test_names_the_policy_address_it_cannot_listen_on(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
-
-    conf = tmp_path / "c.toml"
-    conf.write_text('[registry]\nzones = ["x.test"]\n[policy_server]\nlisten = "192.0.2.1:10040"\n')
-    argv = [
-        sys.executable,
-        "-m",
-        "rspamd_regcheck",
-        "--config",
-        str(conf),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    assert proc.returncode == 2
-    assert "policy_server.listen: cannot listen on 192.0.2.1:10040" in proc.stderr, proc.stderr
+    assert message.format(port=port) in proc.stderr, proc.stderr
