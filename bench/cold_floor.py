@@ -49,7 +49,7 @@ def child(mode: str, kport: int, port: int) -> None:
     from rspamd_regcheck._evaluate import Facts
     from rspamd_regcheck._http import App, start_server
     from rspamd_regcheck._log import setup_logging
-    from rspamd_regcheck._prescreen import query_name
+    from rspamd_regcheck._names import reverse_name
     from rspamd_regcheck._serve import tune_gc
     from rspamd_regcheck._wire import RType
     from rspamd_regcheck.config import config_from_mapping
@@ -68,7 +68,7 @@ def child(mode: str, kport: int, port: int) -> None:
         async def facts(self, env, session):  # type: ignore[no-untyped-def]
             ident = env.helo.split(".", 1)[1]  # mx.idN.test -> idN.test
             registry = session.begin(f"{ident}.{bench.REGISTRY}", RType.TXT)
-            dnsbl = session.begin(query_name(env.ip, bench.DNSBL), RType.A)
+            dnsbl = session.begin(reverse_name(env.ip, bench.DNSBL), RType.A)
             await session.end(registry)
             await session.end(dnsbl)
             return Facts(ip=env.ip, skipped="floor")

@@ -27,7 +27,7 @@ regcheck {
   servers = "127.0.0.1:11340";
   # Give up (REGCHECK_FAIL, score 0) after this long; keep it above the worker's dns.deadline
   timeout = 4s;
-  # "score": symbols only; "enforce": the seed verdict also sets an action
+  # "score": symbols only; "enforce": the worker's enforce decision also sets an action
   mode = "score";
   # Shared secret (the worker's server.secret), sent as Password
   #secret = "...";
@@ -61,6 +61,8 @@ local CATALOGUE = {
   'REGCHECK_SID_ALLOW', 'REGCHECK_SID_FAIL', 'REGCHECK_SID_SOFTFAIL', 'REGCHECK_SID_NEUTRAL',
   'REGCHECK_SID_NA', 'REGCHECK_SID_PERMFAIL', 'REGCHECK_SID_DNSFAIL',
   'REGCHECK_DKIM_ALLOW', 'REGCHECK_UNVERIFIED', 'REGCHECK_BUDGET',
+  'REGCHECK_SERVICE_BAD',
+  'REGCHECK_UNVALIDATED',
 }
 
 local DEFAULT_PORT = 11340
@@ -77,12 +79,11 @@ local default_settings = {
   secret = nil,
   send_header_block = true, -- for Sender ID's PRA
   send_dkim = true, -- the d= of signatures rspamd verified
-  -- enforce mode: verdicts that set an action only when asked for
-  enforce_no_record = false,
-  enforce_invalid_record = false,
-  -- enforce mode never rejects mail for these local parts
-  never_reject = { 'postmaster', 'abuse' },
 }
+
+-- Settings that moved to the worker's [policy] (it decides what enforce mode
+-- does): accepted here so an old config still loads, and reported at load.
+local MOVED_TO_WORKER = { 'enforce_no_record', 'enforce_invalid_record', 'never_reject' }
 
 local settings_schema = ts.shape({
   servers = ts.string + ts.array_of(ts.string),
@@ -96,9 +97,9 @@ local settings_schema = ts.shape({
   secret = ts.string:is_optional(),
   send_header_block = ts.boolean,
   send_dkim = ts.boolean,
-  enforce_no_record = ts.boolean,
-  enforce_invalid_record = ts.boolean,
-  never_reject = ts.array_of(ts.string),
+  enforce_no_record = ts.boolean:is_optional(),
+  enforce_invalid_record = ts.boolean:is_optional(),
+  never_reject = ts.array_of(ts.string):is_optional(),
   enabled = ts.boolean:is_optional(),
 })
 
@@ -207,44 +208,32 @@ function lib.milter(obj)
   return reply
 end
 
---- Enforce mode: the pre-result the seed verdict asks for, or nil.
---- Returns action, message (REJECT -> reject, TEMPFAIL -> soft reject,
---- FILTER -> add header; ACCEPT and CONTINUE never set one: a "no action"
---- pre-result would skip the rest of rspamd).
-function lib.pre_result(obj, settings, rcpt_locals)
+--- Enforce mode: the pre-result the worker decided (reply field
+--- regcheck.enforce = {action, message}), applied as given: the rule lives in
+--- the worker (rspamd_regcheck/_enforce.py), not here.
+--- Returns true, action, message; true, nil for "no action" (a "no action"
+--- pre-result would skip the rest of rspamd); false, error for a reply without
+--- a usable decision.
+local ENFORCE_ACTIONS = { ['reject'] = true, ['soft reject'] = true, ['add header'] = true }
+
+function lib.enforcement(obj)
   local rc = obj.regcheck
-  if type(rc) ~= 'table' or type(rc.verdict) ~= 'table' then
-    return nil
+  local decision = type(rc) == 'table' and rc.enforce or nil
+  if type(decision) ~= 'table' or type(decision.action) ~= 'string' then
+    return false, 'reply has no enforce decision (regcheck.enforce)'
   end
-  local verdict = rc.verdict
-  local symbols = type(obj.symbols) == 'table' and obj.symbols or {}
-  if symbols['REGCHECK_NO_RECORD'] and not settings.enforce_no_record then
-    return nil
+  local action = decision.action
+  if action == 'no action' then
+    return true, nil
   end
-  if symbols['REGCHECK_RECORD_PERMFAIL'] and not settings.enforce_invalid_record then
-    return nil
+  if not ENFORCE_ACTIONS[action] then
+    return false, 'unknown enforce action in reply: ' .. action
   end
-  local action = ({ REJECT = 'reject', TEMPFAIL = 'soft reject', FILTER = 'add header' })[verdict.action]
-  if not action then
-    return nil
+  local message = decision.message
+  if type(message) ~= 'string' or action == 'add header' then
+    message = nil -- the mail is accepted: no SMTP text to give
   end
-  if action ~= 'add header' then
-    for _, lp in ipairs(rcpt_locals or {}) do
-      for _, protected in ipairs(settings.never_reject) do
-        if lp:lower() == protected then
-          return 'add header', nil -- mail to postmaster@ and abuse@ is never refused
-        end
-      end
-    end
-  end
-  if action == 'add header' then
-    return action, nil -- the mail is accepted: no SMTP text to give
-  end
-  local message = verdict.message and tostring(verdict.message) or nil
-  if verdict.smtp_code and verdict.xcode and message then
-    message = string.format('%s %s %s', verdict.smtp_code, verdict.xcode, message)
-  end
-  return action, message
+  return true, action, message
 end
 
 if rawget(_G, 'REGCHECK_UNIT_TEST') then
@@ -267,6 +256,12 @@ if not ok_schema then
   config_error = 'invalid settings: ' .. tostring(schema_err)
 else
   settings = ok_schema
+  for _, key in ipairs(MOVED_TO_WORKER) do
+    if settings[key] ~= nil then
+      rspamd_logger.warnx(rspamd_config,
+          'regcheck: %s is ignored here: set it in the worker\'s [policy] (the worker decides enforce mode)', key)
+    end
+  end
   local servers = type(settings.servers) == 'table' and table.concat(settings.servers, ',') or settings.servers
   settings.upstreams = upstream_list.create(rspamd_config, servers, DEFAULT_PORT)
   if not settings.upstreams then
@@ -280,7 +275,7 @@ end
 local auth_and_local_conf = { settings.check_local, settings.check_authed }
 
 local function envelope(task)
-  local env = { rcpts = {}, dkim = {}, rcpt_locals = {} }
+  local env = { rcpts = {}, dkim = {} }
   local ip = task:get_from_ip()
   if ip and ip:is_valid() then
     env.ip = ip:to_string()
@@ -293,7 +288,6 @@ local function envelope(task)
   for _, r in ipairs(task:get_recipients('smtp') or {}) do
     if r.addr and r.addr ~= '' then
       env.rcpts[#env.rcpts + 1] = r.addr
-      env.rcpt_locals[#env.rcpt_locals + 1] = r.user or ''
     end
   end
   env.hostname = task:get_hostname()
@@ -314,7 +308,7 @@ local function fail(task, reason)
   task:insert_result(sym('REGCHECK_FAIL'), 1.0, reason)
 end
 
-local function apply(task, obj, env)
+local function apply(task, obj)
   local ok, symbols = lib.symbols(obj, settings.symbol_prefix)
   if not ok then
     fail(task, symbols)
@@ -328,8 +322,10 @@ local function apply(task, obj, env)
     task:set_milter_reply(milter)
   end
   if settings.mode == 'enforce' then
-    local action, message = lib.pre_result(obj, settings, env.rcpt_locals)
-    if action then
+    local ok_enforce, action, message = lib.enforcement(obj)
+    if not ok_enforce then
+      fail(task, action)
+    elseif action then
       task:set_pre_result({ action = action, message = message, module = N })
     end
   end
@@ -358,6 +354,7 @@ local function regcheck_cb(task)
     if addr:get_version() == 6 then
       host = '[' .. host .. ']'
     end
+    local where = string.format('%s:%d', host, port) -- failure reasons name the server with its port
     local remaining = settings.timeout - (rspamd_util.get_ticks() - started)
 
     local function on_reply(err, code, reply_body, reply_headers)
@@ -368,7 +365,7 @@ local function regcheck_cb(task)
           ask(settings.upstreams:get_upstream_round_robin(), retransmits - 1)
           return
         end
-        fail(task, string.format('%s: %s', host, err))
+        fail(task, string.format('%s: %s', where, err))
         return
       end
       if code ~= 200 then
@@ -380,7 +377,7 @@ local function regcheck_cb(task)
         if ok and obj.error then
           why = ': ' .. tostring(obj.error)
         end
-        fail(task, string.format('%s: HTTP %s%s', host, code, why))
+        fail(task, string.format('%s: HTTP %s%s', where, code, why))
         return
       end
       upstream:ok()
@@ -389,7 +386,7 @@ local function regcheck_cb(task)
         fail(task, obj)
         return
       end
-      apply(task, obj, env)
+      apply(task, obj)
     end
 
     local queued = rspamd_http.request({
@@ -404,7 +401,7 @@ local function regcheck_cb(task)
       callback = on_reply,
     })
     if not queued then
-      fail(task, 'cannot send the request to ' .. host)
+      fail(task, 'cannot send the request to ' .. where)
     end
   end
 

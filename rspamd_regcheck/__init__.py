@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 from ._answer import DnsAnswer, DnsStatus
 from ._check import Checker, CheckResult, Envelope, lookup_record, make_resolver, parse_ip
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session
+from ._enforce import EnforceAction, Enforcement, EnforcePolicy, enforce
 from ._evaluate import Facts, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
 from ._identity import BadHelo, Identity, id_at_level, identify, normalise_helo
 from ._prescreen import DnsblZone, Finding, Listing
@@ -38,8 +39,9 @@ from ._types import (
     SymbolHit,
     Verdict,
 )
+from ._validate import Checked, check_config, load_checked
 from .config import Config, load_config
-from .errors import ConfigError, InvalidRecord, InvalidZoneFile, RegcheckError
+from .errors import ConfigError, InvalidRecord, InvalidZoneFile, ListenError, RegcheckError
 
 __all__ = [
     "Action",
@@ -47,12 +49,16 @@ __all__ = [
     "Budget",
     "Cache",
     "CheckResult",
+    "Checked",
     "Checker",
     "Config",
     "ConfigError",
     "DnsAnswer",
     "DnsStatus",
     "DnsblZone",
+    "EnforceAction",
+    "EnforcePolicy",
+    "Enforcement",
     "Envelope",
     "Facts",
     "Fetcher",
@@ -60,6 +66,7 @@ __all__ = [
     "Identity",
     "InvalidRecord",
     "InvalidZoneFile",
+    "ListenError",
     "Listing",
     "LocalZone",
     "Method",
@@ -85,10 +92,13 @@ __all__ = [
     "Verdict",
     "__version__",
     "build_reply",
+    "check_config",
+    "enforce",
     "evaluate",
     "format_reply",
     "id_at_level",
     "identify",
+    "load_checked",
     "load_config",
     "lookup_record",
     "make_resolver",

@@ -4,6 +4,12 @@
 the asked type (after the CNAME chain in the answer section), and how long
 the answer may be cached (RFC 2181 5.2: the lowest TTL of what it used;
 RFC 2308 5: for NXDOMAIN and NODATA, the SOA's TTL capped by its minimum).
+
+A negative answer's TTL comes only from an SOA whose owner is the question
+name or a name above it (the zone cut the answer speaks for; after a CNAME
+chain, above the chain's last name): an SOA for some other zone says nothing
+about how long this name is absent.  Without such an SOA the TTL is None,
+and the cache keeps the answer for no time (RFC 2308 5).
 """
 
 from __future__ import annotations
@@ -47,18 +53,25 @@ class DnsAnswer:
     ``(preference, exchange)``; SRV -> ``(priority, weight, port, target)``;
     PTR/CNAME/NS -> name.  Names are lower case without the trailing dot.
     ``ttl`` is how long the answer may be cached (None: not cacheable, or
-    unknown for a negative answer).
+    unknown for a negative answer).  ``authentic``: a validating resolver we
+    trust set the AD bit (RFC 4035 3.2.3), or a local zone file answered.
     """
 
     status: DnsStatus
     records: tuple[Any, ...] = ()
     detail: str = ""
     ttl: int | None = None
+    authentic: bool = False
 
 
-def _negative_ttl(reply: Reply) -> int | None:
+def _at_or_above(owner: str, name: str) -> bool:
+    return owner == name or not owner or name.endswith("." + owner)
+
+
+def _negative_ttl(reply: Reply, name: str) -> int | None:
+    """The TTL of the first SOA in the authority section at or above *name*; None without one."""
     for rr in reply.authority:
-        if rr.rtype == RType.SOA and isinstance(rr.value, int):
+        if rr.rtype == RType.SOA and isinstance(rr.value, int) and _at_or_above(rr.name, name):
             return min(rr.ttl, rr.value)
     return None
 
@@ -70,10 +83,15 @@ def record_value(rtype: int, value: object) -> object:
     return value
 
 
-def answer_from_reply(reply: Reply, name: str, rtype: int) -> DnsAnswer:
-    """Read the answer to (*name*, *rtype*) out of *reply*."""
+def answer_from_reply(reply: Reply, name: str, rtype: int, trusted: bool = False) -> DnsAnswer:
+    """Read the answer to (*name*, *rtype*) out of *reply*.
+
+    *trusted*: the reply came from a validating resolver we trust, so its AD
+    bit counts (`DnsAnswer.authentic`).
+    """
+    authentic = trusted and reply.authentic
     if reply.rcode == Rcode.NXDOMAIN:
-        return DnsAnswer(DnsStatus.NXDOMAIN, ttl=_negative_ttl(reply))
+        return DnsAnswer(DnsStatus.NXDOMAIN, ttl=_negative_ttl(reply, _chain_end(reply, name)), authentic=authentic)
     if reply.rcode == Rcode.SERVFAIL:
         return DnsAnswer(DnsStatus.SERVFAIL, detail="SERVFAIL")
     if reply.rcode == Rcode.REFUSED:
@@ -93,7 +111,7 @@ def answer_from_reply(reply: Reply, name: str, rtype: int) -> DnsAnswer:
                 values.append(record_value(rtype, rr.value))
                 ttl = rr.ttl if ttl is None else min(ttl, rr.ttl)
         if values:
-            return DnsAnswer(DnsStatus.OK, tuple(values), ttl=ttl)
+            return DnsAnswer(DnsStatus.OK, tuple(values), ttl=ttl, authentic=authentic)
         cname = next((rr for rr in reply.answers if rr.name == owner and rr.rtype == RType.CNAME), None)
         if cname is None or rtype == RType.CNAME:
             break
@@ -101,7 +119,18 @@ def answer_from_reply(reply: Reply, name: str, rtype: int) -> DnsAnswer:
         ttl = cname.ttl if ttl is None else min(ttl, cname.ttl)
     else:
         return DnsAnswer(DnsStatus.ERROR, detail="CNAME chain too long")
-    negative = _negative_ttl(reply)
-    if ttl is not None and negative is not None:
-        ttl = min(ttl, negative)
-    return DnsAnswer(DnsStatus.NODATA, ttl=negative if ttl is None else ttl)
+    negative = _negative_ttl(reply, owner)
+    if negative is None:
+        return DnsAnswer(DnsStatus.NODATA, authentic=authentic)  # no SOA for it: not cached
+    return DnsAnswer(DnsStatus.NODATA, ttl=negative if ttl is None else min(ttl, negative), authentic=authentic)
+
+
+def _chain_end(reply: Reply, name: str) -> str:
+    """The last name of the CNAME chain from *name* in the answer section (an NXDOMAIN is about it)."""
+    owner = name
+    for _ in range(MAX_CNAME_CHAIN):
+        cname = next((rr for rr in reply.answers if rr.name == owner and rr.rtype == RType.CNAME), None)
+        if cname is None:
+            break
+        owner = str(cname.value)
+    return owner

@@ -1,6 +1,6 @@
 """The async shell around the decision core: gather facts with DNS, then evaluate.
 
-`Checker.check(envelope)` runs DESIGN section 2's steps: skip, identity,
+`Checker.check(envelope)` runs the steps of docs/scoring.md: skip, identity,
 registry (with the ``IDlevel`` re-ask), ratings, plan, methods, verdict.
 Only the fetching awaits; every decision is made by `_evaluate`.
 """
@@ -15,20 +15,23 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 
 from ._answer import DnsAnswer, DnsStatus
-from ._csa import csa_method
-from ._dkim import dkim_method
+from ._context import MethodContext
 from ._dns import Budget, Cache, Fetcher, LocalZone, Resolver, Session, system_nameservers
+from ._enforce import EnforcePolicy
 from ._evaluate import Facts, Planned, Policy, RegistryFacts, RegistryStatus, evaluate, plan, wants_methods
+from ._fallback import fallback_registry
 from ._identity import BadHelo, Identity, id_at_level, identify
 from ._lru import TwoGenerationLRU, memo
-from ._prescreen import classify, query_name
-from ._qr1 import client_address, qr1
+from ._methods import RUNNERS
+from ._names import reverse_name
+from ._prescreen import classify
+from ._qr1 import client_address
 from ._ratings import rate
 from ._record import parse_record, select_record
-from ._sid import pra, sid_method
-from ._spf import spf_method
+from ._services import Pending, Services
+from ._sid import pra
 from ._transport import Transport
-from ._types import IPAddress, Method, MethodOutcome, Record, Verdict
+from ._types import IPAddress, MethodOutcome, Record, Verdict
 from ._wire import RType
 from .config import Config
 from .errors import InvalidRecord
@@ -36,7 +39,7 @@ from .errors import InvalidRecord
 
 @dataclass(frozen=True)
 class Envelope:
-    """What the MTA knows of one SMTP session (DESIGN section 2)."""
+    """What the MTA knows of one SMTP session (docs/protocol.md, "Requests")."""
 
     ip: IPAddress | None
     helo: str | None = None
@@ -58,18 +61,32 @@ class CheckResult:
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
-    """Parse a client IP header value; None for a missing one.
+    """Parse a client address (an ``IP`` header value, ``--ip``); None for a missing or empty one.
 
-    :raises ValueError: when the text is not an IPv4 or IPv6 address.
+    Only an address written as `ipaddress` writes it is taken (hex digits in
+    either case): no zone ID (``%eth0``), brackets, whitespace, leading zeros or
+    uncompressed IPv6.  What reaches a header we add is then exactly what was
+    given.  An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is the IPv4
+    address, as rspamd and postfix take it.
+
+    :raises ValueError: when the text is anything else.
     """
-    if text is None or not text.strip():
+    if text is None or text == "":
         return None
-    return _parse_ip(text.strip())
+    return _parse_ip(text)
 
 
 @memo(8192)
 def _parse_ip(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    ip = ipaddress.ip_address(text)  # ValueError is not cached: bad input is parsed again
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            raise ValueError(f"{text!r} has a zone ID")
+        if ip.ipv4_mapped is not None and text.lower() == f"::ffff:{ip.ipv4_mapped}":
+            return ip.ipv4_mapped
+    if str(ip) != text.lower():
+        raise ValueError(f"{text!r} is not written as {ip}")
+    return ip
 
 
 def _result_key(env: Envelope) -> tuple[object, ...]:
@@ -82,22 +99,33 @@ def make_resolver(config: Config) -> Resolver:
 
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
-    servers = config.nameservers or tuple(system_nameservers())
-    default = (
-        Transport([(s, config.dns_port) for s in servers], config.dns_timeout, config.dns_tries) if servers else None
-    )
-    routes = [
-        (z.zone, Transport([z.nameserver], config.dns_timeout, config.dns_tries))
-        for z in config.prescreen
-        if z.nameserver is not None
-    ]
+    servers = config.dns_servers or tuple((s, config.dns_port) for s in system_nameservers())
+
+    def transport(to: list[tuple[str, int]]) -> Transport:
+        return Transport(
+            to,
+            config.dns_timeout,
+            config.dns_tries,
+            sockets=config.dns_sockets,
+            rotate_every=config.dns_rotate_every,
+            case_randomise=config.case_randomise,
+            authentic=config.require_dnssec,  # the AD bit asked for (RFC 6840 5.7)
+            trusted=config.trusted_validators,
+        )
+
+    default = transport(list(servers)) if servers else None
+    routes = [(z.zone, transport([z.nameserver])) for z in config.prescreen if z.nameserver is not None]
     return Resolver(
         default,
-        Cache(config.cache_size, config.max_ttl, config.negative_ttl),
+        Cache(config.cache_size, config.max_ttl, config.negative_ttl, config.max_negative_ttl),
         [LocalZone(path) for path in config.zone_files],
         routes,
         config.max_inflight,
     )
+
+
+UNVALIDATED_REASON = "registry answer not validated"
+_ANSWERED = frozenset({DnsStatus.OK, DnsStatus.NXDOMAIN, DnsStatus.NODATA})  # what DNSSEC can vouch for
 
 
 @functools.lru_cache(maxsize=8192)
@@ -110,19 +138,27 @@ def _parse_answer(texts: tuple[str, ...]) -> Record | InvalidRecord:
 
 
 async def lookup_record(
-    fetcher: Fetcher, ident: str, zones: Sequence[str], first: Awaitable[DnsAnswer] | None = None
+    fetcher: Fetcher,
+    ident: str,
+    zones: Sequence[str],
+    first: Awaitable[DnsAnswer] | None = None,
+    require_dnssec: bool = False,
 ) -> RegistryFacts:
     """Fetch and parse the record of *ident* from the registry *zones*, in order.
 
     NXDOMAIN (or no TXT at the name) falls through to the next zone; a DNS
     failure stops the walk.  *first*, when given, is the answer from the first
-    zone, already asked for.
+    zone, already asked for.  With *require_dnssec*, an answer (found or not)
+    that a trusted validator did not mark authentic stops the walk as
+    UNVALIDATED.
     """
     for i, zone in enumerate(zones):
         if i == 0 and first is not None:
             answer = await first
         else:
             answer = await fetcher.query(f"{ident}.{zone}", "TXT")
+        if require_dnssec and not answer.authentic and answer.status in _ANSWERED:
+            return RegistryFacts(RegistryStatus.UNVALIDATED, reasons=(UNVALIDATED_REASON,), zone=zone)
         if answer.status in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
             continue
         if answer.status is DnsStatus.BUDGET:
@@ -149,17 +185,19 @@ class Checker:
             method_limits=config.method_limits,
             authent_header=config.authent_header,
         )
+        self.enforce_policy = EnforcePolicy.of(config)
         self._results: TwoGenerationLRU[tuple[object, ...], tuple[float, CheckResult]] = TwoGenerationLRU(
             config.result_cache_size
         )
         self.result_hits = 0
+        self.services = Services(config.rating_services, config.ratings)
 
     def close(self) -> None:
         """Close the DNS sockets."""
         self.resolver.close()
 
     def skip_reason(self, env: Envelope) -> str | None:
-        """Why this session is not checked at all (DESIGN step 1), or None."""
+        """Why this session is not checked at all (docs/scoring.md, step 1), or None."""
         if env.ip is None:
             return "no client IP"
         ip = client_address(env.ip)
@@ -181,7 +219,7 @@ class Checker:
         reused = self.reused(env)
         if reused is not None:
             return reused
-        key = _result_key(env)
+        key = self._key(env)
         session = Session(
             self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
         )
@@ -191,10 +229,14 @@ class Checker:
             self._results.put(key, (session.valid_until, result))
         return result
 
+    def _key(self, env: Envelope) -> tuple[object, ...]:
+        """What a stored result is found by: the envelope, and the rating services' headers."""
+        return _result_key(env) + (self.services.key(env.headers) if self.services else ())
+
     def reused(self, env: Envelope) -> CheckResult | None:
         """The result of an earlier check with the same inputs, while every DNS answer it rests
         on is still cached (what `check` would return at once, without awaiting); else None."""
-        key = _result_key(env)
+        key = self._key(env)
         entry = self._results.get(key)
         if entry is None:
             return None
@@ -212,14 +254,17 @@ class Checker:
         found = identify(env.helo)
         zones = self.config.registry_zones
         # The registry's first question goes out first (many DNSBL zones must not take the
-        # per-check cap from it), then the pre-screen's, all in flight together (DESIGN step 2).
+        # per-check cap from it), then the pre-screen's, all in flight together (docs/scoring.md, step 2).
         registry = None
         if not isinstance(found, BadHelo) and zones:
             registry = session.begin(f"{found.id}.{zones[0]}", RType.TXT)
         dnsbl = [z for z in self.config.prescreen if ip.version == 4 or z.ipv6]
-        asked = [session.begin(query_name(ip, z.zone), RType.A) for z in dnsbl]
+        asked = [session.begin(reverse_name(ip, z.zone), RType.A) for z in dnsbl]
+        services = None
+        if self.services and not isinstance(found, BadHelo):  # their questions fly beside the registry's
+            services = self.services.begin(session, ip, found.id, found.helo, env.headers)
         first = session.end(registry) if registry is not None else None
-        facts = await self._registry_facts(env, ip, session, found, first)
+        facts = await self._registry_facts(env, ip, session, found, first, services)
         if self.config.prescreen:
             answers = [await session.end(a) for a in asked]
             facts = replace(facts, prescreen=tuple(classify(z, a) for z, a in zip(dnsbl, answers, strict=True)))
@@ -232,12 +277,14 @@ class Checker:
         session: Session,
         found: Identity | BadHelo,
         first: Awaitable[DnsAnswer] | None,
+        services: Pending | None = None,
     ) -> Facts:
         if isinstance(found, BadHelo):
             return Facts(ip=ip, helo=found)
         ident = found.id
         zones = self.config.registry_zones
-        registry = await lookup_record(session, ident, zones, first)
+        dnssec = self.config.require_dnssec
+        registry = await lookup_record(session, ident, zones, first, dnssec)
         record = registry.record
         if record is not None and record.idlevel is not None:
             # A name the public suffix list does not split: the real IDs are
@@ -245,11 +292,17 @@ class Checker:
             deeper = id_at_level(found.helo, record.idlevel)
             if deeper is not None and len(deeper) > len(ident):
                 ident = deeper
-                registry = await lookup_record(session, deeper, zones)
+                registry = await lookup_record(session, deeper, zones, require_dnssec=dnssec)
                 record = registry.record
+        if registry.status is RegistryStatus.NO_RECORD and self.config.registry_fallback == "authenticate":
+            registry = await fallback_registry(session, found.helo, self.config.method_limits)
+            record = registry.record
         if record is None or record.stop:
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry)
-        ratings = rate(record.ratings, self.config.ratings)
+        if services is not None:
+            ratings = await self.services.rate(session, services, record, ip, ident, found.helo, env.headers)
+        else:
+            ratings = rate(record.ratings, self.config.ratings)
         if not wants_methods(ratings):
             return Facts(ip=ip, helo=found.helo, id=ident, registry=registry, ratings=ratings)
         planned, budget_skips = plan(record, ip, self.policy)
@@ -264,21 +317,10 @@ class Checker:
     async def _run(
         self, step: Planned, record: Record, ip: IPAddress, helo: str, ident: str, env: Envelope, session: Session
     ) -> MethodOutcome:
-        """Run one planned method within its query budget."""
-        budget = Budget(step.budget)
+        """Run one planned method within its query budget, through the method table."""
         cfg = self.config
-        if step.method is Method.QR1:
-            return qr1(record, ip)
-        if step.method is Method.SPF:
-            return await spf_method(
-                session, budget, record, ip, helo, ident, env.mail_from, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.CSA:
-            return await csa_method(session, budget, helo, ip)
-        if step.method is Method.SID:
-            return await sid_method(
-                session, budget, record, ip, helo, ident, env.headers, cfg.spf_alignment, cfg.spf_receiver
-            )
-        if step.method is Method.DKIM:
-            return dkim_method(env.dkim_domains, ident)
-        raise AssertionError(f"no runner for {step.method.value}")  # every Method has one above
+        ctx = MethodContext(
+            record, ip, helo, ident, session, Budget(step.budget), env.mail_from, env.headers, env.dkim_domains,
+            cfg.spf_alignment, cfg.spf_receiver,
+        )  # fmt: skip
+        return await RUNNERS[step.method](ctx)

@@ -13,7 +13,7 @@
 
 Answers are `DnsAnswer` facts; nothing above this module sees an exception
 from DNS.  Budgets count questions *before* the cache, so a check's result
-never depends on what happens to be cached (DESIGN step 8).
+never depends on what happens to be cached (docs/development.md, "The DNS client").
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Fetcher(Protocol):
 
 @dataclass
 class Budget:
-    """How many questions one method may still ask (DESIGN step 8)."""
+    """How many questions one method may still ask (docs/development.md, "The DNS client")."""
 
     limit: int
     spent: int = 0
@@ -108,7 +108,10 @@ def _rdata_value(rtype: int, rd: Any) -> object:
 
 
 class LocalZone:
-    """One zone file, answering every name under its origin (and nothing else)."""
+    """One zone file, answering every name under its origin (and nothing else).
+
+    Its answers are `authentic`: the operator's own data, needing no DNSSEC.
+    """
 
     def __init__(self, path: str):
         zone = load_zone_file(path)
@@ -142,13 +145,14 @@ class LocalZone:
             node = self.zone.get_node(qname)
             if node is None:
                 status = DnsStatus.NODATA if qname in self._names else DnsStatus.NXDOMAIN
-                return DnsAnswer(status, ttl=LOCAL_TTL)
+                return DnsAnswer(status, ttl=LOCAL_TTL, authentic=True)
             rdataset = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RdataType(int(rtype)))
             if rdataset is not None:
-                return DnsAnswer(DnsStatus.OK, tuple(_rdata_value(rtype, rd) for rd in rdataset), ttl=LOCAL_TTL)
+                values = tuple(_rdata_value(rtype, rd) for rd in rdataset)
+                return DnsAnswer(DnsStatus.OK, values, ttl=LOCAL_TTL, authentic=True)
             cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
             if cname is None or rtype == RType.CNAME:
-                return DnsAnswer(DnsStatus.NODATA, ttl=LOCAL_TTL)
+                return DnsAnswer(DnsStatus.NODATA, ttl=LOCAL_TTL, authentic=True)
             qname = cname[0].target
             if normalise_name(qname.to_text()) != self.origin and not qname.is_subdomain(self.zone.origin):
                 return DnsAnswer(DnsStatus.ERROR, detail=f"CNAME leaves the local zone: {qname}")
@@ -164,14 +168,19 @@ class Cache:
     Times are `time.monotonic()` seconds (``now`` arguments, expiries).
 
     Negative answers (NXDOMAIN, NODATA) are cached for their SOA-derived TTL
-    (RFC 2308 5), or *negative_ttl* when the reply carried no SOA.  Failures
-    are never cached.  TTLs are capped at *max_ttl*.
+    (RFC 2308 5) capped at *max_negative_ttl* (unbound's 3,600 s), or for
+    *negative_ttl* when the reply carried no SOA for the name (0 by default:
+    RFC 2308 5 says such answers SHOULD NOT be cached).  Failures are never
+    cached.  TTLs are capped at *max_ttl*.
     """
 
-    def __init__(self, max_entries: int = 50_000, max_ttl: int = 86_400, negative_ttl: int = 300):
+    def __init__(
+        self, max_entries: int = 50_000, max_ttl: int = 86_400, negative_ttl: int = 0, max_negative_ttl: int = 3600
+    ):
         self.max_entries = max_entries
         self.max_ttl = max_ttl
         self.negative_ttl = negative_ttl
+        self.max_negative_ttl = max_negative_ttl
         self._data: TwoGenerationLRU[tuple[str, int], tuple[float, DnsAnswer]] = TwoGenerationLRU(max_entries)
         self.hits = 0
         self.misses = 0
@@ -205,10 +214,10 @@ class Cache:
         if self.max_entries <= 0 or answer.status.failed or answer.status is DnsStatus.BUDGET:
             return
         ttl = answer.ttl
-        if ttl is None:
-            if answer.status is DnsStatus.OK:
-                return
-            ttl = self.negative_ttl
+        if answer.status is not DnsStatus.OK:
+            ttl = self.negative_ttl if ttl is None else min(ttl, self.max_negative_ttl)
+        elif ttl is None:
+            return
         ttl = min(ttl, self.max_ttl)
         if ttl <= 0:
             return
@@ -375,6 +384,14 @@ class Resolver:
                 self._send(*self._queued.popleft())
         finally:
             self._draining = False
+
+    def transport_counts(self) -> dict[str, int]:
+        """What the transports saw of forgery: replies dropped, ICMP errors (cumulative)."""
+        transports = [t for t in self._all_transports() if isinstance(t, Transport)]
+        return {
+            "reply_dropped": sum(t.dropped for t in transports),
+            "icmp_error": sum(t.refusals for t in transports),
+        }
 
     def _all_transports(self) -> list[Transport]:
         transports = {id(t): t for _, t in self._routes}

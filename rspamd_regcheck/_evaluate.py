@@ -1,4 +1,4 @@
-"""The decision core: facts in, `Verdict` out (DESIGN steps 5-9).  Pure.
+"""The decision core: facts in, `Verdict` out (docs/scoring.md, steps 5-7).  Pure.
 
 The async shell (`_check.py`) gathers facts with DNS and asks this module two
 things: which methods to run (`plan`, `wants_methods`) and, once it has run
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from . import symbols as S
 from ._identity import BadHelo
 from ._prescreen import Finding, Listing
-from ._ratings import RatingPolicy, rating_weight
+from ._ratings import RatingPolicy, listed_bad, rating_weight
 from ._types import (
     Action,
     IPAddress,
@@ -34,16 +34,18 @@ TEMPFAIL_CODE = 451  # RFC 5321 4.2.3: local error in processing
 TEMPFAIL_DNS_X = "4.4.3"  # RFC 3463 3.5: directory server failure
 TEMPFAIL_OTHER_X = "4.7.0"  # RFC 3463 3.8: other security status
 OK_CODE, OK_X = 250, "2.0.0"
+ASSUMED = "record=assumed"  # option and Authent header word: no registry lists the ID (registry.fallback)
 
 
 class RegistryStatus(enum.Enum):
-    """What the registry said about an ID (DESIGN step 4)."""
+    """What the registry said about an ID (docs/scoring.md, step 4)."""
 
     FOUND = "found"
     NO_RECORD = "no-record"
     INVALID = "invalid"
     DNSFAIL = "dnsfail"
     BUDGET = "budget"  # the check's query cap was spent before the registry answered
+    UNVALIDATED = "unvalidated"  # registry.require_dnssec, and no trusted validator vouched for the answer
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class RegistryFacts:
     record: Record | None = None
     reasons: tuple[str, ...] = ()  # why a record is invalid, or what failed
     zone: str | None = None
+    assumed: bool = False  # no registry lists the ID: the record is the fallback's (registry.fallback)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def wants_methods(ratings: RatingSummary) -> bool:
 
 
 def plan(record: Record, ip: IPAddress, policy: Policy) -> tuple[tuple[Planned, ...], tuple[MethodOutcome, ...]]:
-    """Choose the methods to run, in order (DESIGN step 7).
+    """Choose the methods to run, in order (docs/scoring.md, step 6).
 
     QR1 comes first when the record lists netblocks for the client's family;
     then, in the receiver's order, each method the sender offers within the
@@ -123,7 +126,7 @@ def plan(record: Record, ip: IPAddress, policy: Policy) -> tuple[tuple[Planned, 
 
 
 def evaluate(facts: Facts, policy: Policy) -> Verdict:
-    """Turn *facts* into symbols, headers and the seed's verdict (DESIGN step 9)."""
+    """Turn *facts* into symbols, headers and the seed's verdict (docs/scoring.md, step 7)."""
     return _Evaluation(facts, policy).run()
 
 
@@ -133,15 +136,24 @@ class _Evaluation:
         self.p = policy
         self.hits: list[SymbolHit] = []
         self.headers: list[tuple[str, str]] = []
+        self.tail: tuple[str, ...] = ()  # options every symbol about the ID's ratings carries
 
     def hit(self, name: str, *options: str, weight: float = 1.0) -> None:
         self.hits.append(SymbolHit(name, weight, tuple(o for o in options if o)))
 
-    def done(self, action: Action, code: int, xcode: str, message: str) -> Verdict:
+    def about_id(self, name: str, *options: str, weight: float = 1.0) -> None:
+        """A symbol about a rated (or unrated) ID: the services' notes and an assumed record go with it."""
+        self.hit(name, *options, *self.tail, weight=weight)
+
+    def authent(self, text: str) -> None:
+        assumed = f" {ASSUMED}" if self.f.registry is not None and self.f.registry.assumed else ""
+        self.headers.append((self.p.authent_header, text + assumed))
+
+    def done(self, action: Action, code: int, xcode: str, message: str, detail: str = "") -> Verdict:
         f = self.f
         return Verdict(
             symbols=tuple(sorted(self.hits, key=lambda h: h.name)),
-            seed=SeedVerdict(action, code, xcode, message),
+            seed=SeedVerdict(action, code, xcode, message, detail),
             id=f.id,
             ratings=f.ratings,
             add_headers=tuple(sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)),
@@ -193,14 +205,20 @@ class _Evaluation:
             )
         ident = f.id or f.helo
         reg = f.registry
-        if reg is None or reg.status is RegistryStatus.DNSFAIL:
+        if reg is None or reg.status in (RegistryStatus.DNSFAIL, RegistryStatus.UNVALIDATED):
             why = ", ".join(reg.reasons) if reg else "no answer"
-            self.hit(S.DNSFAIL, ident, why)
+            # An answer no trusted validator vouched for is weighed like a DNS failure: it may be
+            # true, but nothing says it is.
+            unvalidated = reg is not None and reg.status is RegistryStatus.UNVALIDATED
+            self.hit(S.UNVALIDATED_REGISTRY if unvalidated else S.DNSFAIL, ident, why)
+            what = "answer" if unvalidated else "lookup"
             return self.done(
                 Action.TEMPFAIL,
                 TEMPFAIL_CODE,
                 TEMPFAIL_DNS_X,
-                f"Sender registry lookup for '{ident}' failed ({why}); please try again later",
+                # the SMTP text goes to strangers: what failed where (a resolver's address) stays in the log
+                f"Sender registry {what} for '{ident}' failed; please try again later",
+                detail=why,
             )
         if reg.status is RegistryStatus.BUDGET:
             # The receiver's own limit, not the sender's fault nor DNS's: fail open.
@@ -229,9 +247,11 @@ class _Evaluation:
         f, p = self.f, self.p
         r = f.ratings
         ip = str(f.ip)
+        assumed = (ASSUMED,) if f.registry is not None and f.registry.assumed else ()
+        self.tail = (*(r.notes if r is not None else ()), *assumed)
         if r is None or r.klass is RatingClass.NONE:
-            self.hit(S.NO_RATINGS, ident)
-            self.headers.append((p.authent_header, f"{ip} {ident} NONE unverified ratings="))
+            self.about_id(S.NO_RATINGS, ident)
+            self.authent(f"{ip} {ident} NONE unverified ratings=")
             return self.done(
                 Action.FILTER,
                 OK_CODE,
@@ -240,8 +260,11 @@ class _Evaluation:
             )
         rtext = f"ratings={r.text}"
         weight = rating_weight(r, p.ratings)
+        listed = listed_bad(r, p.ratings)
+        if listed:  # a service asked directly lists the ID: its own symbol, beside the weighed verdict
+            self.hit(S.SERVICE_BAD, ident, *(str(x) for x in listed))
         if r.klass is RatingClass.BAD:
-            self.hit(S.RATING_BAD, ident, rtext, weight=weight)
+            self.about_id(S.RATING_BAD, ident, rtext, weight=weight)
             return self.done(
                 Action.REJECT,
                 REJECT_CODE,
@@ -249,11 +272,11 @@ class _Evaluation:
                 f"'{ident}' is rated {r.text}, below what this server accepts",
             )
         if r.klass is RatingClass.LOW:
-            self.hit(S.RATING_LOW, ident, rtext, weight=weight)
+            self.about_id(S.RATING_LOW, ident, rtext, weight=weight)
         return self.methods(ident, rtext, weight)
 
     def methods(self, ident: str, rtext: str, rweight: float) -> Verdict:
-        f, p = self.f, self.p
+        f = self.f
         r = f.ratings
         assert r is not None
         ip = str(f.ip)
@@ -266,18 +289,18 @@ class _Evaluation:
             self.headers.extend(outcome.headers)
             name = S.method_symbol(outcome.method, outcome.result)
             passed = outcome.result is Result.PASS
-            # Good ratings are credited only to an ID that proved itself (DESIGN step 6).
+            # Good ratings are credited only to an ID that proved itself (docs/scoring.md, step 7).
             extra = rtext if r.klass is RatingClass.HIGH and not passed else ""
             if name is not None:
-                self.hit(name, ident, *outcome.options, extra)
+                self.about_id(name, ident, *outcome.options, extra)
             temperror = temperror or outcome.result is Result.TEMPERROR
             if outcome.result.final:
                 final = outcome
                 break
         if final is None:
             extra = rtext if r.klass is RatingClass.HIGH else ""
-            self.hit(S.UNVERIFIED, ident, extra)
-            self.headers.append((p.authent_header, f"{ip} {ident} NONE unverified {rtext}"))
+            self.about_id(S.UNVERIFIED, ident, extra)
+            self.authent(f"{ip} {ident} NONE unverified {rtext}")
             if temperror:
                 return self.done(
                     Action.TEMPFAIL,
@@ -288,10 +311,10 @@ class _Evaluation:
             return self.done(Action.CONTINUE, OK_CODE, OK_X, f"No method verified '{ident}'")
         res = final.result
         assert res is not None
-        self.headers.append((p.authent_header, f"{ip} {ident} {final.method.value} {res.value} {rtext}"))
+        self.authent(f"{ip} {ident} {final.method.value} {res.value} {rtext}")
         if res is Result.PASS:
             if r.klass is RatingClass.HIGH:
-                self.hit(S.RATING_HIGH, ident, rtext, weight=rweight)
+                self.about_id(S.RATING_HIGH, ident, rtext, weight=rweight)
                 return self.done(Action.ACCEPT, OK_CODE, OK_X, f"Sender verified by {final.method.value}")
             return self.done(
                 Action.FILTER,

@@ -5,7 +5,7 @@ parser, so this module only routes requests and writes replies.  One request
 per connection is answered at a time, in order (pipelined requests wait,
 bounded); keep-alive, HTTP/1.0 and 1.1, chunked bodies.
 
-The contract (DESIGN section 4): ``POST /checkv2`` (also ``/check`` and
+The contract (docs/protocol.md): ``POST /checkv2`` (also ``/check`` and
 ``/symbols``) with rspamd's request headers, matched case-insensitively; of
 the body only the message header block is kept (for Sender ID); the reply is
 JSON, or msgpack when the request accepts ``application/msgpack``.
@@ -29,7 +29,9 @@ from typing import Any, cast
 import httptools
 import msgpack
 
+from . import _legacy
 from ._check import Checker, CheckResult, Envelope, parse_ip
+from ._enforce import Enforcement, enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
 from ._log import CheckLog
 from ._metrics import Metrics, dns_counts
@@ -98,26 +100,41 @@ class App:
         self.metrics = Metrics(metrics)
         self.log_mask = log_mask
         self.active: set[asyncio.Task[Any]] = set()
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Any] = set()  # HttpProtocol and _legacy.LegacyProtocol
         self.draining = False  # stopping: answer what is asked, then close each connection
-        self._bodies: OrderedDict[tuple[int, int, bool], tuple[CheckResult, bytes]] = OrderedDict()
+        self._bodies: OrderedDict[tuple[int, int, bool, Enforcement | None], tuple[CheckResult, bytes]] = OrderedDict()
         self.check_log = CheckLog(_running_loop())
 
     def authorised(self, headers: list[tuple[str, str]]) -> bool:
-        """True without a secret; with one, when the Password header matches it (constant time)."""
+        """True without a secret; with one, when the Password header (what rspamc -P sends) or an
+        ``Authorization: Bearer`` token (what Prometheus sends, RFC 6750 2.1) matches it, in constant time."""
         secret = self.checker.config.secret
         if not secret:
             return True
-        given = next((v for n, v in headers if n.lower() == "password"), "")
-        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode("utf-8"))
+        given = ""
+        for name, value in headers:
+            key = name.lower()
+            if key == "password":
+                given = value
+                break
+            if key == "authorization":
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() == "bearer":
+                    given = token.strip(" ")
+                    break
+        # the header's bytes as sent (read as Latin-1) against the secret's UTF-8 bytes
+        return hmac.compare_digest(given.encode("latin-1", "replace"), secret.encode("utf-8"))
 
-    def encoded(self, checker: Checker, result: CheckResult, msgpack_reply: bool) -> bytes:
-        """The reply body for *result*; a reused result's body is encoded once."""
-        key = (id(checker), id(result), msgpack_reply)
+    def encoded(
+        self, checker: Checker, result: CheckResult, msgpack_reply: bool, enforcement: Enforcement | None = None
+    ) -> bytes:
+        """The reply body for *result*; a reused result's body is encoded once (per enforce decision:
+        it depends on the recipients)."""
+        key = (id(checker), id(result), msgpack_reply, enforcement)
         entry = self._bodies.get(key)
         if entry is not None and entry[0] is result:
             return entry[1]
-        reply = build_reply(result.verdict, checker.config, result.queries)
+        reply = build_reply(result.verdict, checker.config, result.queries, enforcement)
         body = msgpack.packb(reply) if msgpack_reply else _json(reply)
         self._bodies[key] = (result, body)  # holding the result keeps its id from being reused
         if len(self._bodies) > MAX_ENCODED:
@@ -138,18 +155,24 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
     single: dict[str, str] = {}
     rcpts: list[str] = []
     dkim: list[str] = []
-    for name, value in headers:
+    raw_ip: str | None = None
+    for name, raw in headers:
         key = name.lower()
+        value = _utf8(raw)
         if key == "rcpt":
             rcpts.append(_address(value))
         elif key == "dkim-domain":
             dkim.extend(d.strip() for d in value.split(",") if d.strip())
         elif key not in single:
             single[key] = value.strip()
+            if key == "ip":
+                # RFC 9110 5.5: SP and HTAB around a value are not part of it (llhttp drops the
+                # leading ones); any other whitespace, and whitespace inside, is not an address
+                raw_ip = value.strip(" \t")
     try:
-        ip = parse_ip(single.get("ip"))
+        ip = parse_ip(raw_ip)
     except ValueError:
-        raise HttpError(400, f"IP header {single.get('ip')!r} is not an IP address") from None
+        raise HttpError(400, f"IP header {raw_ip!r} is not an IP address") from None
     mail_from = single.get("from")
     return Envelope(
         ip=ip,
@@ -162,6 +185,21 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
         headers=header_block(body) if body else (),
         dkim_domains=tuple(dkim),
     )
+
+
+def _utf8(value: str) -> str:
+    """A header value (read as Latin-1, one character per byte) as the UTF-8 text rspamd sent.
+
+    Bytes that are not UTF-8 become U+FFFD, so a raw 0xFF in a HELO makes it
+    invalid (``bad-idn``) instead of a Latin-1 letter that IDNA would accept.
+    """
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:  # not from the wire (a caller's own text): already decoded
+        return value
+    return raw.decode("utf-8", "replace")
 
 
 def _address(value: str) -> str:
@@ -178,6 +216,7 @@ def wants_msgpack(headers: list[tuple[str, str]]) -> bool:
 _HEADS: dict[tuple[object, ...], bytes] = {}  # response heads but the length, built once
 MAX_ENCODED = 2048  # reply bodies kept for reused check results
 MAX_PIPELINE = 16  # requests parsed ahead of their answers on one connection
+SNIFF = 8192  # bytes the first line may take before it is known not to be RSPAMC or SPAMC
 
 
 @dataclass
@@ -198,8 +237,9 @@ class HttpProtocol(asyncio.Protocol):
     away is noticed at once and its check cancelled.
     """
 
-    def __init__(self, app: App):
+    def __init__(self, app: App, metrics_only: bool = False):
         self.app = app
+        self.metrics_only = metrics_only  # the metrics listener: /metrics and /ping, no secret asked
         self.limits = app.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -210,6 +250,7 @@ class HttpProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.closing = False
         self.loop = asyncio.get_running_loop()
+        self.sniffed: bytes | None = b""  # the start of the first line; None once it is known to be HTTP
 
     # -- connection ----------------------------------------------------------------------
 
@@ -243,6 +284,16 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.sniffed is not None:  # rspamd's one port: the first line tells RSPAMC and SPAMC apart
+            data = self.sniffed + data
+            if b"\n" not in data and len(data) < SNIFF:
+                if not self.sniffed:
+                    self._arm(self.limits.request_timeout)  # a request has begun
+                self.sniffed = data
+                return
+            self.sniffed = None
+            if _legacy.takeover(self, data):
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -310,6 +361,8 @@ class HttpProtocol(asyncio.Protocol):
         length = next((v for n, v in r.headers or () if n.lower() == "content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.limits.body:
             raise HttpError(413, f"body larger than {self.limits.body} bytes")
+        if self.metrics_only and path not in (b"/ping", b"/metrics"):
+            raise HttpError(404, "this address serves /metrics only")
         if path in CHECK_PATHS:
             if r.method != b"POST":
                 raise HttpError(405, f"{path.decode('latin-1')} takes POST")
@@ -357,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
         if path == b"/ping":
             self.respond(200, b"pong\r\n", "text/plain")
             return
-        if not self.app.authorised(r.headers or []):
+        if not self.metrics_only and not self.app.authorised(r.headers or []):
             self.error(403, "wrong or missing Password")
             return
         if path == b"/metrics":
@@ -381,11 +434,12 @@ class HttpProtocol(asyncio.Protocol):
         checker = self.app.checker  # a reload swaps it for later requests, not this one
         try:
             result = await checker.check(env)
-            body = self.app.encoded(checker, result, msgpack_reply)
+            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+            body = self.app.encoded(checker, result, msgpack_reply, enforcement)
             seconds = time.perf_counter() - started
             self.app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
             if self.app.check_log.enabled:
-                self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask)
+                self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask, enforcement)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug: answer 500, log it, keep serving (STYLE item 9)
@@ -448,12 +502,15 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode("utf-8")
 
 
-async def start_server(app: App, host: str, port: int, sock: socket.socket | None = None) -> asyncio.Server:
-    """Listen on (*host*, *port*), or on *sock*, with one `HttpProtocol` per connection."""
+async def start_server(
+    app: App, host: str, port: int, sock: socket.socket | None = None, metrics_only: bool = False
+) -> asyncio.Server:
+    """Listen on (*host*, *port*), or on *sock*, with one `HttpProtocol` per connection
+    (*metrics_only*: answering ``/metrics`` and ``/ping`` only, without the secret)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> asyncio.Protocol:
-        return HttpProtocol(app)
+        return HttpProtocol(app, metrics_only)
 
     if sock is not None:
         return await loop.create_server(factory, sock=sock)

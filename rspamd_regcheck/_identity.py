@@ -1,4 +1,4 @@
-"""HELO validation and the Registered ID (DESIGN step 3).  Pure.
+"""HELO validation and the Registered ID (docs/scoring.md, step 3).  Pure.
 
 The seed only checked that the HELO had a dot and took its last two labels.
 Here the HELO must be a host name as RFC 1035 section 2.3.1 and IDNA 2008

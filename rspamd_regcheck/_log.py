@@ -1,7 +1,9 @@
 """Logging: one line per check, as text (key=value) or JSON; client addresses maskable.
 
-The line carries the seed verdict in every mode, so an admin can watch what
-enforce mode would do before turning it on.
+The line carries the seed verdict and the action enforce mode takes for that
+message (``enforce=``, from `_enforce.enforce`), in every mode, so an admin can
+watch what enforce mode would do before turning it on.  A DNS failure's
+detail (which resolver, what error) is here as ``detail=``, never in SMTP text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ._check import CheckResult, Envelope
+from ._enforce import NO_ACTION, EnforceAction, Enforcement
 
 CHECK_LOGGER = "rspamd_regcheck.check"
 MAX_STATIC = 2048  # rendered log-line parts kept for reused results
@@ -105,14 +108,22 @@ class CheckLog:
     def enabled(self) -> bool:
         return logging.getLogger(CHECK_LOGGER).isEnabledFor(logging.INFO)
 
-    def check(self, env: Envelope, result: CheckResult, seconds: float, mode: str, mask: bool) -> None:
+    def check(
+        self,
+        env: Envelope,
+        result: CheckResult,
+        seconds: float,
+        mode: str,
+        mask: bool,
+        enforcement: Enforcement = NO_ACTION,
+    ) -> None:
         """Log one check.  The part that only depends on the result is rendered once per result
         (a reused result has the same IP, HELO and verdict): the queue id and the time vary."""
         entry = self._static.get(id(result))
         if entry is None or entry[0] is not result:
             if _format == "json":
                 fields = check_fields(env, result, seconds, mode, mask)
-                del fields["qid"], fields["ms"]
+                del fields["qid"], fields["ms"], fields["enforce"]
                 entry = (result, fields, "")
             else:  # the fields of check_fields, in its order, written out at once
                 v = result.verdict
@@ -122,15 +133,19 @@ class CheckLog:
                     f"verdict={v.seed.action.value}/{v.seed.smtp_code} mode={_text_value(mode)} "
                     f"skipped={_text_value(v.skipped or '-')} queries={result.queries}"
                 )
+                if v.seed.detail:
+                    text += f" detail={_text_value(v.seed.detail)}"
                 entry = (result, {}, text)
             self._static[id(result)] = entry  # holding the result keeps its id from being reused
             if len(self._static) > MAX_STATIC:
                 self._static.popitem(last=False)
         qid, ms = env.queue_id or "-", round(seconds * 1000, 3)
+        action = enforcement.action.value
         if _format == "json":
-            self.write({"event": "check", "qid": qid, **entry[1], "ms": ms})
+            self.write({"event": "check", "qid": qid, **entry[1], "enforce": action, "ms": ms})
         else:
-            self._append(f"{self._stamp()} {self._head} qid={_text_value(qid)} {entry[2]} ms={ms}")
+            enforced = _ENFORCE_TEXT[action]
+            self._append(f"{self._stamp()} {self._head} qid={_text_value(qid)} {entry[2]} enforce={enforced} ms={ms}")
 
     def _stamp(self) -> str:
         now = time.time()
@@ -180,10 +195,17 @@ def mask_ip(ip: object, mask: bool) -> str:
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
-def check_fields(env: Envelope, result: CheckResult, seconds: float, mode: str, mask: bool) -> dict[str, Any]:
+def check_fields(
+    env: Envelope,
+    result: CheckResult,
+    seconds: float,
+    mode: str,
+    mask: bool,
+    enforcement: Enforcement = NO_ACTION,
+) -> dict[str, Any]:
     """The fields of one check's log line."""
     v = result.verdict
-    return {
+    fields = {
         "qid": env.queue_id or "-",
         "ip": mask_ip(env.ip, mask),
         "helo": env.helo or "-",
@@ -193,5 +215,12 @@ def check_fields(env: Envelope, result: CheckResult, seconds: float, mode: str, 
         "mode": mode,
         "skipped": v.skipped or "-",
         "queries": result.queries,
+        "enforce": enforcement.action.value,
         "ms": round(seconds * 1000, 3),
     }
+    if v.seed.detail:
+        fields["detail"] = v.seed.detail
+    return fields
+
+
+_ENFORCE_TEXT = {a.value: _text_value(a.value) for a in EnforceAction}

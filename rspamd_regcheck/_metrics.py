@@ -42,6 +42,9 @@ def _make_instruments() -> dict[str, Any]:
             latency=Histogram("regcheck_check_seconds", "Time to answer a check", buckets=LATENCY_BUCKETS),
             dns=Counter("regcheck_dns", "DNS events: questions sent, cache hits and misses, failures", ["event"]),
             budget=Counter("regcheck_budget_stops", "Checks with a method or the check stopped by a query budget"),
+            legacy=Counter(
+                "regcheck_legacy_requests", "RSPAMC and SPAMC requests answered", ["protocol", "command", "code"]
+            ),
         )
     return _instruments
 
@@ -69,6 +72,12 @@ class Metrics:
     def request(self, path: str, status: int | str) -> None:
         if self.enabled:
             self._tally["requests", path, str(status)] += 1
+            self._soon()
+
+    def legacy(self, protocol: str, command: str, code: int) -> None:
+        """Count a request of the legacy text protocols (`_legacy`), by its reply's sysexits code."""
+        if self.enabled:
+            self._tally["legacy", f"{protocol}\0{command}", str(code)] += 1
             self._soon()
 
     def check(self, verdict: Verdict, seconds: float, dns_counts: dict[str, int]) -> None:
@@ -104,6 +113,8 @@ class Metrics:
                 m["requests"].labels(a, b).inc(n)
             elif kind == "budget":
                 m["budget"].inc(n)
+            elif kind == "legacy":
+                m["legacy"].labels(*a.split("\0"), b).inc(n)
             else:
                 m[kind].labels(a).inc(n)
         self._tally.clear()
@@ -160,4 +171,5 @@ def dns_counts(resolver: Any, result_hits: int = 0) -> dict[str, int]:
     }
     for status, n in stats.failures.items():
         counts[status] = n
+    counts.update(resolver.transport_counts())  # forged or stray replies, ICMP errors
     return counts

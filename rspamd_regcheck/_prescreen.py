@@ -1,8 +1,8 @@
-"""The DNSBL pre-screen (DESIGN step 2; the seed's ``checkSBL``).  Pure.
+"""The DNSBL pre-screen (docs/scoring.md, step 2; the seed's ``checkSBL``).  Pure.
 
-The client IP is looked up in each configured zone: reversed octets for IPv4
-(RFC 5782 2.1), reversed nibbles for IPv6 (RFC 5782 2.4).  Return codes in
-the zone's *blocked* ranges are the list telling our resolver it may not ask
+The client IP is looked up in each configured zone under its reversed name
+(`_names.reverse_name`, RFC 5782 2.1 and 2.4).  Return codes in the zone's
+*blocked* ranges are the list telling our resolver it may not ask
 (Spamhaus answers 127.255.255.252-255 to public or unregistered resolvers,
 DNSWL answers 127.0.0.255): resolver problems, never listings.  Answers
 outside 127.0.0.0/8 are not DNSBL codes (a resolver that rewrites NXDOMAIN,
@@ -16,7 +16,6 @@ import ipaddress
 from dataclasses import dataclass
 
 from ._answer import DnsAnswer, DnsStatus
-from ._types import IPAddress
 
 CodeRange = tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]
 LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")  # RFC 5782 2.1: return codes live here
@@ -66,14 +65,6 @@ class Finding:
     status: Listing
     codes: tuple[str, ...] = ()  # "127.0.0.2" or "127.0.0.2:SBL"
     detail: str = ""
-
-
-def query_name(ip: IPAddress, zone: str) -> str:
-    """The name to ask: ``4.3.2.1.zone`` or 32 reversed nibbles then the zone."""
-    if ip.version == 4:
-        return ".".join(reversed(str(ip).split("."))) + "." + zone
-    nibbles = ip.exploded.replace(":", "")
-    return ".".join(reversed(nibbles)) + "." + zone
 
 
 def parse_code_range(text: str) -> CodeRange:

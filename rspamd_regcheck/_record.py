@@ -1,4 +1,4 @@
-"""Registry record (REG1) parser: ``docs/registry-record.md`` made code.
+"""Registry record (REG1) parser: docs/record-format.md made code.
 
 ``parse_record(text)`` returns a `Record` or raises `InvalidRecord`, whose
 ``reasons`` each name the offending key.  ``select_record(strings)`` picks the

@@ -1,23 +1,25 @@
-"""The reply object of DESIGN section 4, shaped like rspamd's own.  Pure.
+"""The reply object of docs/protocol.md, shaped like rspamd's own.  Pure.
 
 ``score`` sums the configured scores times the dynamic weights.  ``action``
-comes from the score thresholds in score mode and from the seed's verdict in
-enforce mode.
+comes from the score thresholds in score mode and, in enforce mode, is the
+enforce decision (`_enforce.enforce`).  That decision is in every reply, in
+every mode, as ``regcheck.enforce``::
+
+    "enforce": {"action": "reject" | "soft reject" | "add header" | "no action",
+                "message": "550 5.7.1 text" | null}
+
+``message`` is the SMTP reply for reject and soft reject, null otherwise; the
+plugin in enforce mode sets both as rspamd's pre-result, unchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._types import Action, Verdict
+from ._enforce import Enforcement, EnforcePolicy, enforce
+from ._types import Verdict
 from .config import Config
 from .symbols import BY_NAME
-
-ENFORCE_ACTIONS = {
-    Action.REJECT: "reject",
-    Action.TEMPFAIL: "soft reject",
-    Action.FILTER: "add header",
-}
 
 
 def safe(text: str) -> str:
@@ -43,8 +45,16 @@ def score_action(score: float, config: Config) -> str:
     return "no action"
 
 
-def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str, Any]:
-    """The reply for one check, ready for JSON or msgpack."""
+def build_reply(
+    verdict: Verdict, config: Config, queries: int = 0, enforcement: Enforcement | None = None
+) -> dict[str, Any]:
+    """The reply for one check, ready for JSON or msgpack.
+
+    :param enforcement: the enforce decision for this message (it depends on the
+        recipients); None: decided here as for mail to no protected recipient.
+    """
+    if enforcement is None:
+        enforcement = enforce(verdict, EnforcePolicy.of(config))
     symbols: dict[str, Any] = {}
     total = 0.0
     for hit in verdict.symbols:
@@ -61,10 +71,11 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
     total = round(total, 4)
     seed = verdict.seed
     messages: dict[str, str] = {}
+    enforced_message = None if enforcement.message is None else safe(enforcement.message)
     if config.mode == "enforce":
-        action = ENFORCE_ACTIONS.get(seed.action, "no action")
-        if seed.action in (Action.REJECT, Action.TEMPFAIL):
-            messages["smtp_message"] = safe(seed.message)
+        action = enforcement.action.value
+        if enforced_message is not None:
+            messages["smtp_message"] = enforced_message
     else:
         action = score_action(total, config)
     ratings = verdict.ratings
@@ -87,6 +98,7 @@ def build_reply(verdict: Verdict, config: Config, queries: int = 0) -> dict[str,
                 "xcode": seed.xcode,
                 "message": safe(seed.message),
             },
+            "enforce": {"action": enforcement.action.value, "message": enforced_message},
             "id": None if verdict.id is None else safe(verdict.id),
             "ratings": None
             if ratings is None
@@ -116,6 +128,8 @@ def format_reply(reply: dict[str, Any]) -> str:
         lines.append(f"Skipped: {rc['skipped']}")
     v = rc["verdict"]
     lines.append(f"Verdict: {v['action']} {v['smtp_code']} {v['xcode']} {v['message']}")
+    enforced = rc["enforce"]
+    lines.append(f"Enforce: {enforced['action']}" + (f" ({enforced['message']})" if enforced["message"] else ""))
     for name, value in reply["milter"]["add_headers"].items():
         lines.append(f"Header: {name}: {value}")
     return "\n".join(lines)

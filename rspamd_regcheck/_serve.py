@@ -9,35 +9,48 @@ asyncio server.  The supervisor:
   crash loop does not spin);
 - on SIGTERM or SIGINT, tells the workers to stop: they stop accepting,
   let running checks answer (at most `DRAIN_SECONDS`), then exit;
-- on SIGHUP, reads the configuration again: a bad one is logged and the old
-  one kept; a good one is passed to the workers (each reloads in place, its
-  connections untouched) and the number of workers follows ``server.workers``.
+- on SIGHUP, reads and judges the configuration again, as ``config check``
+  does (`_validate.load_checked`): a bad one, whatever the file holds, is
+  logged in one line and the old one kept; a good one is handed to the workers
+  as it was judged (`Published`: they do not read the file again, so they run
+  exactly what the supervisor accepted); each reloads in place, its
+  connections untouched, and the number of workers follows ``server.workers``.
   A changed listen address needs a restart, and says so.
+
+With ``server.metrics_listen``, each worker also listens there for
+Prometheus: ``GET /metrics`` only, no secret asked (the address must be
+loopback).  On the main address ``/metrics`` takes the secret as ``Password``
+or as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import ipaddress
 import logging
 import os
+import pickle
 import shutil
 import signal
 import socket
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ._check import Checker, make_resolver
 from ._http import App, Limits, start_server
+from ._loop import run_loop
 from ._metrics import ENV as METRICS_ENV
 from ._metrics import mark_dead
 from ._policy_server import PolicyServer, start_policy_server
-from .config import Config
-from .errors import ConfigError, RegcheckError
+from ._validate import Checked
+from .config import Config, hostport
+from .errors import ConfigError, ListenError, RegcheckError
 
 log = logging.getLogger("rspamd_regcheck.serve")
 DRAIN_SECONDS = 10.0  # checks still running at shutdown get this long to answer
@@ -45,7 +58,8 @@ YOUNG_SECONDS = 2.0  # a worker dying sooner than this after its start is restar
 MAX_RESTART_PAUSE = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
-Loader = Callable[[], Config]
+Loader = Callable[[], Checked]
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def limits_of(config: Config) -> Limits:
@@ -64,14 +78,15 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(config: Config, host: str) -> None:
-    """Refuse to listen beyond loopback without a shared secret.
+    """Refuse to listen beyond loopback without a shared secret (`_validate.check_config` says so
+    for ``server.listen``; this is for a host given apart from the configuration).
 
     :raises ConfigError: naming ``server.secret``.
     """
     if not is_loopback(host) and not config.secret:
         raise ConfigError(
             "server.secret",
-            f"listening on {host}, beyond loopback, needs a shared secret (rspamd sends it as Password)",
+            f"not set, and {host} is beyond loopback: set server.secret or server.secret_file",
         )
 
 
@@ -113,6 +128,10 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     checker = Checker(config)
     app = App(checker, limits_of(config), metrics=True, log_mask=config.log_mask_clients)
     server = await start_server(app, host, port, sock=listening_socket(host, port))
+    servers = [server]
+    if config.metrics_listen is not None:
+        mhost, mport = config.metrics_listen
+        servers.append(await start_server(app, mhost, mport, sock=listening_socket(mhost, mport), metrics_only=True))
     policy = PolicyServer(app)  # Postfix's policy protocol: a second listener, off by default
     policy_listen = config.policy_server.listen
     policy_server = None
@@ -123,16 +142,19 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
 
     def reload() -> None:
         try:
-            new = load()
+            new = load().config
             new_checker = Checker(new)
         except RegcheckError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        except Exception:  # a bug: the worker keeps serving with what it has (STYLE item 9)
+            log.exception("reload failed, keeping the running configuration")
             return
         old = app.checker
         app.checker, app.limits, app.log_mask = new_checker, limits_of(new), new.log_mask_clients
         # Checks already running finish with the old checker; close it once they must be done.
         loop.call_later(old.config.deadline + 1.0, old.close)
-        log.warning("configuration reloaded")
+        log.info("configuration reloaded")
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -140,12 +162,13 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     try:
         await stop.wait()
     finally:
-        server.close()  # no new connections; open ones are answered, then close
+        for each in servers:
+            each.close()  # no new connections; open ones are answered, then close
         if policy_server is not None:
             policy_server.close()
         app.draining = True
         if app.active:
-            log.warning("draining %d check(s)", len(app.active))
+            log.info("draining %d check(s)", len(app.active))
             await asyncio.wait(set(app.active), timeout=DRAIN_SECONDS)
         app.close_idle()
         policy.close_idle()
@@ -154,9 +177,27 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
         app.checker.close()
 
 
-def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
-    from .cli import run_loop  # the event loop choice lives with the command line
+class Published:
+    """The configuration the supervisor accepted, handed to its workers through a file in a
+    directory only this user can read (the supervisor's own, removed when it stops)."""
 
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "config.pickle")
+
+    def publish(self, config: Config) -> None:
+        """Write *config* for the workers; they read it on SIGHUP (written whole, then renamed)."""
+        partial = self.path + ".new"
+        with open(partial, "wb") as fh:
+            pickle.dump(config, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(partial, self.path)
+
+    def __call__(self) -> Checked:
+        """The worker's loader: the configuration last published."""
+        with open(self.path, "rb") as fh:
+            return Checked(pickle.load(fh))  # our own file, in our own 0700 directory: trusted
+
+
+def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
     try:
         run_loop(worker_main(load, config, host, port))
     except Exception:
@@ -169,8 +210,9 @@ def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, load: Loader, config: Config, host: str, port: int):
+    def __init__(self, load: Loader, config: Config, host: str, port: int, published: Published):
         self.load = load
+        self.published = published
         self.config = config
         self.host, self.port = host, port
         self.children: dict[int, float] = {}  # pid -> start time
@@ -179,6 +221,7 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
@@ -189,7 +232,8 @@ class Supervisor:
                 # the newest configuration anyway); its event loop handles SIGHUP from then on.
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-                code = _run_worker(self.load, self.config, self.host, self.port)
+                _die_with_parent(supervisor)
+                code = _run_worker(self.published, self.config, self.host, self.port)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -224,26 +268,43 @@ class Supervisor:
 
     def reload(self) -> None:
         try:
-            new = self.load()
-            make_resolver(new).close()  # zone files load?
-            check_exposure(new, self.host)
+            checked = self.load()
+            # the address in use until a restart, whatever the file now says
+            check_exposure(checked.config, self.host)
         except RegcheckError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
+        except Exception:  # a bug must not take the supervisor, and so every worker's keeper, down
+            log.exception("reload refused, keeping the running configuration")
+            return
+        new = checked.config
+        for warning in checked.warnings:
+            log.warning("%s", warning)
         if new.listen != self.config.listen:
-            log.warning("server.listen changed: that takes a restart; still listening on %s:%d", self.host, self.port)
+            log.warning(
+                "server.listen changed: that takes a restart; still listening on %s", hostport(self.host, self.port)
+            )
+        if new.metrics_listen != self.config.metrics_listen:
+            log.warning("server.metrics_listen changed: that takes a restart")
+            new = replace(new, metrics_listen=self.config.metrics_listen)
         if new.policy_server.listen != self.config.policy_server.listen:
             log.warning("policy_server.listen changed: that takes a restart; kept %s", self.config.policy_server.listen)
+            new = replace(new, policy_server=replace(new.policy_server, listen=self.config.policy_server.listen))
         self.config = new
-        for pid in list(self.children):
-            _signal(pid, signal.SIGHUP)
+        try:
+            self.published.publish(new)
+        except OSError as exc:  # e.g. /tmp full: the workers keep theirs, new ones start with the new one
+            log.error("cannot hand the new configuration to the workers: %s", exc.strerror or exc)
+        else:
+            for pid in list(self.children):
+                _signal(pid, signal.SIGHUP)
         while len(self.children) + len(self.pending) < new.workers:
             self.spawn()
         extra = len(self.children) - new.workers
         for pid in list(self.children)[: max(0, extra)]:
             self.children.pop(pid)
             _signal(pid, signal.SIGTERM)
-        log.warning("configuration reloaded: %d worker(s)", new.workers)
+        log.info("configuration reloaded: %d worker(s)", new.workers)
 
     def stop(self) -> None:
         self.stopping = True
@@ -264,18 +325,19 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         for _ in range(self.config.workers):
             self.spawn()
-        log.warning(
-            "rspamd-regcheck listening on %s:%d with %d worker(s); registry zones: %s",
-            self.host,
-            self.port,
+        metrics = self.config.metrics_listen
+        log.info(
+            "rspamd-regcheck listening on %s with %d worker(s); registry zones: %s%s",
+            hostport(self.host, self.port),
             self.config.workers,
             ", ".join(self.config.registry_zones),
+            f"; metrics on {hostport(*metrics)}" if metrics else "",
         )
         while True:
             received = signal.sigtimedwait(SIGNALS, 0.2)
             sig = received.si_signo if received is not None else None
             if sig in (signal.SIGTERM, signal.SIGINT):
-                log.warning("stopping")
+                log.info("stopping")
                 self.stop()
                 return 0
             if sig == signal.SIGHUP:
@@ -295,34 +357,51 @@ def _describe(status: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
-def serve(load: Loader, config: Config, host: str, port: int) -> int:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send this worker SIGTERM if the supervisor dies, so no worker is left
+    answering with nobody to restart or reload it (it drains and exits as on any SIGTERM)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the supervisor's stop() is all there is
+        return
+    if os.getppid() != parent:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve(load: Loader, config: Config) -> int:
     """Run the supervisor until it is told to stop.  Returns the exit status.
+
+    *config* has passed `_validate.load_checked` (which *load* calls again on SIGHUP, in the
+    supervisor only: the workers get what it accepted).
 
     :raises ConfigError: for a non-loopback address without a secret, or a policy listener on
         the HTTP listener's port.
-    :raises OSError: when the address cannot be listened on.
+    :raises ListenError: when an address cannot be listened on.
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
+    host, port = config.listen
     check_exposure(config, host)
     if config.policy_server.listen is not None and config.policy_server.listen[1] == port:
         # both sockets have SO_REUSEPORT: the kernel would split connections between the protocols
         raise ConfigError("policy_server.listen", f"port {port} is the HTTP listener's; give it a port of its own")
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
-    listening_socket(host, port).close()  # fail now on an address in use or not ours
-    if config.policy_server.listen is not None:
-        try:
-            listening_socket(*config.policy_server.listen).close()
-        except OSError as exc:
-            phost, pport = config.policy_server.listen
-            raise ConfigError(
-                "policy_server.listen", f"cannot listen on {phost}:{pport}: {exc.strerror or exc}"
-            ) from exc
+    for address in (config.listen, config.metrics_listen, config.policy_server.listen):
+        if address is not None:
+            try:  # fail now on an address in use or not ours
+                listening_socket(*address).close()
+            except OSError as exc:
+                raise ListenError(address, exc.strerror or str(exc)) from exc
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
+    run_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-run-")  # 0700: the accepted configuration
     os.environ[METRICS_ENV] = metrics_dir
     try:
-        return Supervisor(load, config, host, port).run()
+        published = Published(run_dir)
+        published.publish(config)
+        return Supervisor(load, config, host, port, published).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 __all__: list[Any] = ["check_exposure", "serve", "worker_main"]

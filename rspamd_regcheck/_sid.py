@@ -9,7 +9,7 @@ support, so the record is chosen here and its terms handed to pyspf as a
    several are a permerror;
 2. without one, the domain's ``v=spf1`` record (RFC 4406 3.4), one at most.
 
-Differences from RFC 4406, all written in the README too:
+Differences from RFC 4406, all written in docs/scoring.md too:
 - ``include:`` and ``redirect=`` targets are evaluated by pyspf with their
   ``v=spf1`` records, not their ``spf2.0/pra`` ones;
 - ``exp=`` texts and macros are expanded as RFC 7208 does; RFC 4406's

@@ -195,7 +195,7 @@ def aligned(mail_from: str, ident: str) -> bool:
 
 
 def spf_identity(mail_from: str | None, helo: str, ident: str, alignment: str) -> tuple[str, str]:
-    """The sender to check and why (DESIGN methods table, RFC 7208 2.2-2.4).
+    """The sender to check and why (docs/scoring.md, "SPF"; RFC 7208 2.2-2.4).
 
     A null or missing MAIL FROM means the HELO identity (``postmaster@<helo>``).
     With relaxed alignment a MAIL FROM outside the ID is not checked at all:

@@ -1,4 +1,4 @@
-"""An asyncio DNS stub client: UDP on one connected socket per server, TCP on truncation.
+"""An asyncio DNS stub client: UDP from a pool of source ports per server, TCP on truncation.
 
 Why not dnspython's or c-ares' client: dnspython's async resolver spends
 about 0.35 ms of CPU per question and opens a socket per query; aiodns
@@ -10,13 +10,27 @@ counts of the budgets.  This client builds and reads messages with
 The common case costs no task, coroutine or timer of its own: `start`
 sends the question and returns; the reply callback reads it and calls the
 caller back.  Timeouts are kept in buckets of a few milliseconds, swept by
-one timer per transport.  Only the rare paths (opening a socket, TCP after
-truncation) run as tasks.
+one timer per transport.  Only the rare path (TCP after truncation) runs as
+a task; sockets open and close without one.
 
-Safety: a reply is accepted only from the server asked (connected socket),
-with the query's random ID, and with the same question (name, type, class);
-anything else is dropped and the question keeps waiting.  A malformed reply
-to a pending question ends that try as an error.
+Forgery (RFC 5452): each server has a pool of ``sockets`` connected UDP
+sockets, each on a port the kernel chose at random (RFC 6056).  A try
+leaves from one drawn at random and its reply is accepted only on that
+socket, from the server asked (the kernel drops anything else on a
+connected socket), with the try's random ID and the question as sent (in
+the same letter case when ``case_randomise`` is on).  A forger must guess
+the port and the ID: 22 bits with 64 sockets.  Ports are replaced as they
+serve: every ``rotate_every`` tries on a server (replies dropped count as
+tries) a new socket opens and the oldest leaves the draw, closed once
+nothing waits on it; so a port seen by an attacker lives ``sockets x
+rotate_every`` tries at most (rotation waits while as many retired sockets
+as the pool holds are still waited on: at most twice ``sockets`` are open).
+A malformed or mismatched reply is dropped and the question keeps waiting.
+
+Errors stay local: an ICMP error (or any other error reading a socket)
+retires that socket only, and the questions waiting on it are sent again on another
+socket for the rest of their try.  A second refusal within the same try
+ends the try: a server that really refuses is left for the next as before.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import math
 import os
@@ -34,7 +49,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from ._answer import DnsAnswer, DnsStatus, answer_from_reply
-from ._wire import MalformedReply, Rcode, Reply, RType, build_query, parse_reply
+from ._types import hostport
+from ._wire import MalformedReply, Rcode, Reply, RType, build_query, parse_reply, randomise_case
 
 log = logging.getLogger("rspamd_regcheck.dns")
 
@@ -79,6 +95,21 @@ class _Ids:
 _IDS = _Ids()
 
 
+_FORKS = [0]  # bumped in a forked child: a transport there opens sockets of its own
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+DEFAULT_SOCKETS = 64  # RFC 5452 9.2: with the 16-bit ID, at least 22 bits to guess
+DEFAULT_ROTATE_EVERY = 4  # tries on a server between two new ports (a port lives 64 x 4 tries)
+MAX_REFUSALS = 1  # ICMP errors a try survives (each costs a re-send on another socket)
+MAX_UDP_REPLY = 65535  # bytes; a server should keep to EDNS_PAYLOAD, but a longer datagram is read whole
+
+
 class _Question:
     """One question on its way: which try it is on, and where it waits."""
 
@@ -94,9 +125,12 @@ class _Question:
         "first",
         "last",
         "name",
+        "note",
         "qid",
+        "question",
+        "refused",
         "rtype",
-        "server",
+        "sock",
         "token",
     )
 
@@ -110,88 +144,89 @@ class _Question:
         self.first = first  # the index of the server asked first
         self.attempt = 0
         self.edns = True
-        self.server: _Server | None = None
+        self.sock: _Socket | None = None
         self.qid = -1  # >= 0 while waiting for a UDP reply
         self.bucket = 0
         self.last = _TIMEOUT
+        self.note: DnsAnswer | None = None  # a malformed reply seen in this try: said if it times out
+        self.refused = 0  # ICMP errors in this try
         self.finished = False
+        self.question = base[12:]  # the question as sent, byte for byte
         # The question as sent, to save decoding its echo; not for a name with a backslash,
         # which reads back escaped (as dnspython writes it).
-        self.asked = (base[12:], name) if "\\" not in name else None
+        self.asked = (self.question, name) if "\\" not in name else None
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    """The protocol of one socket; forwards to its server only while it is that server's socket."""
+class _Socket:
+    """One connected UDP socket of a server's pool, with the tries that left from it.
 
-    def __init__(self, server: _Server):
+    A plain non-blocking socket read by the event loop's ``add_reader``, not
+    an asyncio transport: it opens and closes without a task or an await, so
+    a pool can be renewed as fast as it serves (about 10 us a socket).
+    """
+
+    __slots__ = ("closed", "fd", "owner", "pending", "recv", "retired", "send", "server", "sock")
+
+    def __init__(self, server: _Server, loop: asyncio.AbstractEventLoop):
+        """:raises OSError: when the socket cannot be opened."""
+        sock = socket.socket(server.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((server.host, server.port))  # the kernel draws the port (RFC 6056)
+            loop.add_reader(sock.fileno(), self._readable)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.send = sock.send
+        self.recv = sock.recv
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.owner = server.owner
+        self.pending: dict[int, _Question] = {}
+        self.retired = False  # out of the draw; closed once nothing waits on it
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def _readable(self) -> None:
+        # One datagram a wake-up, as asyncio's own transports read: the loop polls level-triggered,
+        # so more waiting are read on the next turn, and the common case raises no BlockingIOError.
+        try:
+            data = self.recv(MAX_UDP_REPLY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error the kernel queued on the socket
+            server = self.server
+            self.owner._refused(self, f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
+            return
+        self.owner._reply(self, data)
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.server.owner._reply(self.server, data)
-
-    def error_received(self, exc: Exception) -> None:
-        if self.server.endpoint is self:
-            detail = f"{self.server.host}:{self.server.port}: {getattr(exc, 'strerror', None) or exc}"
-            self.server.fail_pending(detail)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.server.endpoint is self:
-            self.server.endpoint = None
-            self.server.transport = None
-            self.server.fail_pending("socket closed")
+    def close(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Close the socket; *loop* None: without touching an event loop (a forked child's inherited one)."""
+        if self.closed:
+            return
+        self.closed = True
+        if loop is not None:
+            with contextlib.suppress(RuntimeError, ValueError, OSError):  # a loop closed already
+                loop.remove_reader(self.fd)
+        self.sock.close()
 
 
 class _Server:
-    """A connected UDP socket to one server, with its questions in flight."""
+    """One server and its pool of sockets."""
 
-    def __init__(self, host: str, port: int, index: int, owner: Transport):
+    def __init__(self, host: str, port: int, index: int, owner: Transport, trusted: bool):
         self.host = host
         self.port = port
         self.index = index
         self.owner = owner
-        self.transport: asyncio.DatagramTransport | None = None
-        self.endpoint: _Endpoint | None = None
-        self.pending: dict[int, _Question] = {}
-        self.lock = asyncio.Lock()
+        self.trusted = trusted  # a validating resolver whose AD bit we believe
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.live: list[_Socket] = []  # in the draw, oldest first
+        self.draining: set[_Socket] = set()  # retired, with tries still waiting on them
+        self.tries = 0  # since the last new socket
 
-    def reset(self) -> None:
-        """Forget sockets and questions of an event loop that is gone."""
-        self.transport = self.endpoint = None
-        self.pending = {}
-        self.lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        async with self.lock:
-            if self.transport is None or self.transport.is_closing():
-                loop = asyncio.get_running_loop()
-                family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-                endpoint = _Endpoint(self)
-                await loop.create_datagram_endpoint(lambda: endpoint, remote_addr=(self.host, self.port), family=family)
-                self.endpoint, self.transport = endpoint, endpoint.transport
-
-    def new_id(self) -> int:
-        while True:
-            qid = _IDS.next()
-            if qid not in self.pending:
-                return qid
-
-    def fail_pending(self, detail: str) -> None:
-        """Every question waiting here has failed this try (an ICMP error, a closed socket)."""
-        waiting = list(self.pending.values())
-        self.pending.clear()
-        answer = DnsAnswer(DnsStatus.ERROR, detail=detail)
-        for q in waiting:
-            self.owner._unwait(q)
-            self.owner._try_failed(q, answer)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            with contextlib.suppress(RuntimeError):  # its event loop is closed already: nothing to do there
-                self.transport.close()
+    def sockets(self) -> list[_Socket]:
+        return [*self.live, *self.draining]
 
 
 class Transport:
@@ -199,6 +234,12 @@ class Transport:
 
     A question gets *tries* tries of ``timeout / tries`` seconds each, on the
     servers in turn, and ends within *timeout* seconds (TCP included).
+
+    :param sockets: UDP sockets (source ports) per server.
+    :param rotate_every: tries on a server between two new sockets.
+    :param case_randomise: ask in mixed letter case and want it echoed (0x20).
+    :param authentic: set the AD bit in questions (RFC 6840 5.7).
+    :param trusted: the servers whose AD bit is believed (loopback always is).
     """
 
     def __init__(
@@ -207,10 +248,17 @@ class Transport:
         timeout: float = 2.0,
         tries: int = 2,
         recursion: bool = True,
+        *,
+        sockets: int = DEFAULT_SOCKETS,
+        rotate_every: int = DEFAULT_ROTATE_EVERY,
+        case_randomise: bool = False,
+        authentic: bool = False,
+        trusted: Sequence[str] = (),
     ):
         if not servers:
             raise ValueError("no DNS server to ask")
-        self._servers = [_Server(host, port, i, self) for i, (host, port) in enumerate(servers)]
+        trust = {ipaddress.ip_address(t) for t in trusted}
+        self._servers = [_Server(host, port, i, self, _trusted(host, trust)) for i, (host, port) in enumerate(servers)]
         self._timeout = timeout
         self.timeout = timeout  # the longest a question takes (UDP tries and TCP together)
         self._tries = max(1, tries)
@@ -218,16 +266,24 @@ class Transport:
         # Timeouts fire up to this late: one timer sweeps a bucket of them at a time.
         self._grain = max(0.001, min(0.02, self._per_try / 20))
         self._recursion = recursion
+        self._size = max(1, sockets)
+        self._rotate_every = max(1, rotate_every)
+        self._case = case_randomise
+        self._authentic = authentic
         self._next = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fork = _FORKS[0]
         self._buckets: dict[int, set[_Question]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_bucket = math.inf
         self._tasks: set[asyncio.Task[None]] = set()
-        self._held: set[_Question] = set()  # questions a task holds (TCP, opening a socket)
+        self._held: set[_Question] = set()  # questions a task holds (TCP)
         self._closed = False
         self.sent = 0  # UDP questions sent, retries included
         self.tcp = 0  # questions re-asked over TCP
+        self.dropped = 0  # UDP replies not accepted: unknown ID, malformed, another question
+        self.refusals = 0  # ICMP errors (and other errors reading a socket)
+        self.opened = 0  # sockets opened
 
     async def ask(self, name: str, rtype: RType) -> DnsAnswer:
         """Ask for *rtype* at *name* (lower case, no trailing dot)."""
@@ -238,18 +294,31 @@ class Transport:
     def start(self, name: str, rtype: int, done: Done, token: Any) -> None:
         """Send the question; ``done(token, answer)`` is called once when it ends (maybe before this returns)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new event loop (asyncio.run again)
+        if loop is not self._loop or self._fork != _FORKS[0]:  # first use, a new event loop, a forked child
             self._adopt(loop)
         if self._closed:
             done(token, _CLOSED)
             return
         try:
-            base = build_query(0, name, rtype, self._recursion)
+            base = build_query(0, name, rtype, self._recursion, self._authentic)
         except (ValueError, UnicodeEncodeError) as exc:
             done(token, DnsAnswer(DnsStatus.ERROR, detail=f"cannot ask for {name!r}: {exc}"))
             return
+        if self._case:
+            base = randomise_case(base, os.urandom((len(base) + 7) // 8))
         q = _Question(name, rtype, base, done, token, loop.time() + self._timeout, self._next)
-        self._send(q, self._servers[q.first % len(self._servers)], self._per_try)
+        try:
+            self._send(q, self._servers[q.first % len(self._servers)], self._per_try)
+        except Exception as exc:  # a bug: the question still ends (a caller waits on it), logged
+            log.exception("DNS client failed on %s", name)
+            if q.sock is not None and q.qid >= 0 and q.sock.pending.get(q.qid) is q:
+                self._release(q)
+            self._finish(q, DnsAnswer(DnsStatus.ERROR, detail=f"DNS client failed: {type(exc).__name__}"))
+
+    @property
+    def open_sockets(self) -> int:
+        """UDP sockets open now (in the draw, and retired ones still waited on)."""
+        return sum(len(s.live) + len(s.draining) for s in self._servers)
 
     # -- trying --------------------------------------------------------------------------------
 
@@ -263,16 +332,21 @@ class Transport:
         if wait <= 0:
             self._finish(q, q.last)
             return
-        transport = server.transport
-        if transport is None or transport.is_closing():
-            self._spawn(q, self._open_then_send(q, server))
-            return
-        qid = server.new_id()
+        live = server.live
+        if len(live) < self._size:
+            failed = self._fill(server)
+            if not live:
+                self._try_failed(q, failed or _CLOSED)
+                return
+        qid = _IDS.next()
+        sock = live[_IDS.next() % len(live)]  # a port drawn per try (RFC 5452 9.2)
+        while qid in sock.pending:
+            qid = _IDS.next()
         query = struct.pack("!H", qid) + q.base[2:]
         if q.edns:
             query = query[:10] + b"\x00\x01" + query[12:] + _OPT  # ARCOUNT 1, then the OPT record
-        server.pending[qid] = q
-        q.server, q.qid = server, qid
+        sock.pending[qid] = q
+        q.sock, q.qid = sock, qid
         bucket = math.ceil((now + wait) / self._grain)
         q.bucket = bucket
         waiting = self._buckets.get(bucket)
@@ -281,47 +355,46 @@ class Transport:
         waiting.add(q)
         if bucket < self._timer_bucket:
             self._arm(bucket)
-        transport.sendto(query)
         self.sent += 1
-
-    async def _open_then_send(self, q: _Question, server: _Server) -> None:
         try:
-            await server.open()
-        except OSError as exc:
-            failed: DnsAnswer | None = DnsAnswer(
-                DnsStatus.ERROR, detail=f"{server.host}:{server.port}: {exc.strerror or exc}"
-            )
-        else:
-            failed = None
-        finally:
-            self._held.discard(q)
-        if self._closed:  # closed while the socket opened: it must not stay open
-            server.close()
-        if q.finished:  # closed meanwhile
-            return
-        if failed is not None:
-            self._try_failed(q, failed)
-        else:
-            self._send(q, server, self._per_try)
+            sock.send(query)
+        except (BlockingIOError, InterruptedError):
+            pass  # the send buffer is full: lost like a datagram on the way, the try times out
+        except OSError as exc:  # an ICMP error queued by an earlier try on this socket
+            self._refused(sock, f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
+        server.tries += 1
+        if server.tries >= self._rotate_every:
+            self._rotate(server)
 
-    def _reply(self, server: _Server, data: bytes) -> None:
-        if len(data) < 2:
-            return
-        q = server.pending.get((data[0] << 8) | data[1])
+    def _release(self, q: _Question) -> None:
+        """*q* no longer waits on its socket (closed now if it was retired and nothing else waits)."""
+        sock = cast(_Socket, q.sock)
+        del sock.pending[q.qid]
+        self._unwait(q)
+        if sock.retired and not sock.pending:
+            sock.server.draining.discard(sock)
+            sock.close(self._loop)
+
+    def _reply(self, sock: _Socket, data: bytes) -> None:
+        q = sock.pending.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
         if q is None:
+            self._dropped(sock.server)
+            return
+        if self._case and not data.startswith(q.question, 12):
+            self._dropped(sock.server)  # not the question in the letter case it was asked in (0x20)
             return
         try:
             reply = parse_reply(data, q.asked)
         except MalformedReply as exc:
-            del server.pending[q.qid]
-            self._unwait(q)
-            self._try_failed(q, DnsAnswer(DnsStatus.ERROR, detail=f"malformed reply: {exc}"))
+            q.note = DnsAnswer(DnsStatus.ERROR, detail=f"malformed reply: {exc}")
+            self._dropped(sock.server)  # a forger's, maybe: the real reply may still come
             return
         if reply.qname != q.name or reply.qtype != q.rtype or reply.qclass != 1:
-            return  # not the answer to our question: keep waiting
-        del server.pending[q.qid]
-        self._unwait(q)
-        if reply.rcode == Rcode.FORMERR and q.edns:
+            self._dropped(sock.server)  # not the answer to our question: keep waiting
+            return
+        server = sock.server
+        self._release(q)
+        if reply.rcode == Rcode.FORMERR and q.edns and not reply.edns:
             q.edns = False  # an old server that does not speak EDNS (RFC 6891 7): the rest of the time, no EDNS
             self._send(q, server, math.inf)
             return
@@ -330,7 +403,75 @@ class Transport:
             self._spawn(q, self._tcp_then(q, server))
             return
         self._next = server.index
-        self._finish(q, answer_from_reply(reply, q.name, q.rtype))
+        self._finish(q, answer_from_reply(reply, q.name, q.rtype, server.trusted))
+
+    def _dropped(self, server: _Server) -> None:
+        """A reply not accepted: it counts as a try towards the next new port."""
+        self.dropped += 1
+        server.tries += 1
+        if server.tries >= self._rotate_every:
+            self._rotate(server)
+
+    def _refused(self, sock: _Socket, detail: str) -> None:
+        """An ICMP error (forged, maybe): retire the socket, send the tries waiting on it again from another."""
+        self.refusals += 1
+        server = sock.server
+        waiting = list(sock.pending.values())
+        sock.pending.clear()
+        self._retire(sock)
+        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        for q in waiting:
+            self._unwait(q)
+            left = q.bucket * self._grain - loop.time()  # the rest of this try
+            q.refused += 1
+            if q.refused > MAX_REFUSALS or left <= 0:
+                self._try_failed(q, DnsAnswer(DnsStatus.ERROR, detail=detail))
+            else:
+                self._send(q, server, left)
+
+    def _retire(self, sock: _Socket) -> None:
+        """Take *sock* out of the draw; it closes once nothing waits on it."""
+        if sock.retired:
+            return
+        sock.retired = True
+        server = sock.server
+        with contextlib.suppress(ValueError):
+            server.live.remove(sock)
+        if sock.pending:
+            server.draining.add(sock)
+        else:
+            sock.close(self._loop)
+
+    def _rotate(self, server: _Server) -> None:
+        """A new port in the draw, then the oldest out of it (its replacement is ready first).
+
+        Not while as many retired sockets as the pool holds still have tries waiting on them
+        (a slow server under load): a server's sockets stay at most twice ``sockets``.
+        """
+        server.tries = 0
+        if len(server.draining) >= self._size:
+            return
+        if self._open(server) is None and len(server.live) > self._size:
+            self._retire(server.live[0])
+
+    def _fill(self, server: _Server) -> DnsAnswer | None:
+        """Open the sockets *server* lacks; the failure, if one could not be opened."""
+        while len(server.live) < self._size:
+            failed = self._open(server)
+            if failed is not None:
+                return failed
+        return None
+
+    def _open(self, server: _Server) -> DnsAnswer | None:
+        """One more socket in *server*'s draw; the failure if it could not be opened."""
+        try:
+            sock = _Socket(server, cast(asyncio.AbstractEventLoop, self._loop))
+        except OSError as exc:
+            log.warning("cannot open a DNS socket to %s:%s: %s", server.host, server.port, exc)
+            return DnsAnswer(DnsStatus.ERROR, detail=f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
+        server.live.append(sock)
+        self.opened += 1
+        return None
 
     async def _tcp_then(self, q: _Question, server: _Server) -> None:
         loop = cast(asyncio.AbstractEventLoop, self._loop)
@@ -346,11 +487,13 @@ class Transport:
             self._try_failed(q, result)
         else:
             self._next = server.index
-            self._finish(q, answer_from_reply(result, q.name, q.rtype))
+            self._finish(q, answer_from_reply(result, q.name, q.rtype, server.trusted))
 
     def _try_failed(self, q: _Question, answer: DnsAnswer) -> None:
         q.last = answer
         q.attempt += 1
+        q.refused = 0
+        q.note = None
         loop = cast(asyncio.AbstractEventLoop, self._loop)
         if q.attempt < self._tries and loop.time() < q.deadline:
             self._send(q, self._servers[(q.first + q.attempt) % len(self._servers)], self._per_try)
@@ -395,12 +538,11 @@ class Transport:
         now_bucket = math.floor((loop.time() + 0.001) / self._grain)
         for bucket in sorted(b for b in self._buckets if b <= now_bucket):
             for q in self._buckets.pop(bucket, ()):
-                server = q.server
-                if q.finished or q.bucket != bucket or server is None or server.pending.get(q.qid) is not q:
+                sock = q.sock
+                if q.finished or q.bucket != bucket or sock is None or sock.pending.get(q.qid) is not q:
                     continue  # moved on while this bucket was swept (an ICMP error re-sent it)
-                del server.pending[q.qid]
-                q.qid = -1
-                self._try_failed(q, _TIMEOUT)
+                self._release(q)
+                self._try_failed(q, q.note or _TIMEOUT)
         if self._buckets:
             first = min(self._buckets)
             if first < self._timer_bucket:
@@ -429,16 +571,21 @@ class Transport:
             log.error("DNS client failed on %s", q.name, exc_info=exc)
             failure = f"DNS client failed: {type(exc).__name__}"
         if not q.finished:
-            if q.server is not None and q.qid >= 0:
-                q.server.pending.pop(q.qid, None)
-                self._unwait(q)
+            if q.sock is not None and q.qid >= 0 and q.sock.pending.get(q.qid) is q:
+                self._release(q)
             self._finish(q, DnsAnswer(DnsStatus.ERROR, detail=failure))
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         had_loop = self._loop is not None
-        self._loop = loop
+        # A forked child closes the parent's sockets without touching the event loop: the child
+        # shares the parent's epoll set, and must not take the parent's sockets out of it.
+        old = None if self._fork != _FORKS[0] else self._loop
+        self._fork = _FORKS[0]
         for server in self._servers:
-            server.reset()
+            for sock in server.sockets():
+                sock.close(old)
+            server.live, server.draining, server.tries = [], set(), 0
+        self._loop = loop
         # What belonged to the old loop is gone with it (its callers too): dropped, not answered.
         self._buckets = {}
         self._timer, self._timer_bucket = None, math.inf
@@ -468,7 +615,7 @@ class Transport:
         except TimeoutError:
             return DnsAnswer(DnsStatus.TIMEOUT, detail="timeout over TCP")
         except (OSError, asyncio.IncompleteReadError) as exc:
-            return DnsAnswer(DnsStatus.ERROR, detail=f"TCP to {server.host}:{server.port}: {exc}")
+            return DnsAnswer(DnsStatus.ERROR, detail=f"TCP to {hostport(server.host, server.port)}: {exc}")
         finally:
             if writer is not None:
                 writer.close()
@@ -487,12 +634,14 @@ class Transport:
         """
         self._closed = True
         for server in self._servers:
-            waiting = list(server.pending.values())
-            server.pending.clear()
-            for q in waiting:
-                self._unwait(q)
-                self._finish(q, _CLOSED)
-            server.close()
+            for sock in server.sockets():
+                waiting = list(sock.pending.values())
+                sock.pending.clear()
+                for q in waiting:
+                    self._unwait(q)
+                    self._finish(q, _CLOSED)
+                sock.close(self._loop)
+            server.live, server.draining = [], set()
         for q in list(self._held):  # over TCP, or waiting for a socket
             self._finish(q, _CLOSED)
         for task in list(self._tasks):
@@ -500,6 +649,15 @@ class Transport:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_bucket = None, math.inf
+
+
+def _trusted(host: str, listed: set[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    """Whether *host*'s AD bit counts: a loopback address (nothing crossed a network), or one listed."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address in listed
 
 
 def _resolve(fut: asyncio.Future[DnsAnswer], answer: DnsAnswer) -> None:

@@ -15,6 +15,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def hostport(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (RFC 3986 3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Method(enum.Enum):
     """An authentication method a sender may offer in its registry record."""
 
@@ -70,7 +75,7 @@ class Action(enum.Enum):
 
 
 class RatingClass(enum.Enum):
-    """How the receiver judges an ID's ratings (DESIGN step 6)."""
+    """How the receiver judges an ID's ratings (docs/scoring.md, "Ratings")."""
 
     NONE = "none"  # no trusted, scored rating in the record
     BAD = "bad"
@@ -113,7 +118,7 @@ class MethodOffer:
 
 @dataclass(frozen=True)
 class Record:
-    """A parsed registry record (``registry-record.md``)."""
+    """A parsed registry record (docs/record-format.md)."""
 
     stop: bool = False
     idlevel: int | None = None
@@ -140,13 +145,14 @@ class Record:
 
 @dataclass(frozen=True)
 class RatingSummary:
-    """The outcome of weighing a record's ratings (DESIGN step 6)."""
+    """The outcome of weighing a record's ratings (docs/scoring.md, "Ratings")."""
 
     klass: RatingClass
     used: tuple[Rating, ...] = ()
     mean: float | None = None
     low: float | None = None
     high: float | None = None
+    notes: tuple[str, ...] = ()  # services that gave no rating and why ("DBL:refused 127.0.1.255")
 
     @functools.cached_property
     def text(self) -> str:
@@ -181,7 +187,8 @@ class SeedVerdict:
     action: Action
     smtp_code: int
     xcode: str
-    message: str
+    message: str  # SMTP text: said to the sender, so it names nothing internal
+    detail: str = ""  # what went wrong, for the log only (a resolver's address and error)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ CLASS_IN = 1
 FLAG_QR = 0x8000
 FLAG_TC = 0x0200
 FLAG_RD = 0x0100
+FLAG_AD = 0x0020  # RFC 4035 3.2.3; in a query, RFC 6840 5.7: "tell me whether you validated it"
+TYPE_OPT = 41  # RFC 6891 6.1.1
 
 
 class RType(enum.IntEnum):
@@ -61,6 +63,7 @@ class Rcode(enum.IntEnum):
     NXDOMAIN = 3
     NOTIMP = 4
     REFUSED = 5
+    BADVERS = 16  # RFC 6891 9: an extended RCODE, its upper 8 bits in the OPT record
 
 
 class MalformedReply(ValueError):
@@ -83,7 +86,12 @@ class RR(NamedTuple):
 
 
 class Reply(NamedTuple):
-    """A parsed reply."""
+    """A parsed reply.
+
+    ``rcode`` is the full RCODE: the header's 4 bits and, when the reply
+    carries an OPT record, its 8 upper bits (RFC 6891 6.1.3).  ``edns`` says
+    whether it carried one; ``authentic`` is the AD bit.
+    """
 
     id: int
     rcode: int
@@ -93,6 +101,8 @@ class Reply(NamedTuple):
     qclass: int
     answers: tuple[RR, ...]
     authority: tuple[RR, ...]
+    edns: bool = False
+    authentic: bool = False
 
 
 def encode_name(name: str) -> bytes:
@@ -114,13 +124,38 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
-def build_query(qid: int, name: str, rtype: int, recursion: bool = True) -> bytes:
-    """A query for one question, class IN, with RD set when *recursion*.
+def build_query(qid: int, name: str, rtype: int, recursion: bool = True, authentic: bool = False) -> bytes:
+    """A query for one question, class IN, with RD set when *recursion*, AD when *authentic*.
+
+    The AD bit in a query asks a validating resolver to say whether it
+    validated the answer (RFC 6840 5.7), without the signatures DO would bring.
 
     :raises ValueError: for a name that does not fit RFC 1035's limits.
     """
-    flags = FLAG_RD if recursion else 0
+    flags = (FLAG_RD if recursion else 0) | (FLAG_AD if authentic else 0)
     return HEADER.pack(qid, flags, 1, 0, 0, 0) + encode_name(name) + struct.pack("!HH", rtype, CLASS_IN)
+
+
+def randomise_case(query: bytes, bits: bytes) -> bytes:
+    """The query with the letters of its question name in mixed case, one bit of *bits* a letter.
+
+    draft-vixie-dnsext-dns0x20: the server echoes the question as asked, so a
+    forger must also guess the case of each letter.  *bits* holds at least
+    one bit per byte of the name (random bytes from the caller).
+    """
+    out = bytearray(query)
+    pos = HEADER.size
+    bit = 0
+    while out[pos]:
+        end = pos + 1 + out[pos]
+        for i in range(pos + 1, end):
+            c = out[i]
+            if 97 <= c <= 122 or 65 <= c <= 90:
+                if bits[bit >> 3] >> (bit & 7) & 1:
+                    out[i] = c ^ 0x20
+                bit += 1
+        pos = end
+    return bytes(out)
 
 
 def _read_name(data: bytes, pos: int, memo: dict[int, str]) -> tuple[str, int]:
@@ -268,7 +303,7 @@ def parse_reply(data: bytes, asked: tuple[bytes, str] | None = None) -> Reply:
     """
     if len(data) < HEADER.size:
         raise MalformedReply("shorter than a DNS header")
-    qid, flags, qdcount, ancount, nscount, _ = HEADER.unpack_from(data)
+    qid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
     if not flags & FLAG_QR:
         raise MalformedReply("not a reply")
     if qdcount != 1:
@@ -301,13 +336,31 @@ def parse_reply(data: bytes, asked: tuple[bytes, str] | None = None) -> Reply:
                 # RFC 2181 8: a TTL with the top bit set is read as zero
                 sections[index].append(RR(name, rtype, ttl if ttl < 0x80000000 else 0, value))
             pos += rdlength
+    rcode, edns = flags & 0xF, False
+    for _ in range(arcount):  # only the OPT record is read here (RFC 6891 6.1.1)
+        if truncated and pos >= len(data):
+            break
+        pos = _skip_name(data, pos)
+        if pos + RR_FIXED.size > len(data):
+            raise MalformedReply("record header runs past the end")
+        rtype, _, ttl, rdlength = RR_FIXED.unpack_from(data, pos)
+        pos += RR_FIXED.size + rdlength
+        if pos > len(data):
+            raise MalformedReply("record data runs past the end")
+        if rtype == TYPE_OPT:
+            if edns:
+                raise MalformedReply("more than one OPT record")  # RFC 6891 6.1.1: FORMERR
+            edns = True
+            rcode |= (ttl >> 24) << 4  # the extended RCODE's upper 8 bits (RFC 6891 6.1.3)
     return Reply(
         id=qid,
-        rcode=flags & 0xF,
+        rcode=rcode,
         truncated=truncated,
         qname=qname,
         qtype=qtype,
         qclass=qclass,
         answers=tuple(sections[0]),
         authority=tuple(sections[1]),
+        edns=edns,
+        authentic=bool(flags & FLAG_AD),
     )

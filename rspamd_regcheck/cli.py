@@ -1,4 +1,4 @@
-"""The ``rspamd-regcheck`` command line (DESIGN section 8).
+"""The ``rspamd-regcheck`` command line (docs/configuration.md, "The command line").
 
 Exit status: 0 success (``check`` printed a verdict, ``record lint`` found
 the record valid, ``config check`` found the config valid); 1 the record or
@@ -8,27 +8,26 @@ config is invalid; 2 usage or operator errors (bad option, unreadable file).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import logging
 import sys
-from collections.abc import Coroutine, Sequence
-from dataclasses import asdict
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from pathlib import Path
 
-from . import __version__
-from ._answer import DnsAnswer, DnsStatus
+from . import __version__, _install, _lint
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
+from ._enforce import enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
-from ._identity import BadHelo, normalise_helo
 from ._log import setup_logging
-from ._record import parse_record, select_record
+from ._loop import run_loop
+from ._record import select_record
 from ._reply import build_reply, format_reply
-from ._serve import serve
-from .config import LEVELS, Config, load_config, parse_hostport
+from ._serve import ListenError, serve
+from ._validate import Checked, load_checked
+from .config import LEVELS, Config, hostport, load_config
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
-T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,144 +72,162 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("record", help="registry record tools")
     rsub = r.add_subparsers(dest="record_command", required=True, metavar="SUBCOMMAND")
-    lint = rsub.add_parser("lint", help="parse a registry record and print it or the reasons it is invalid")
+    lint = rsub.add_parser("lint", help="say what a registry record means, or why it is invalid, with warnings")
     what = lint.add_mutually_exclusive_group(required=True)
     what.add_argument("text", nargs="?", help="the record text, e.g. 'v=reg1 svc=S1:A ip4=192.0.2.0/24'")
-    what.add_argument("--id", metavar="ID", help="fetch the record of this Registered ID from the registry zones")
+    what.add_argument("--id", metavar="HOST", help="find the record for this host name as a check would (IDlevel too)")
+    what.add_argument("--zone-file", dest="lint_zone", metavar="FILE", help="lint every record of a registry zone file")
+    lint.add_argument("--json", action="store_true", help="print the result as JSON")
 
     cfg = sub.add_parser("config", help="configuration tools")
     csub = cfg.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    csub.add_parser("check", help="validate the configuration and print the effective values")
+    chk = csub.add_parser("check", help="validate the configuration and print the effective values")
+    chk.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing when the configuration is valid (warnings still)"
+    )
+
+    rs = sub.add_parser("rspamd", help="install the rspamd plugin and rules into rspamd's configuration")
+    rsub = rs.add_subparsers(dest="rspamd_command", required=True, metavar="SUBCOMMAND")
+    for name, text in (("install", "install or upgrade them"), ("uninstall", "remove what install added")):
+        x = rsub.add_parser(name, help=text)
+        x.add_argument("--confdir", metavar="DIR", default=str(_install.DEBIAN_CONFDIR), help="default /etc/rspamd")
+        x.add_argument(
+            "--force", action="store_true", help="replace or remove files an admin edited (kept as *.regcheck-old)"
+        )
+        x.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
+        if name == "install":
+            x.add_argument(
+                "--mode", choices=_install.MODES, help="score or enforce (default: as installed, else score)"
+            )
+            x.add_argument(
+                "--servers",
+                metavar="HOST:PORT",
+                nargs="+",
+                default=[],
+                help="the worker(s) (default: as installed, else 127.0.0.1:11340)",
+            )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "record" and args.text is not None:
-        return _lint(args.text)
+    if args.command == "record" and args.id is None:
+        return _lint_offline(args)
+    if args.command == "rspamd":
+        uninstall = args.rspamd_command == "uninstall"
+        mode, servers = (None, ()) if uninstall else (args.mode, tuple(args.servers))
+        return _install.run(Path(args.confdir), uninstall, mode, servers, args.force, args.dry_run)
+    # --listen is serve's, but it is judged with the rest: what config check passes, serve starts with
+    listen = args.listen if args.command == "serve" else None
     try:
-        config = load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
-    except ConfigError as exc:
+        checked = load_checked(args.config, tuple(args.registry), args.nameserver, tuple(args.zone_file), listen)
+    except (ConfigError, InvalidZoneFile) as exc:
         print(f"rspamd-regcheck: config error: {exc}", file=sys.stderr)
         return EXIT_INVALID if args.command == "config" else EXIT_USAGE
+    config = checked.config
     if args.command == "config":
-        sys.stdout.write(config.to_toml())
+        for warning in checked.warnings:
+            print(f"rspamd-regcheck: warning: {warning}", file=sys.stderr)
+        if not args.quiet:
+            sys.stdout.write(config.to_toml())
         return EXIT_OK
-    if not config.registry_zones:
-        print(
-            "rspamd-regcheck: no registry zone configured: give --registry ZONE or set registry.zones",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     if args.command == "record":
-        return _lint_id(args.id, config)
+        return _lint_id(args, config)
     if args.command == "serve":
-        return _serve(args, config)
+        return _serve(args, checked)
     return _check(args, config)
 
 
-def _serve(args: argparse.Namespace, config: Config) -> int:
+def _serve(args: argparse.Namespace, checked: Checked) -> int:
+    config = checked.config
     setup_logging(args.log_level or config.log_level, config.log_format)
-    host, port = config.listen
-    if args.listen is not None:
-        try:
-            host, port = parse_hostport("--listen", args.listen, 11340)
-        except ConfigError as exc:
-            print(f"rspamd-regcheck: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    for warning in checked.warnings:
+        logging.getLogger("rspamd_regcheck.serve").warning("%s", warning)
 
-    def load() -> Config:
-        # SIGHUP: the same file and the same command-line overrides, read again
-        return load_config(args.config).with_overrides(tuple(args.registry), args.nameserver, tuple(args.zone_file))
+    def load() -> Checked:
+        # SIGHUP: the same file and the same command-line options, read and judged again
+        return load_checked(args.config, tuple(args.registry), args.nameserver, tuple(args.zone_file), args.listen)
 
     try:
-        return serve(load, config, host, port)
+        return serve(load, config)
     except (ConfigError, InvalidZoneFile) as exc:
         print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
-        print(f"rspamd-regcheck: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+    except ListenError as exc:
+        print(f"rspamd-regcheck: cannot listen on {hostport(*exc.address)}: {exc.why}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _lint_id(ident: str, config: Config) -> int:
-    """Fetch the record of *ident* from each registry zone in order and lint the first found."""
-    name = normalise_helo(ident)
-    if isinstance(name, BadHelo):
-        print(f"rspamd-regcheck: --id: {ident!r} is not a domain name ({name.reason})", file=sys.stderr)
+def _lint_offline(args: argparse.Namespace) -> int:
+    """``record lint TEXT`` and ``record lint --zone-file FILE``: no DNS asked."""
+    try:
+        config = load_config(args.config)
+        texts = [args.text] if args.text is not None else None
+        reports = [_lint.lint(t, config) for t in texts] if texts else _lint.lint_zone(args.lint_zone, config)
+    except (ConfigError, InvalidZoneFile) as exc:
+        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.json:
+        print(json.dumps([r.as_json() for r in reports] if args.text is None else reports[0].as_json(), indent=2))
+    else:
+        print("\n\n".join(_lint.format_report(r) for r in reports))
+        if args.text is None:
+            bad = sum(not r.valid for r in reports)
+            warned = sum(bool(r.warnings) for r in reports)
+            print(f"\n{len(reports)} records: {bad} invalid, {warned} with warnings")
+    return EXIT_INVALID if not reports or any(not r.valid for r in reports) else EXIT_OK
 
-    async def fetch() -> tuple[str, DnsAnswer] | None:
+
+def _lint_id(args: argparse.Namespace, config: Config) -> int:
+    """``record lint --id HOST``: find the record that decides for HOST, as a check would, and lint it."""
+
+    async def fetch() -> _lint.Found:
         resolver = make_resolver(config)
         try:
-            for zone in config.registry_zones:
-                answer = await resolver.query(f"{name}.{zone}", "TXT")
-                if answer.status not in (DnsStatus.NXDOMAIN, DnsStatus.NODATA):
-                    return zone, answer
-            return None
+            return await _lint.find_record(resolver, args.id, config.registry_zones)
         finally:
             resolver.close()
 
     try:
-        result = run_loop(fetch())
-    except InvalidZoneFile as exc:
-        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
+        found = run_loop(fetch())
+    except (ValueError, InvalidZoneFile) as exc:
+        print(f"rspamd-regcheck: --id: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if result is None:
-        print(f"no record for {name} in {', '.join(config.registry_zones)}")
-        return EXIT_INVALID
-    zone, answer = result
-    if answer.status is not DnsStatus.OK:
-        print(f"rspamd-regcheck: {name}.{zone}: {answer.detail or answer.status.value}", file=sys.stderr)
+    report = None
+    if found.name is not None:
+        try:
+            report = _lint.lint(select_record(found.texts), config, found.ident)
+        except InvalidRecord as exc:
+            report = _lint.LintReport(" | ".join(found.texts), False, reasons=exc.reasons)
+    if args.json:
+        asked = [{"name": n, "answer": a} for n, a in found.asked]
+        record = report.as_json() if report is not None else None
+        print(json.dumps({"asked": asked, "error": found.error, "record": record}, indent=2))
+    else:
+        for name, answer in found.asked:
+            print(f"{name}: {answer}")
+        if report is not None:
+            print(_lint.format_report(report))
+    if found.error is not None:
+        print(f"rspamd-regcheck: {found.error}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{name}.{zone}:")
-    for text in answer.records:
-        print(f"  TXT {text!r}")
-    try:
-        text = select_record(answer.records)
-    except InvalidRecord as exc:
-        print("invalid record:")
-        for reason in exc.reasons:
-            print(f"  {reason}")
+    if report is None:
+        print(f"no record for {found.ident} in {', '.join(config.registry_zones)}")
         return EXIT_INVALID
-    return _lint(text)
-
-
-def _lint(text: str) -> int:
-    try:
-        record = parse_record(text)
-    except InvalidRecord as exc:
-        print("invalid record:")
-        for reason in exc.reasons:
-            print(f"  {reason}")
-        return EXIT_INVALID
-    print("valid record:")
-    for key, value in asdict(record).items():
-        print(f"  {key}: {_show(value)}")
-    return EXIT_OK
-
-
-def _show(value: object) -> str:
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        if "networks" in value:  # a netblock
-            return str(value["text"])
-        if "method" in value:  # a method offer
-            return f"{_show(value['method'])}:{value['queries']}"
-        if "service" in value:  # a rating
-            return f"{value['service']}:{value['value']}"
-    if hasattr(value, "value") and not isinstance(value, (int, str)):
-        return str(value.value)  # an enum
-    return str(value)
+    return EXIT_OK if report.valid else EXIT_INVALID
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
     try:
         ip = parse_ip(args.ip)
+        if ip is None:
+            raise ValueError("empty")
     except ValueError:
-        print(f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address", file=sys.stderr)
+        print(
+            f"rspamd-regcheck: --ip: {args.ip!r} is not an IP address written plainly (no zone ID, brackets or spaces)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     mail_from = args.mail_from
     if mail_from is not None and mail_from.strip() in ("", "<>"):
@@ -245,21 +262,13 @@ def _check(args: argparse.Namespace, config: Config) -> int:
             checker.close()
 
     result = run_loop(check_once())
-    reply = build_reply(result.verdict, config, result.queries)
+    enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+    reply = build_reply(result.verdict, config, result.queries, enforcement)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=False))
     else:
         print(format_reply(reply))
     return EXIT_OK
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run *coro* on uvloop (the DNS client is about twice as fast on it), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:  # uvloop is a dependency, but a platform may lack a wheel
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def run() -> None:

@@ -1,4 +1,4 @@
-"""Worker configuration: one TOML file, every key optional (DESIGN section 7).
+"""Worker configuration: one TOML file, every key optional (docs/configuration.md).
 
 Defaults are the seed's values, except the registry zone, which has none:
 whoever runs a zone can rate any sender or mark it ``stop=all``, so the
@@ -20,15 +20,16 @@ from typing import Any, TypeVar
 
 from ._policy import CHECK_STATES, DEFAULT_ACTIONS, Kind, PolicySettings
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
-from ._ratings import SEED_SERVICES, RatingPolicy, ServiceScale
+from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
+from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
 from ._spf import ALIGNMENTS
-from ._types import Action, IPNetwork, Method
+from ._types import Action, IPNetwork, Method, hostport
 from .errors import ConfigError
 from .symbols import BY_NAME
 
 T = TypeVar("T")
 
-# rspamd 3.4's local_addrs plus loopback (DESIGN step 1); documentation ranges are not local.
+# rspamd 3.4's local_addrs plus loopback (docs/scoring.md, step 1); documentation ranges are not local.
 DEFAULT_LOCAL_NETWORKS = (
     "127.0.0.0/8",
     "::1/128",
@@ -39,12 +40,21 @@ DEFAULT_LOCAL_NETWORKS = (
     "fd00::/8",
     "fe80::/10",
 )
+# Relays whose Received headers are trusted when the envelope comes from the message (SPAMC):
+# loopback only, as SpamAssassin's trusted_networks always includes it.
+DEFAULT_TRUSTED_RELAYS = ("127.0.0.0/8", "::1/128")
 # The seed's order and limits, and DKIM last: it asks no DNS question (rspamd verified the signatures).
 SEED_METHOD_ORDER = (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
 SEED_METHOD_LIMITS = {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
 MODES = ("score", "enforce")
+NEVER_REJECT = ("postmaster", "abuse")  # RFC 5321 4.5.1 and RFC 2142: these must always reach someone
+PLUGIN_TIMEOUT = 4.0  # seconds: the plugin's default timeout (lua_shim/regcheck.lua, rules/regcheck.conf)
+MIN_SECRET = 16  # characters of a shared secret
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration file is a few KiB; /dev/zero is not one
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"  # systemd's LoadCredential= puts the files there
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
+FALLBACKS = ("none", "authenticate")  # registry.fallback: what a sender no registry lists gets
 _ZONE_NAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9-]{1,63}\.?")
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 3.6.8 field name
 
@@ -63,9 +73,13 @@ class Config:
     """The effective configuration."""
 
     registry_zones: tuple[str, ...] = ()
+    registry_fallback: str = "none"  # "authenticate": no record anywhere -> as if meth=SPF (docs/rating-services.md)
+    rating_services: tuple[ServiceSpec, ...] = ()  # services that answer for themselves, in config order
     listen: tuple[str, int] = ("127.0.0.1", 11340)
     workers: int = 1  # worker processes sharing the port
     secret: str = ""  # the shared secret rspamd sends as Password; needed beyond loopback
+    secret_file: str = ""  # where the secret was read from (server.secret_file), for config check
+    metrics_listen: tuple[str, int] | None = None  # a second listener serving only /metrics, no secret
     max_connections: int = 1024  # open connections per worker
     max_header_bytes: int = 65536  # bytes of HTTP request header fields
     body_limit: int = 10 * 1024 * 1024  # bytes of a request body (the message; only its header block is kept)
@@ -78,8 +92,14 @@ class Config:
     dns_tries: int = 2
     cache_size: int = 50_000  # answers
     result_cache_size: int = 10_000  # check results reused while their DNS answers are cached; 0: off
-    negative_ttl: int = 300  # seconds, for NXDOMAIN/NODATA without an SOA
+    negative_ttl: int = 0  # seconds, for NXDOMAIN/NODATA without an SOA (RFC 2308 5: not cached)
+    max_negative_ttl: int = 3600  # seconds, the cap on an SOA-derived negative TTL (as unbound)
     max_ttl: int = 86_400
+    dns_sockets: int = 64  # UDP source ports per server (RFC 5452 9.2)
+    dns_rotate_every: int = 4  # tries on a server between two new ports
+    case_randomise: bool = False  # 0x20: questions in mixed case, echoed or dropped
+    trusted_validators: tuple[str, ...] = ()  # resolvers whose AD bit counts (besides loopback)
+    require_dnssec: bool = False  # registry answers count only with the AD bit of a trusted validator
     max_queries: int = 100  # per check: registry, DNSBL and methods together
     deadline: float = 3.0  # seconds per check; then it answers with what it has
     max_inflight: int = 1000  # DNS questions on the wire at once, per worker
@@ -95,8 +115,13 @@ class Config:
     spf_alignment: str = "relaxed"
     spf_receiver: str = field(default_factory=socket.gethostname)
     mode: str = "score"
+    enforce_no_record: bool = False  # enforce mode rejects an ID with no registry record
+    enforce_invalid_record: bool = False  # enforce mode defers an ID whose record is invalid
+    enforce_tempfail: bool = True  # enforce mode defers mail when DNS fails (the seed's TEMPFAIL)
+    never_reject: tuple[str, ...] = NEVER_REJECT  # recipients' local parts enforce mode never refuses
     local_networks: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_LOCAL_NETWORKS)
     skip_authenticated: bool = True
+    trusted_relays: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_RELAYS)
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
     policy_server: PolicySettings = field(default_factory=PolicySettings)
@@ -106,9 +131,15 @@ class Config:
         registries: tuple[str, ...] = (),
         nameserver: str | None = None,
         zone_files: tuple[str, ...] = (),
+        listen: str | None = None,
     ) -> Config:
-        """Apply the command line's global options (they add to the file's values)."""
+        """Apply the command line's options (they add to, or replace, the file's values).
+
+        :raises ConfigError: naming the option.
+        """
         cfg = self
+        if listen is not None:
+            cfg = replace(cfg, listen=parse_listen("--listen", listen, 11340))
         if registries:
             zones = tuple(_zone("--registry", z) for z in registries)
             cfg = replace(cfg, registry_zones=cfg.registry_zones + zones)
@@ -122,9 +153,14 @@ class Config:
     def to_toml(self) -> str:
         """The effective configuration, written back as TOML (``config check``)."""
         host, port = self.listen
-        lines = ["[server]", f'listen = "{f"[{host}]" if ":" in host else host}:{port}"']
+        lines = ["[server]", f'listen = "{hostport(host, port)}"']
         lines.append(f"workers = {self.workers}")
-        lines.append(f"# secret: {'set (not shown)' if self.secret else 'not set'}")
+        if self.secret_file:
+            lines.append(f"secret_file = {_toml_str(self.secret_file)}  # read: {len(self.secret)} characters")
+        else:
+            lines.append(f"# secret: {'set (not shown)' if self.secret else 'not set'}")
+        if self.metrics_listen is not None:
+            lines.append(f'metrics_listen = "{hostport(*self.metrics_listen)}"')
         lines.append(f"body_limit = {self.body_limit}")
         lines.append(f"max_header_bytes = {self.max_header_bytes}")
         lines.append(f"max_connections = {self.max_connections}")
@@ -134,24 +170,30 @@ class Config:
         lines += ["", "[log]", f'level = "{self.log_level}"', f'format = "{self.log_format}"']
         lines.append(f"mask_clients = {str(self.log_mask_clients).lower()}")
         lines += ["", "[dns]"]
-        lines.append(f"nameservers = {_toml_list(self.nameservers)}")
+        lines.append(f"nameservers = {_toml_list(hostport(h, p) for h, p in self.dns_servers)}")
         lines.append(f"port = {self.dns_port}")
         lines.append(f"timeout = {self.dns_timeout}")
         lines.append(f"tries = {self.dns_tries}")
         lines.append(f"cache_size = {self.cache_size}")
         lines.append(f"result_cache_size = {self.result_cache_size}")
         lines.append(f"negative_ttl = {self.negative_ttl}")
+        lines.append(f"max_negative_ttl = {self.max_negative_ttl}")
         lines.append(f"max_ttl = {self.max_ttl}")
+        lines.append(f"sockets = {self.dns_sockets}")
+        lines.append(f"rotate_every = {self.dns_rotate_every}")
+        lines.append(f"case_randomise = {str(self.case_randomise).lower()}")
+        lines.append(f"trusted_validators = {_toml_list(self.trusted_validators)}")
         lines.append(f"max_queries = {self.max_queries}")
         lines.append(f"deadline = {self.deadline}")
         lines.append(f"max_inflight = {self.max_inflight}")
         lines.append(f"zone_files = {_toml_list(self.zone_files)}")
         lines += ["", "[registry]", f"zones = {_toml_list(self.registry_zones)}"]
+        lines.append(f'fallback = "{self.registry_fallback}"')
+        lines.append(f"require_dnssec = {str(self.require_dnssec).lower()}")
         for z in self.prescreen:
             lines += ["", "[[prescreen.zones]]", f'zone = "{z.zone}"', f"ipv6 = {str(z.ipv6).lower()}"]
             if z.nameserver is not None:
-                host, port = z.nameserver
-                lines.append(f'nameserver = "{f"[{host}]" if ":" in host else host}:{port}"')
+                lines.append(f'nameserver = "{hostport(*z.nameserver)}"')
             lines.append(f"blocked = {_toml_list(_range_text(r) for r in z.blocked)}")
             if z.codes:
                 lines.append("[prescreen.zones.codes]")
@@ -160,17 +202,25 @@ class Config:
         lines += ["", "[ratings]"]
         for key in ("enough_weight", "reject_below", "min_allowed", "high_min", "high_max"):
             lines.append(f"{key} = {getattr(r, key)}")
+        answering = {s.code: s for s in self.rating_services}
         for code, scale in r.services.items():
             table = ", ".join(f"{k} = {v}" for k, v in scale.scores.items())
             lines += ["", f"[services.{code}]", f"weight = {scale.weight}", f"ratings = {{ {table} }}"]
+            if code in answering:
+                lines += _service_toml(answering[code])
         lines += ["", "[methods]", f"order = {_toml_list([m.value for m in self.method_order])}"]
         limits = ", ".join(f"{m.value} = {n}" for m, n in self.method_limits.items())
         lines.append(f"limits = {{ {limits} }}")
         lines += ["", "[spf]", f'alignment = "{self.spf_alignment}"', f'receiver = "{self.spf_receiver}"']
         lines += ["", "[headers]", f'authent = "{self.authent_header}"']
         lines += ["", "[policy]", f'mode = "{self.mode}"']
+        lines.append(f"enforce_no_record = {str(self.enforce_no_record).lower()}")
+        lines.append(f"enforce_invalid_record = {str(self.enforce_invalid_record).lower()}")
+        lines.append(f"enforce_tempfail = {str(self.enforce_tempfail).lower()}")
+        lines.append(f"never_reject = {_toml_list(self.never_reject)}")
         lines.append(f"local_networks = {_toml_list([str(n) for n in self.local_networks])}")
         lines.append(f"skip_authenticated = {str(self.skip_authenticated).lower()}")
+        lines.append(f"trusted_relays = {_toml_list([str(n) for n in self.trusted_relays])}")
         t = self.thresholds
         lines += ["", "[scores]", f"reject = {t.reject}", f"add_header = {t.add_header}"]
         lines.append(f"greylist = {t.greylist}")
@@ -178,6 +228,11 @@ class Config:
         lines += [f"{name} = {score}" for name, score in self.scores.items()]
         lines += _policy_server_toml(self.policy_server)
         return "\n".join(lines) + "\n"
+
+    @property
+    def dns_servers(self) -> tuple[tuple[str, int], ...]:
+        """The configured nameservers as (address, port): ``dns.port`` unless an entry names its own."""
+        return tuple(parse_hostport("dns.nameservers", ns, self.dns_port) for ns in self.nameservers)
 
 
 def load_config(path: str | None) -> Config:
@@ -190,11 +245,18 @@ def load_config(path: str | None) -> Config:
         return Config()
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes: not a configuration file")
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 (TOML 1.0 "Spec")
+        raise ConfigError(path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(path, "not valid TOML: nested too deeply") from exc
     return config_from_mapping(data, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
@@ -229,6 +291,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "listen",
             "workers",
             "secret",
+            "secret_file",
+            "metrics_listen",
             "body_limit",
             "max_headers",
             "max_header_bytes",
@@ -241,15 +305,23 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["workers"] = _int(srv["workers"], "server.workers", 1, 64)
     if "secret" in srv:
         secret = _str(srv["secret"], "server.secret")
-        if secret and len(secret) < 16:
-            raise ConfigError("server.secret", "use at least 16 characters")
+        if secret and len(secret) < MIN_SECRET:
+            raise ConfigError("server.secret", f"use at least {MIN_SECRET} characters")
         kw["secret"] = secret
+    if "secret_file" in srv:
+        if "secret" in srv:
+            raise ConfigError("server.secret_file", "give server.secret or server.secret_file, not both")
+        path = _secret_path(_str(srv["secret_file"], "server.secret_file"), base_dir)
+        kw["secret_file"], kw["secret"] = path, read_secret("server.secret_file", path)
+    if "metrics_listen" in srv:
+        text = _str(srv["metrics_listen"], "server.metrics_listen")
+        kw["metrics_listen"] = parse_listen("server.metrics_listen", text, 11341)
     if "max_header_bytes" in srv:
         kw["max_header_bytes"] = _int(srv["max_header_bytes"], "server.max_header_bytes", 1024, 1024 * 1024)
     if "max_connections" in srv:
         kw["max_connections"] = _int(srv["max_connections"], "server.max_connections", 1, 100_000)
     if "listen" in srv:
-        kw["listen"] = parse_hostport("server.listen", _str(srv["listen"], "server.listen"), 11340)
+        kw["listen"] = parse_listen("server.listen", _str(srv["listen"], "server.listen"), 11340)
     if "body_limit" in srv:
         kw["body_limit"] = _int(srv["body_limit"], "server.body_limit", 1024, 1024 * 1024 * 1024)
     if "max_headers" in srv:
@@ -275,6 +347,11 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             "deadline",
             "max_inflight",
             "zone_files",
+            "max_negative_ttl",
+            "sockets",
+            "rotate_every",
+            "case_randomise",
+            "trusted_validators",
         ),
     )
     if "nameservers" in dns:
@@ -293,6 +370,16 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["negative_ttl"] = _int(dns["negative_ttl"], "dns.negative_ttl", 0, 86_400)
     if "max_ttl" in dns:
         kw["max_ttl"] = _int(dns["max_ttl"], "dns.max_ttl", 0, 604_800)
+    if "max_negative_ttl" in dns:
+        kw["max_negative_ttl"] = _int(dns["max_negative_ttl"], "dns.max_negative_ttl", 0, 86_400)
+    if "sockets" in dns:
+        kw["dns_sockets"] = _int(dns["sockets"], "dns.sockets", 1, 1024)
+    if "rotate_every" in dns:
+        kw["dns_rotate_every"] = _int(dns["rotate_every"], "dns.rotate_every", 1, 10_000)
+    if "case_randomise" in dns:
+        kw["case_randomise"] = _bool(dns["case_randomise"], "dns.case_randomise")
+    if "trusted_validators" in dns:
+        kw["trusted_validators"] = tuple(_str_list(dns, "dns.trusted_validators", "trusted_validators", _nameserver))
     if "max_queries" in dns:
         kw["max_queries"] = _int(dns["max_queries"], "dns.max_queries", 1, 1000)
     if "deadline" in dns:
@@ -318,9 +405,16 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         files = _str_list(dns, "dns.zone_files", "zone_files", lambda k, v: v)
         kw["zone_files"] = tuple(os.path.normpath(os.path.join(base_dir, f)) for f in files)
 
-    reg = _table(data, "registry", ("zones",))
+    reg = _table(data, "registry", ("zones", "fallback", "require_dnssec"))
     if "zones" in reg:
         kw["registry_zones"] = tuple(_str_list(reg, "registry.zones", "zones", _zone))
+    if "fallback" in reg:
+        fallback = _str(reg["fallback"], "registry.fallback")
+        if fallback not in FALLBACKS:
+            raise ConfigError("registry.fallback", f"{fallback!r} is not one of {', '.join(FALLBACKS)}")
+        kw["registry_fallback"] = fallback
+    if "require_dnssec" in reg:
+        kw["require_dnssec"] = _bool(reg["require_dnssec"], "registry.require_dnssec")
 
     pre = _table(data, "prescreen", ("zones",))
     if "zones" in pre:
@@ -333,7 +427,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
     for key, value in rat.items():
         policy_kw[key] = _number(value, f"ratings.{key}", -1000.0, 1000.0)
     if "services" in data:
-        policy_kw["services"] = _services(data["services"])
+        policy_kw["services"], kw["rating_services"] = _services(data["services"], base_dir)
+        policy_kw["answering"] = frozenset(s.code for s in kw["rating_services"])
     kw["ratings"] = RatingPolicy(**policy_kw)
 
     meth = _table(data, "methods", ("order", "limits"))
@@ -355,6 +450,9 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         if alignment not in ALIGNMENTS:
             raise ConfigError("spf.alignment", f"{alignment!r} is not one of {', '.join(ALIGNMENTS)}")
         kw["spf_alignment"] = alignment
+    if kw.get("registry_fallback") == "authenticate" and kw.get("spf_alignment", base.spf_alignment) != "relaxed":
+        # An assumed record vouches for nothing: only an SPF identity aligned with the ID may authenticate it.
+        raise ConfigError("registry.fallback", '"authenticate" needs spf.alignment = "relaxed"')
     if "receiver" in spf_table:
         receiver = _str(spf_table["receiver"], "spf.receiver")
         if not receiver or any(c.isspace() or c in ";()" for c in receiver):
@@ -368,7 +466,25 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
             raise ConfigError("headers.authent", f"{name!r} is not a header field name")
         kw["authent_header"] = name
 
-    pol = _table(data, "policy", ("mode", "local_networks", "skip_authenticated"))
+    pol = _table(
+        data,
+        "policy",
+        (
+            "mode",
+            "local_networks",
+            "skip_authenticated",
+            "enforce_no_record",
+            "enforce_invalid_record",
+            "enforce_tempfail",
+            "never_reject",
+            "trusted_relays",
+        ),
+    )
+    for key in ("enforce_no_record", "enforce_invalid_record", "enforce_tempfail"):
+        if key in pol:
+            kw[key] = _bool(pol[key], f"policy.{key}")
+    if "never_reject" in pol:
+        kw["never_reject"] = tuple(_str_list(pol, "policy.never_reject", "never_reject", _local_part))
     if "mode" in pol:
         mode = _str(pol["mode"], "policy.mode")
         if mode not in MODES:
@@ -378,6 +494,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         kw["local_networks"] = tuple(_str_list(pol, "policy.local_networks", "local_networks", _net))
     if "skip_authenticated" in pol:
         kw["skip_authenticated"] = _bool(pol["skip_authenticated"], "policy.skip_authenticated")
+    if "trusted_relays" in pol:
+        kw["trusted_relays"] = tuple(_str_list(pol, "policy.trusted_relays", "trusted_relays", _net))
 
     sc = _table(data, "scores", ("reject", "add_header", "greylist", "symbols"))
     th = {k: _number(sc[k], f"scores.{k}", -1000.0, 1000.0) for k in ("reject", "add_header", "greylist") if k in sc}
@@ -414,6 +532,54 @@ def parse_hostport(key: str, text: str, default_port: int) -> tuple[str, int]:
     except ValueError as exc:
         raise ConfigError(key, f"{host!r} is not an IP address") from exc
     return host, port
+
+
+def parse_listen(key: str, text: str, default_port: int) -> tuple[str, int]:
+    """A listen address: `parse_hostport`, plus ``localhost``, which means 127.0.0.1.
+
+    rspamd and postfix take host names where they listen; a name that resolves
+    to several addresses would need several sockets, so only ``localhost`` is
+    taken, as the IPv4 loopback address the plugin's default ``servers`` asks.
+
+    :raises ConfigError: naming *key*.
+    """
+    name, sep, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if name.lower() == "localhost":
+        return "127.0.0.1", _int_text(port, key) if sep else default_port
+    return parse_hostport(key, text, default_port)
+
+
+def read_secret(key: str, path: str) -> str:
+    """The shared secret in the file at *path*: its text without the final line break.
+
+    :raises ConfigError: naming *key*, when the file cannot be read or holds no usable secret.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4096 + 1)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > 4096:
+        raise ConfigError(key, f"{path} is larger than 4096 bytes: not a secret")
+    try:
+        secret = data.decode("utf-8").removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"{path} is not UTF-8 text") from exc
+    if len(secret) < MIN_SECRET:
+        raise ConfigError(key, f"the secret in {path} is shorter than {MIN_SECRET} characters")
+    if any(c in "\r\n\x00" for c in secret):
+        raise ConfigError(key, f"{path} holds more than one line")
+    return secret
+
+
+def _secret_path(text: str, base_dir: str) -> str:
+    """An absolute path stays; a relative one is a systemd credential name when
+    ``$CREDENTIALS_DIRECTORY`` is set (``LoadCredential=``), else relative to the config file."""
+    if not text:
+        raise ConfigError("server.secret_file", "empty path")
+    if os.path.isabs(text):
+        return text
+    return os.path.join(os.environ.get(CREDENTIALS_ENV) or base_dir, text)
 
 
 # -- validators ----------------------------------------------------------------------------
@@ -496,10 +662,22 @@ def _zone(key: str, text: str) -> str:
 
 
 def _nameserver(key: str, text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError as exc:
-        raise ConfigError(key, f"{text!r} is not an IP address") from exc
+    """An address, or ``HOST:PORT`` / ``[V6]:PORT`` as --nameserver takes it; kept as given but
+    normalised (the port, when given, replaces ``dns.port`` for this server only)."""
+    has_port = "]:" in text or text.count(":") == 1
+    host, port = parse_hostport(key, text, 53)
+    host = str(ipaddress.ip_address(host))
+    return hostport(host, port) if has_port else host
+
+
+def _local_part(key: str, text: str) -> str:
+    if not text or "@" in text or any(c.isspace() for c in text):
+        raise ConfigError(key, f"{text!r} is not a local part (write postmaster, not postmaster@example.com)")
+    return text.lower()
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _net(key: str, text: str) -> IPNetwork:
@@ -516,14 +694,19 @@ def _method(key: str, text: str) -> Method:
     return method
 
 
-def _services(value: Any) -> Mapping[str, ServiceScale]:
+_SERVICE_KEYS = ("weight", "ratings", "zone", "ask", "codes", "unlisted", "blocked", "ipv6", "vouchers", "file")
+_SOURCE_KEYS = ("zone", "vouchers", "file")  # how a service answers for itself (at most one)
+
+
+def _services(value: Any, base_dir: str) -> tuple[Mapping[str, ServiceScale], tuple[ServiceSpec, ...]]:
     out: dict[str, ServiceScale] = {}
+    specs: list[ServiceSpec] = []
     for code, spec in _mapping(value, "services").items():
         key = f"services.{code}"
         if not re.fullmatch(r"[A-Za-z0-9]{1,16}", code):
             raise ConfigError(key, "a service code is 1-16 letters or digits")
         table = _mapping(spec, key)
-        _only(table, f"{key}.", ("weight", "ratings"))
+        _only(table, f"{key}.", _SERVICE_KEYS)
         if "ratings" not in table:
             raise ConfigError(f"{key}.ratings", "missing")
         weight = _number(table.get("weight", 5.0), f"{key}.weight", 0.0, 1000.0)
@@ -532,7 +715,90 @@ def _services(value: Any) -> Mapping[str, ServiceScale]:
             for r, s in _mapping(table["ratings"], f"{key}.ratings").items()
         }
         out[code.upper()] = ServiceScale(weight=weight, scores=scores)
-    return out
+        answering = _answering(code.upper(), key, table, scores, base_dir)
+        if answering is not None:
+            specs.append(answering)
+    return out, tuple(specs)
+
+
+def _answering(
+    code: str, key: str, table: Mapping[str, Any], scores: Mapping[str, float], base_dir: str
+) -> ServiceSpec | None:
+    """The service's own source of ratings (``zone``, ``vouchers`` or ``file``), or None for a record copy."""
+    sources = [k for k in _SOURCE_KEYS if k in table]
+    if len(sources) > 1:
+        raise ConfigError(f"{key}.{sources[1]}", f"a service answers one way: {' and '.join(sources)} both given")
+    dns_only = [k for k in ("ask", "codes", "unlisted", "blocked", "ipv6") if k in table]
+    if dns_only and sources != ["zone"]:
+        raise ConfigError(f"{key}.{dns_only[0]}", "only a service with a zone takes this key")
+
+    def rating(k: str, value: Any) -> str:
+        text = _str(value, k)
+        if text not in scores:
+            raise ConfigError(k, f"{text!r} is not one of this service's ratings ({', '.join(scores)})")
+        return text
+
+    if "zone" in table:
+        zone = _zone(f"{key}.zone", _str(table["zone"], f"{key}.zone"))
+        if "codes" not in table:
+            raise ConfigError(f"{key}.codes", "missing: which return codes give which rating")
+        codes = tuple(
+            (_pattern(f"{key}.codes.{c}", c), rating(f"{key}.codes.{c}", r))
+            for c, r in _mapping(table["codes"], f"{key}.codes").items()
+        )
+        kw: dict[str, Any] = {"code": code, "zone": zone, "codes": codes}
+        if "ask" in table:
+            ask = _str(table["ask"], f"{key}.ask")
+            if ask not in ASK_MODES:
+                raise ConfigError(f"{key}.ask", f"{ask!r} is not one of {', '.join(ASK_MODES)}")
+            kw["ask"] = ask
+        if "unlisted" in table:
+            kw["unlisted"] = rating(f"{key}.unlisted", table["unlisted"])
+        if "blocked" in table:
+            kw["blocked"] = tuple(_str_list(table, f"{key}.blocked", "blocked", _pattern))
+        if "ipv6" in table:
+            kw["ipv6"] = _bool(table["ipv6"], f"{key}.ipv6")
+        return DnsService(**kw)
+    if "vouchers" in table:
+        vouchers: dict[str, str] = {}
+        items = table["vouchers"]
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{key}.vouchers", "expected a list of { domain = ..., rating = ... } tables")
+        for i, item in enumerate(items):
+            k = f"{key}.vouchers[{i}]"
+            voucher = _mapping(item, k)
+            _only(voucher, f"{k}.", ("domain", "rating"))
+            if "domain" not in voucher or "rating" not in voucher:
+                raise ConfigError(k, "needs domain and rating")
+            vouchers[_zone(f"{k}.domain", _str(voucher["domain"], f"{k}.domain"))] = rating(
+                f"{k}.rating", voucher["rating"]
+            )
+        return VbrService(code, vouchers)
+    if "file" in table:
+        path = os.path.normpath(os.path.join(base_dir, _str(table["file"], f"{key}.file")))
+        return LocalService(code, path, read_local_list(path, scores))
+    return None
+
+
+def _pattern(key: str, text: str) -> CodePattern:
+    try:
+        return parse_code_pattern(text)
+    except ValueError as exc:
+        raise ConfigError(key, f"{text!r} is not a return code, range, network or wildcard: {exc}") from exc
+
+
+def _service_toml(spec: ServiceSpec) -> list[str]:
+    if isinstance(spec, DnsService):
+        lines = [f'zone = "{spec.zone}"', f'ask = "{spec.ask}"', f"ipv6 = {str(spec.ipv6).lower()}"]
+        if spec.unlisted is not None:
+            lines.append(f'unlisted = "{spec.unlisted}"')
+        lines.append(f"blocked = {_toml_list(spec.blocked)}")
+        lines.append("codes = { " + ", ".join(f'"{p}" = "{r}"' for p, r in spec.codes) + " }")
+        return lines
+    if isinstance(spec, VbrService):
+        items = ", ".join(f'{{ domain = "{d}", rating = "{r}" }}' for d, r in spec.vouchers.items())
+        return [f"vouchers = [{items}]"]
+    return [f'file = "{spec.path}"']
 
 
 def _dnsbl(key: str, value: Any) -> DnsblZone:
@@ -663,4 +929,14 @@ def _toml_list(items: Any) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-__all__ = ["SEED_SERVICES", "Config", "Thresholds", "config_from_mapping", "load_config", "parse_hostport"]
+__all__ = [
+    "SEED_SERVICES",
+    "Config",
+    "Thresholds",
+    "config_from_mapping",
+    "hostport",
+    "load_config",
+    "parse_hostport",
+    "parse_listen",
+    "read_secret",
+]

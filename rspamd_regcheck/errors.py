@@ -4,6 +4,7 @@
     +-- ConfigError             a configuration key is unknown or its value is bad
     +-- InvalidRecord           a registry record breaks the REG1 syntax
     +-- InvalidZoneFile         a local zone file (--zone-file) cannot be loaded
+    +-- ListenError             an address the worker is to listen on cannot be had
 
 Facts about the outside world (a sender's bad HELO, a registry that times
 out) are not exceptions: the check turns them into symbols.  These classes
@@ -12,6 +13,8 @@ into a ``REGCHECK_RECORD_PERMFAIL`` fact.
 """
 
 from __future__ import annotations
+
+from ._types import hostport
 
 
 class RegcheckError(Exception):
@@ -45,3 +48,12 @@ class InvalidZoneFile(RegcheckError):
     def __init__(self, path: str, why: str):
         super().__init__(f"zone file {path}: {why}")
         self.path = path
+
+
+class ListenError(RegcheckError):
+    """An address to listen on (server.listen, server.metrics_listen) is in use or not ours."""
+
+    def __init__(self, address: tuple[str, int], why: str):
+        super().__init__(f"cannot listen on {hostport(*address)}: {why}")
+        self.address = address
+        self.why = why

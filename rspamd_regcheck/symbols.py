@@ -1,7 +1,7 @@
 """The symbol catalogue: the one source of symbol names, descriptions and default scores.
 
 rspamd multiplies each symbol's configured score by the dynamic weight the
-worker sends (DESIGN section 3).  The rules file (``rules/``) and the Lua
+worker sends (docs/scoring.md).  The rules file (``rules/``) and the Lua
 shim's symbol list are checked against this table by the test suite.
 """
 
@@ -23,13 +23,13 @@ class SymbolDef:
     description: str
 
 
-def _results(prefix: str, what: str, scores: dict[str, float]) -> list[SymbolDef]:
+def _results(prefix: str, what: str, scores: dict[str, float], na: str) -> list[SymbolDef]:
     texts = {
         "ALLOW": f"{what} authorises the client IP for the Registered ID",
         "FAIL": f"{what} says the client IP is not authorised",
         "SOFTFAIL": f"{what} says the client IP is probably not authorised",
         "NEUTRAL": f"{what} makes no statement about the client IP",
-        "NA": f"{what} has no record for the identity",
+        "NA": na,  # what "no result" means differs from method to method
         "PERMFAIL": f"{what} record is broken",
         "DNSFAIL": f"{what} lookup failed (timeout or server failure)",
     }
@@ -63,16 +63,19 @@ CATALOGUE: tuple[SymbolDef, ...] = (
     SymbolDef("REGCHECK_RATING_HIGH", -3.0, "Registered ID is highly rated and authenticated"),
     SymbolDef("REGCHECK_QR1_ALLOW", -2.0, "Client IP is in the ID's registered netblocks"),
     SymbolDef("REGCHECK_QR1_FAIL", 6.0, "Client IP is outside the ID's registered netblocks"),
-    *_results("REGCHECK_SPF", "SPF", _SPF_SCORES),
+    *_results("REGCHECK_SPF", "SPF", _SPF_SCORES, "SPF: the sender domain (or HELO) publishes no SPF record"),
     *_results(
         "REGCHECK_CSA",
         "CSA",
         {"ALLOW": -1.0, "FAIL": 4.0, "NA": 0.5, "DNSFAIL": 0.0},
+        "CSA: no SRV record for the HELO name, or one that cannot be verified",
     ),
-    *_results("REGCHECK_SID", "Sender ID", _SPF_SCORES),
+    *_results("REGCHECK_SID", "Sender ID", _SPF_SCORES, "Sender ID: no PRA, a PRA outside the ID, or no record for it"),
     SymbolDef("REGCHECK_DKIM_ALLOW", -1.0, "A verified DKIM signature authenticates the ID"),
     SymbolDef("REGCHECK_UNVERIFIED", 0.5, "No method gave a final result for the ID"),
     SymbolDef("REGCHECK_BUDGET", 0.5, "A method was skipped or stopped by its DNS query budget"),
+    SymbolDef("REGCHECK_SERVICE_BAD", 2.0, "A rating service asked directly rated the ID bad (e.g. a DBL listing)"),
+    SymbolDef("REGCHECK_UNVALIDATED", 0.0, "Sender registry answer not DNSSEC-validated by a trusted resolver"),
 )
 
 BY_NAME = {s.name: s for s in CATALOGUE}
@@ -92,6 +95,8 @@ RATING_LOW = "REGCHECK_RATING_LOW"
 RATING_HIGH = "REGCHECK_RATING_HIGH"
 UNVERIFIED = "REGCHECK_UNVERIFIED"
 BUDGET = "REGCHECK_BUDGET"
+SERVICE_BAD = "REGCHECK_SERVICE_BAD"
+UNVALIDATED_REGISTRY = "REGCHECK_UNVALIDATED"
 
 _SUFFIX = {
     Result.PASS: "ALLOW",
@@ -119,7 +124,8 @@ def rules_group_conf() -> str:
         "# rspamd-regcheck symbols: scores and descriptions, generated from",
         "# rspamd_regcheck/symbols.py by rules_group_conf(); tests/test_rules.py keeps",
         "# the two equal. Install as $LOCAL_CONFDIR/local.d/regcheck_group.conf and",
-        '# include it from $LOCAL_CONFDIR/local.d/groups.conf (README "rspamd").',
+        "# include it from $LOCAL_CONFDIR/local.d/groups.conf (rspamd-regcheck rspamd install",
+        "# does both; docs/install-and-operate.md).",
         f'group "{GROUP}" {{',
         '  description = "Sender registry (rspamd-regcheck)";',
         f"  max_score = {GROUP_MAX_SCORE};",
@@ -129,3 +135,10 @@ def rules_group_conf() -> str:
         lines.append(f'    "{s.name}" {{ weight = {s.score}; description = "{s.description}"; }}')
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def symbols_markdown() -> str:
+    """The symbol table of ``docs/scoring.md``; tests/test_docs.py keeps the two equal."""
+    rows = ["| symbol | default score | meaning |", "|---|---|---|"]
+    rows += [f"| `{s.name}` | {s.score} | {s.description} |" for s in CATALOGUE]
+    return "\n".join(rows) + "\n"

@@ -8,16 +8,29 @@ thread.  The first label under the zone decides how it misbehaves:
     oversized  a 5,000-byte TXT record (TC, then TCP) malformed  a TXT string longer than its record
     cnameloop  a CNAME chain that loops               wrongid    the answer under another query ID
     wrongname  the answer to another question (a record for ``good``: poison, if it were cached)
+    forged     first the forgeries a spoofer aims at this very try (wrong ID, wrong question,
+               from another port, malformed with the right ID), each saying ``stop=all``; the
+               genuine answer `GENUINE_DELAY` later
+    icmp       first two forged ICMP "port unreachable" errors at the port the question came
+               from (once per name), the genuine answer `GENUINE_DELAY` later
     good / anything else   an ordinary record
 
 Registry names are ``<id>.reg.hostile.test``; SPF names ``<behaviour>.spf.hostile.test``.
+
+Every UDP question is logged with its source port and ID (`HostileResponder.seen`), and
+`HostileResponder.spray` sends a forged answer under every one of the 65,536 IDs to a port,
+from the server's own address and port: what a blind spoofer who once saw that port can do.
+ICMP errors are forged with a raw socket (root, or CAP_NET_RAW).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import struct
 import threading
+import time
 
 import dns.flags
 import dns.message
@@ -28,6 +41,8 @@ import dns.rrset
 
 ZONE = "hostile.test"
 LATE = 3.0
+GENUINE_DELAY = 0.15  # seconds the genuine answer waits behind the forgeries
+SPRAY_CHUNK = 128  # forged answers sent back to back; then the receiver gets the processor
 GOOD_RECORD = "v=reg1 svc=S1:A,M2:A,H1:B ip4=192.0.2.0/24 meth=SPF:10"
 SPF_ONLY_RECORD = "v=reg1 svc=S1:A,M2:A,H1:B meth=SPF:10"
 SPOOFED_RECORD = "stop=all"  # what a poisoner would like cached for good.example
@@ -46,6 +61,8 @@ def behaviour(qname: str) -> str:
             "cnameloop",
             "wrongid",
             "wrongname",
+            "forged",
+            "icmp",
         ):
             return label
     return "good"
@@ -106,6 +123,45 @@ def answer(query: dns.message.Message, over_tcp: bool) -> tuple[bytes | None, fl
     return wire, LATE if kind == "late" else 0.0
 
 
+def forged_answer(qname: str, qid: int, text: str = SPOOFED_RECORD) -> bytes:
+    """A reply to (*qname*, TXT) under *qid* carrying *text*: what a spoofer wants believed."""
+    query = dns.message.make_query(qname, "TXT")
+    query.id = qid
+    reply = dns.message.make_response(query)
+    reply.flags |= dns.flags.AA
+    reply.answer.append(dns.rrset.from_text(query.question[0].name, 86400, "IN", "TXT", f'"{text}"'))
+    return reply.to_wire()
+
+
+def targeted_forgeries(query: dns.message.Message) -> list[tuple[str, bytes]]:
+    """What an attacker who sees this try sends at its port: (kind, wire), each saying stop=all."""
+    qname = query.question[0].name.to_text()
+    right = forged_answer(qname, query.id)
+    other = forged_answer("good.example.reg." + ZONE + ".", query.id)
+    # the answer's TXT string claims 50 bytes more than its record holds
+    at = right.rfind(b"\x00\x10\x00\x01") + 10
+    malformed = right[:at] + bytes([right[at] + 50]) + right[at + 1 :]
+    return [
+        ("wrong ID", forged_answer(qname, (query.id + 1) % 65536)),
+        ("wrong question", other),
+        ("malformed, right ID", malformed),
+        ("from another port", right),  # sent from a socket of its own, not the server's
+    ]
+
+
+def icmp_unreachable(src_port: int, dst_port: int, host: str = "127.0.0.1") -> bytes:
+    """An ICMP "port unreachable" (RFC 792) about a datagram from *src_port* to *dst_port* on *host*."""
+    addr = socket.inet_aton(host)
+    inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + 40, 0, 0, 64, 17, 0, addr, addr)
+    inner += struct.pack("!HHHH", src_port, dst_port, 8 + 40, 0)
+    head = struct.pack("!BBHI", 3, 3, 0, 0)
+    data = head + inner
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return data[:2] + struct.pack("!H", ~total & 0xFFFF) + data[4:]
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, responder: HostileResponder):
         self.responder = responder
@@ -118,8 +174,21 @@ class _Udp(asyncio.DatagramProtocol):
             query = dns.message.from_wire(data)
         except Exception:
             return
-        self.responder.count(query)
+        self.responder.count(query, addr[1])
         wire, delay = answer(query, over_tcp=False)
+        kind = behaviour(query.question[0].name.to_text())
+        if kind == "forged":
+            for what, forged in targeted_forgeries(query):
+                if what == "from another port":
+                    self.responder.other.sendto(forged, addr)
+                else:
+                    self.transport.sendto(forged, addr)
+                self.responder.sent(what)
+            delay = GENUINE_DELAY
+        elif kind == "icmp" and self.responder.first_time(query.question[0].name.to_text()):
+            for _ in range(2):
+                self.responder.icmp(addr[1])
+            delay = GENUINE_DELAY
         if wire is not None:
             asyncio.get_running_loop().call_later(delay, self.transport.sendto, wire, addr)
 
@@ -130,15 +199,57 @@ class HostileResponder:
     def __init__(self) -> None:
         self.port = 0
         self.questions: list[tuple[str, str]] = []
+        self.seen: list[tuple[int, int, str]] = []  # (source port, ID, name) of every UDP question
+        self.forgeries: dict[str, int] = {}  # what was sent, by kind
+        self._icmp_names: set[str] = set()
+        self._raw: socket.socket | None = None
+        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # "from another port"
+        self.other.bind(("127.0.0.1", 0))
+        self._udp_fd = -1
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def count(self, query: dns.message.Message) -> None:
+    def count(self, query: dns.message.Message, port: int | None = None) -> None:
         q = query.question[0]
+        name = q.name.to_text().rstrip(".").lower()
         with self._lock:
-            self.questions.append((q.name.to_text().rstrip(".").lower(), dns.rdatatype.to_text(q.rdtype)))
+            self.questions.append((name, dns.rdatatype.to_text(q.rdtype)))
+            if port is not None:
+                self.seen.append((port, query.id, name))
+
+    def sent(self, kind: str, count: int = 1) -> None:
+        with self._lock:
+            self.forgeries[kind] = self.forgeries.get(kind, 0) + count
+
+    def first_time(self, name: str) -> bool:
+        with self._lock:
+            fresh = name not in self._icmp_names
+            self._icmp_names.add(name)
+            return fresh
+
+    def icmp(self, port: int) -> None:
+        """Forge an ICMP "port unreachable" for the client's socket on *port*, as if from the server."""
+        if self._raw is None:
+            self._raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self._raw.sendto(icmp_unreachable(port, self.port), ("127.0.0.1", 0))
+        self.sent("ICMP port unreachable")
+
+    def spray(self, port: int, qname: str, text: str = SPOOFED_RECORD) -> None:
+        """A forged answer to (*qname*, TXT) under each of the 65,536 IDs, at the client's *port*,
+        from the server's own address and port (a connected client socket takes nothing else)."""
+        template = forged_answer(qname + ".", 0, text)[2:]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, fileno=os.dup(self._udp_fd)) as sock:
+            sendto, pack, addr = sock.sendto, struct.Struct("!H").pack, ("127.0.0.1", port)
+            for start in range(0, 65536, SPRAY_CHUNK):
+                for qid in range(start, start + SPRAY_CHUNK):
+                    try:
+                        sendto(pack(qid) + template, addr)
+                    except ConnectionRefusedError:  # the port is closed: ICMP came back
+                        pass
+                time.sleep(0.0005)  # let the receiver read: the point is the IDs, not the kernel's buffers
+        self.sent("spray (65,536 IDs)")
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -173,6 +284,7 @@ class HostileResponder:
                     udp.close()
                     continue
                 self.port = port
+                self._udp_fd = udp.get_extra_info("socket").fileno()
                 held.extend([udp, tcp])
                 self._ready.set()
                 return
@@ -199,3 +311,6 @@ class HostileResponder:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self.other.close()
+        if self._raw is not None:
+            self._raw.close()

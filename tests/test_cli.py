@@ -29,9 +29,10 @@ def cli(*args, cwd=None):
 def test_record_lint_valid():
     proc = cli("record", "lint", "v=reg1 svc=S1:A,M2:A,H1:B ip4=208.20.133.16/29 meth=SPF:10,SID:10")
     assert proc.returncode == 0
-    assert "ratings: [S1:A, M2:A, H1:B]" in proc.stdout
-    assert "ip4: [208.20.133.16/29]" in proc.stdout
-    assert "methods: [SPF:10, SID:10]" in proc.stdout
+    assert proc.stdout.startswith("valid record\n")
+    assert "S1 rates it A (score 9, weight 5)" in proc.stdout
+    assert "QR1: IPv4 clients in 208.20.133.16/29 are authorised" in proc.stdout
+    assert "SPF (up to 10 DNS questions), SID (up to 10 DNS questions)" in proc.stdout
 
 
 def test_record_lint_invalid_names_each_key():
@@ -101,6 +102,14 @@ def test_check_needs_a_registry():
             id="nameserver-not-ip",
         ),
         pytest.param(
+            ["--registry", "x.test", "check", "--ip", "2001:db8::1%eth0", "--helo", "a.b"],
+            "not an IP address written plainly",
+            id="scoped-ip",
+        ),
+        pytest.param(["--registry", "x.test", "check", "--ip", " 192.0.2.1"], "--ip", id="ip-with-space"),
+        pytest.param(["--registry", "x.test", "check", "--ip", "[2001:db8::1]"], "--ip", id="ip-in-brackets"),
+        pytest.param(["--registry", "x.test", "check", "--ip", ""], "--ip", id="ip-empty"),
+        pytest.param(
             ["--registry", "x.test", "--zone-file", "/nonexistent.zone", "check", "--ip", "192.0.2.1"],
             "zone file /nonexistent.zone",
             id="missing-zone-file",
@@ -162,7 +171,7 @@ def test_text_output_like_rspamc():
 @pytest.mark.parametrize(
     "ident,status,text",
     [
-        pytest.param("heaven.net", 0, "ratings: [S1:A, M2:A, H1:B]", id="found"),
+        pytest.param("heaven.net", 0, "S1 rates it A", id="found"),
         pytest.param("Heaven.NET.", 0, "heaven.net.id.regcheck.example:", id="normalised"),
         pytest.param("nowhere.example", 1, "no record for nowhere.example", id="none"),
         pytest.param("JUPITER", 2, "", id="not-a-domain"),
@@ -172,3 +181,36 @@ def test_record_lint_by_id(ident, status, text):
     proc = cli("--config", str(ROOT / "demo" / "regcheck.toml"), "record", "lint", "--id", ident)
     assert proc.returncode == status, proc.stderr
     assert text in proc.stdout
+
+
+def test_config_check_quiet_prints_nothing_but_warnings(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[registry]\nzones = ["id.regcheck.test"]\n[dns]\ndeadline = 4.5\n')
+    proc = cli("--config", str(cfg), "config", "check", "--quiet")
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert proc.stderr.startswith("rspamd-regcheck: warning: dns.deadline: 4.5 s is not below")
+
+
+def test_nameservers_with_ports_and_ipv6_print_in_brackets(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[registry]\nzones = ["id.regcheck.test"]\n'
+        '[dns]\nnameservers = ["192.0.2.53:5353", "2001:db8::53", "[2001:db8::54]:5300"]\nport = 54\n'
+    )
+    proc = cli("--config", str(cfg), "config", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert 'nameservers = ["192.0.2.53:5353", "[2001:db8::53]:54", "[2001:db8::54]:5300"]' in proc.stdout
+
+
+def test_config_check_takes_localhost_and_a_secret_file(tmp_path):
+    (tmp_path / "secret").write_text("s" * 20 + "\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[server]\nlisten = "localhost:11350"\nsecret_file = "secret"\nmetrics_listen = "localhost:9350"\n'
+        '[registry]\nzones = ["id.regcheck.test"]\n'
+    )
+    proc = cli("--config", str(cfg), "config", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert 'listen = "127.0.0.1:11350"' in proc.stdout and 'metrics_listen = "127.0.0.1:9350"' in proc.stdout
+    assert f'secret_file = "{tmp_path / "secret"}"  # read: 20 characters' in proc.stdout
+    assert "s" * 20 not in proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import tomllib
 
 import pytest
 
@@ -14,7 +15,7 @@ from rspamd_regcheck.symbols import BY_NAME
 def test_defaults_are_the_seeds():
     c = config_from_mapping({})
     assert c == Config()
-    assert c.registry_zones == ()  # no default registry (DESIGN step 4)
+    assert c.registry_zones == ()  # no default registry (docs/configuration.md)
     assert c.method_order == (Method.QR1, Method.CSA, Method.SPF, Method.SID, Method.DKIM)
     assert dict(c.method_limits) == {Method.QR1: 0, Method.CSA: 4, Method.SPF: 30, Method.SID: 30, Method.DKIM: 10}
     r = c.ratings
@@ -56,7 +57,7 @@ def test_full_config():
 
 BAD = [
     pytest.param({"nonsense": {}}, "nonsense", id="unknown-section"),
-    pytest.param({"server": {"listen": "localhost:1"}}, "server.listen", id="listen-not-ip"),
+    pytest.param({"server": {"listen": "mail.example:1"}}, "server.listen", id="listen-not-ip"),
     pytest.param({"server": {"body_limit": 10}}, "server.body_limit", id="body-limit-too-small"),
     pytest.param({"dns": {"nameserver": []}}, "dns.nameserver", id="unknown-key"),
     pytest.param({"dns": {"nameservers": "127.0.0.1"}}, "dns.nameservers", id="not-a-list"),
@@ -81,7 +82,45 @@ BAD = [
     pytest.param({"policy": {"skip_authenticated": "yes"}}, "policy.skip_authenticated", id="not-bool"),
     pytest.param({"scores": {"symbols": {"REGCHECK_NOPE": 1}}}, "scores.symbols.REGCHECK_NOPE", id="unknown-symbol"),
     pytest.param({"scores": {"reject": "high"}}, "scores.reject", id="threshold-not-number"),
+    pytest.param(
+        {"server": {"secret": "s" * 16, "secret_file": "/etc/x"}}, "server.secret_file", id="secret-and-secret-file"
+    ),
+    pytest.param({"server": {"secret_file": ""}}, "server.secret_file", id="secret-file-empty"),
+    pytest.param({"server": {"metrics_listen": "metrics:9"}}, "server.metrics_listen", id="metrics-listen-not-ip"),
+    pytest.param({"dns": {"nameservers": ["127.0.0.1:99999"]}}, "dns.nameservers[0]", id="nameserver-port-range"),
+    pytest.param({"dns": {"nameservers": ["[::1]x"]}}, "dns.nameservers[0]", id="nameserver-brackets"),
+    pytest.param({"policy": {"enforce_tempfail": "no"}}, "policy.enforce_tempfail", id="enforce-not-bool"),
+    pytest.param({"policy": {"never_reject": ["postmaster@x.example"]}}, "policy.never_reject[0]", id="never-reject"),
+    pytest.param({"policy": {"never_reject": "abuse"}}, "policy.never_reject", id="never-reject-not-list"),
+    pytest.param({"dns": {"sockets": 0}}, "dns.sockets", id="no-sockets"),
+    pytest.param({"dns": {"rotate_every": 0}}, "dns.rotate_every", id="rotate-never"),
+    pytest.param({"dns": {"max_negative_ttl": -1}}, "dns.max_negative_ttl", id="negative-ttl-cap"),
+    pytest.param({"dns": {"case_randomise": 1}}, "dns.case_randomise", id="case-not-bool"),
+    pytest.param({"dns": {"trusted_validators": ["resolver.example"]}}, "dns.trusted_validators[0]", id="validator-ip"),
+    pytest.param({"registry": {"require_dnssec": "yes"}}, "registry.require_dnssec", id="dnssec-not-bool"),
 ]
+
+
+def test_dns_security_keys():
+    c = config_from_mapping(
+        {
+            "dns": {
+                "sockets": 128,
+                "rotate_every": 2,
+                "max_negative_ttl": 600,
+                "case_randomise": True,
+                "trusted_validators": ["192.0.2.53", "2001:DB8::53"],
+            },
+            "registry": {"require_dnssec": True},
+        }
+    )
+    assert (c.dns_sockets, c.dns_rotate_every, c.max_negative_ttl) == (128, 2, 600)
+    assert c.case_randomise and c.require_dnssec
+    assert c.trusted_validators == ("192.0.2.53", "2001:db8::53")
+    defaults = Config()
+    assert (defaults.dns_sockets, defaults.max_negative_ttl, defaults.negative_ttl) == (64, 3600, 0)
+    assert not defaults.case_randomise and not defaults.require_dnssec
+    assert config_from_mapping(tomllib.loads(c.to_toml())) == c  # written back, read the same
 
 
 @pytest.mark.parametrize("data,key", BAD)
@@ -108,3 +147,57 @@ def test_hostport(text, host, port):
 def test_bad_hostport(text):
     with pytest.raises(ConfigError):
         parse_hostport("--nameserver", text, 53)
+
+
+def test_enforce_settings():
+    c = config_from_mapping(
+        {
+            "policy": {
+                "enforce_no_record": True,
+                "enforce_invalid_record": True,
+                "enforce_tempfail": False,
+                "never_reject": ["Postmaster", "hostmaster"],
+            }
+        }
+    )
+    assert (c.enforce_no_record, c.enforce_invalid_record, c.enforce_tempfail) == (True, True, False)
+    assert c.never_reject == ("postmaster", "hostmaster")
+    d = Config()
+    assert (d.enforce_no_record, d.enforce_invalid_record, d.enforce_tempfail) == (False, False, True)
+    assert d.never_reject == ("postmaster", "abuse")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        pytest.param("1.2.3.4", "1.2.3.4", id="plain"),
+        pytest.param("1.2.3.4:5353", "1.2.3.4:5353", id="with-port"),
+        pytest.param("2001:DB8::53", "2001:db8::53", id="v6"),
+        pytest.param("[2001:db8::53]:5300", "[2001:db8::53]:5300", id="v6-with-port"),
+        pytest.param("[2001:db8::53]", "2001:db8::53", id="v6-brackets-no-port"),
+    ],
+)
+def test_nameserver_forms(text, expected):
+    c = config_from_mapping({"dns": {"nameservers": [text]}})
+    assert c.nameservers == (expected,)
+
+
+@pytest.mark.parametrize(
+    "text,address",
+    [
+        pytest.param("localhost:11340", ("127.0.0.1", 11340), id="localhost"),
+        pytest.param("LOCALHOST", ("127.0.0.1", 11340), id="localhost-no-port"),
+        pytest.param("[::1]:1", ("::1", 1), id="v6"),
+    ],
+)
+def test_listen_forms(text, address):
+    assert config_from_mapping({"server": {"listen": text}}).listen == address
+
+
+def test_secret_file_drops_the_line_break_only(tmp_path):
+    (tmp_path / "s").write_bytes(b" sixteen chars and more \r\n")
+    c = config_from_mapping({"server": {"secret_file": "s"}}, base_dir=str(tmp_path))
+    assert c.secret == " sixteen chars and more "
+    (tmp_path / "s").write_bytes(b"first line of it\nsecond line\n")
+    with pytest.raises(ConfigError, match="more than one line"):
+        config_from_mapping({"server": {"secret_file": "s"}}, base_dir=str(tmp_path))

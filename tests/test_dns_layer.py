@@ -30,6 +30,8 @@ from rspamd_regcheck import (
     Transport,
     make_resolver,
 )
+from rspamd_regcheck._answer import DnsAnswer
+from rspamd_regcheck._dns import Cache
 from rspamd_regcheck._prescreen import parse_code_range
 from rspamd_regcheck._wire import RType, build_query, parse_reply
 from rspamd_regcheck.config import config_from_mapping
@@ -534,3 +536,21 @@ def test_failed_checks_are_not_reused(config, silent_port):
     a, b, hits = run(go())
     assert a is not b and hits == 0
     assert a.verdict.symbols[0].name == "REGCHECK_DNSFAIL"
+
+
+@pytest.mark.parametrize(
+    "answer,kept",
+    [
+        pytest.param(DnsAnswer(DnsStatus.NXDOMAIN, ttl=86_400), 3600, id="negative-capped-at-max-negative-ttl"),
+        pytest.param(DnsAnswer(DnsStatus.NODATA, ttl=60), 60, id="negative-under-the-cap"),
+        pytest.param(DnsAnswer(DnsStatus.NXDOMAIN), None, id="negative-without-soa-not-cached"),
+        pytest.param(DnsAnswer(DnsStatus.OK, ("x",), ttl=86_400), 86_400, id="positive-up-to-max-ttl"),
+        pytest.param(DnsAnswer(DnsStatus.SERVFAIL), None, id="failure-not-cached"),
+    ],
+)
+def test_cache_lifetimes(answer, kept):
+    """RFC 2308 5: a negative answer lives as long as its SOA says, capped like unbound's 3,600 s."""
+    cache = Cache()
+    cache.put(("a.example", 16), answer, 0.0)
+    expires = cache.expires(("a.example", 16), answer)
+    assert (expires or None) == kept

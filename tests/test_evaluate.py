@@ -207,6 +207,19 @@ CASES = [
     pytest.param(
         Facts(
             ip=IP,
+            helo="mx.signed.example",
+            id="signed.example",
+            registry=RegistryFacts(RegistryStatus.UNVALIDATED, reasons=("registry answer not validated",)),
+        ),
+        Action.TEMPFAIL,
+        451,
+        {"REGCHECK_UNVALIDATED": ("signed.example", "registry answer not validated")},
+        None,
+        id="registry-answer-not-validated",
+    ),
+    pytest.param(
+        Facts(
+            ip=IP,
             helo="mx.deep.example",
             id="deep.example",
             registry=RegistryFacts(RegistryStatus.BUDGET, reasons=("check query cap 2 reached",)),
@@ -254,7 +267,7 @@ def test_messages_are_the_projects_own():
     assert v.seed.message == "Host 208.20.133.17 is not authorised to send mail for 'heaven.net' (QR1)"
 
 
-# -- the plan (DESIGN step 7) ----------------------------------------------------------------
+# -- the plan (docs/scoring.md, step 6) ----------------------------------------------------------------
 
 NO_DKIM = Policy(RatingPolicy(), SEED_METHOD_ORDER[:-1], SEED_METHOD_LIMITS)
 PLANS = [

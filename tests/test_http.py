@@ -356,7 +356,7 @@ def test_ip_header_variants():
 
     env = envelope_from_headers(
         [
-            ("IP", " 2001:DB8::1 "),
+            ("IP", "2001:DB8::1 "),  # what llhttp hands over: leading OWS gone, trailing kept
             ("From", "<a@b.example>"),
             ("Dkim-Domain", "a.example, b.example"),
             ("dkim-domain", "c.example"),
@@ -383,3 +383,66 @@ def test_serve_refuses_to_start_without_a_registry(tmp_path):
         env=dict(os.environ, PYTHONWARNINGS="error"),
     )
     assert proc.returncode == 2 and "no registry zone configured" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("2001:db8:6::1%eth0", id="zone-id"),
+        pytest.param("2001:db8:6::1%x; pass", id="zone-id-carrying-text"),
+        pytest.param("[2001:db8:6::1]", id="brackets"),
+        pytest.param("192.0.2.1 x", id="inner-space"),
+        pytest.param("192.0.2.1\x0b", id="vertical-tab"),
+        pytest.param("2001:db8:0:0:0:0:0:1", id="not-compressed"),
+        pytest.param("192.0.2.01", id="leading-zero"),
+    ],
+)
+def test_client_address_not_written_plainly_is_a_400(value):
+    from rspamd_regcheck._http import HttpError, envelope_from_headers
+
+    with pytest.raises(HttpError) as info:
+        envelope_from_headers([("IP", value), ("Helo", "mail.six.example")], b"")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "value,address",
+    [
+        pytest.param("2001:DB8:6::1", "2001:db8:6::1", id="upper-case-hex"),
+        pytest.param("192.0.2.1\t", "192.0.2.1", id="trailing-ows"),
+        pytest.param("::ffff:192.0.2.1", "192.0.2.1", id="v4-mapped-is-v4"),
+    ],
+)
+def test_client_address_forms_taken(value, address):
+    from rspamd_regcheck._http import envelope_from_headers
+
+    assert str(envelope_from_headers([("IP", value)], b"").ip) == address
+
+
+def test_scoped_address_over_http_is_a_400_not_a_header(worker):
+    """The issue's attack against the real worker: a zone ID carrying text gets a 400."""
+    for helo in ("mail.six.example", "mailout17.heaven.net"):
+        r, body, c = post(worker, {"IP": "2001:db8:6::1%x; pass", "Helo": helo})
+        c.close()
+        assert r.status == 400 and "IP header" in json.loads(body)["error"]
+
+
+def test_raw_non_utf8_helo_is_invalid_not_latin1(worker):
+    """0xFF in a HELO is not the letter y-diaeresis: the HELO is invalid (it would pass as an IDN)."""
+    with socket.create_connection(worker, timeout=10) as s:
+        s.sendall(
+            b"POST /checkv2 HTTP/1.1\r\nIP: 208.20.133.17\r\nHelo: mailout17.h\xffaven.net\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        status, _, body = read_reply(s)
+    reply = json.loads(body)
+    assert status == 200
+    assert reply["symbols"]["REGCHECK_BAD_HELO"]["options"][0] == "bad-idn"
+    assert reply["regcheck"]["verdict"]["action"] == "REJECT"
+
+
+def test_utf8_helo_is_read_as_utf8():
+    from rspamd_regcheck._http import envelope_from_headers
+
+    raw = "mx.bücher.example".encode().decode("latin-1")  # as the parser hands it over
+    assert envelope_from_headers([("IP", "192.0.2.1"), ("Helo", raw)], b"").helo == "mx.bücher.example"

@@ -1,4 +1,4 @@
-"""HELO validation and the Registered ID (DESIGN step 3)."""
+"""HELO validation and the Registered ID (docs/scoring.md, step 3)."""
 
 from __future__ import annotations
 

@@ -75,7 +75,9 @@ def test_hostile_helo_stays_one_field_on_one_line(helo, monkeypatch):
     (line,) = logged("text", env, result(), monkeypatch=monkeypatch)
     assert "\n" not in line and "\t" not in line
     fields = fields_of(line)
-    assert list(fields) == ["qid", "ip", "helo", "id", "symbols", "verdict", "mode", "skipped", "queries", "ms"]
+    assert list(fields) == [
+        "qid", "ip", "helo", "id", "symbols", "verdict", "mode", "skipped", "queries", "enforce", "ms"
+    ]  # fmt: skip
     assert fields["helo"] == (helo or "-")
     assert fields["verdict"] == "ACCEPT/250"
     assert line.count("verdict=") == 1  # a plain search finds the field only
@@ -110,3 +112,27 @@ def test_a_reused_result_logs_its_own_queue_id(monkeypatch):
     assert {k: v for k, v in first.items() if k not in ("qid", "ms")} == {
         k: v for k, v in second.items() if k not in ("qid", "ms")
     }
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_line_says_what_enforce_does_and_keeps_dns_details(fmt, monkeypatch):
+    """enforce= is the decision the reply carries; the resolver's address is in detail=, not in SMTP text."""
+    from rspamd_regcheck._enforce import EnforceAction, Enforcement
+
+    verdict = Verdict(
+        symbols=(SymbolHit("REGCHECK_DNSFAIL", 1.0, ("heaven.net", "127.0.0.1:1: Connection refused")),),
+        seed=SeedVerdict(
+            Action.TEMPFAIL, 451, "4.4.3", "lookup failed; try later", detail="127.0.0.1:1: Connection refused"
+        ),
+        id="heaven.net",
+    )
+    monkeypatch.setattr(_log, "_format", fmt)
+    log = CheckLog()
+    lines = []
+    log.flush = lambda: (lines.extend(log.lines), log.lines.clear())  # type: ignore[method-assign]
+    soft = Enforcement(EnforceAction.SOFT_REJECT, 451, "4.4.3", "lookup failed; try later")
+    log.check(ENV, CheckResult(verdict, 1), 0.001, "score", False, soft)
+    (line,) = lines
+    fields = json.loads(line) if fmt == "json" else fields_of(line)
+    assert fields["enforce"] == "soft reject"
+    assert fields["detail"] == "127.0.0.1:1: Connection refused"

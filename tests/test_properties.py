@@ -11,12 +11,24 @@ import asyncio
 import ipaddress
 import json
 import re
+from pathlib import Path
 
+import httptools
 import msgpack
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rspamd_regcheck import BadHelo, Config, Identity, InvalidRecord, build_reply, evaluate, identify, parse_record
+from rspamd_regcheck import (
+    BadHelo,
+    Checker,
+    Config,
+    Identity,
+    InvalidRecord,
+    build_reply,
+    evaluate,
+    identify,
+    parse_record,
+)
 from rspamd_regcheck._evaluate import Facts, Policy, RegistryFacts, RegistryStatus
 from rspamd_regcheck._headers import header_block
 from rspamd_regcheck._http import App, HttpError, HttpProtocol, Limits, envelope_from_headers
@@ -220,3 +232,95 @@ def test_replies_encode_as_json_and_msgpack_alike(reasons, ident):
     as_json = json.loads(json.dumps(reply))
     as_msgpack = msgpack.unpackb(msgpack.packb(reply))
     assert as_json == as_msgpack
+
+
+# -- what reaches a header we ask rspamd to add (issue 17) ------------------------------------
+
+ZONES = Path(__file__).parent / "zones"
+HEADER_CFG = Config(
+    registry_zones=("id.regcheck.test",),
+    zone_files=tuple(str(p) for p in sorted(ZONES.glob("*.zone"))),
+    nameservers=("127.0.0.1",),  # the discard port: a name outside the zone files times out at once
+    dns_port=9,
+    dns_timeout=0.02,
+    dns_tries=1,
+    deadline=0.2,
+    local_networks=(),
+    spf_receiver="mx.receiver.test",
+)
+# sessions that add headers: QR1 over IPv6, SPF for the HELO, SPF for MAIL FROM, QR1 over IPv4
+SESSIONS = [
+    {"IP": "2001:db8:6::1", "Helo": "mail.six.example"},
+    {"IP": "69.55.226.139", "Helo": "mx1.wayforward.net", "From": "<tway@optsw.com>"},
+    {"IP": "192.0.4.1", "Helo": "mx1.abilene.texas.rr.tld", "From": "<x@rr.tld>"},
+    {"IP": "208.20.133.17", "Helo": "mailout17.heaven.net"},
+]
+TRICKS = ["%x; pass", "%eth0", " pass evil.example QR1 pass", ") evil=1 (", '"; helo=evil', "\t", "\xff", ";", "[", "]"]
+hostile_value = st.one_of(st.sampled_from(TRICKS), st.text(max_size=24), st.binary(max_size=12).map(bytes.hex))
+X_REGCHECK = re.compile(r"(?P<ip>[0-9a-f.:]+) (?P<id>[a-z0-9-]+(?:\.[a-z0-9-]+)+) (?:QR1|CSA|SPF|SID|DKIM|NONE) [a-z]+ "
+                        r"ratings=[A-Za-z0-9:,]*")  # fmt: skip
+RECEIVED_SPF = re.compile(r"(?:Pass|Fail|SoftFail|Neutral|None|TempError|PermError) \([^()\x00-\x1f]*\) (?P<pairs>.*)")
+PAIR = re.compile(r'(?P<key>[a-z-]+)=(?P<value>[^\s;"()]+|"(?:[^"\\\x00-\x1f]|\\.)*")(?=; |$)')
+SPF_KEYS = {"client-ip", "envelope-from", "helo", "receiver", "mechanism", "identity", "problem"}
+_checker: list[Checker] = []
+
+
+def parsed_headers(fields: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """The header fields as the worker's HTTP parser hands them over; None if llhttp refuses them."""
+
+    class Collect:
+        def __init__(self):
+            self.headers = []
+
+        def on_header(self, name, value):
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    sink = Collect()
+    raw = b"POST /checkv2 HTTP/1.1\r\n" + b"".join(n.encode() + b": " + v.encode() + b"\r\n" for n, v in fields)
+    try:
+        httptools.HttpRequestParser(sink).feed_data(raw + b"Content-Length: 0\r\n\r\n")
+    except httptools.HttpParserError:
+        return None
+    return sink.headers
+
+
+@settings(max_examples=100)
+@given(st.sampled_from(SESSIONS), st.sampled_from(["append", "replace", "prepend"]), hostile_value)
+@example(SESSIONS[0], "append", "%x; pass")  # the issue's attack: a zone ID carrying text
+@example(SESSIONS[2], "replace", 'a"; helo=evil.example; x=") (@rr.tld')
+def test_no_request_header_can_write_into_a_header_we_add(session, how, text):
+    """Whatever a client puts in any request header, what we ask rspamd to add is built from what
+    we validated: the address exactly as checked, the ID as identified, SPF's values quoted."""
+    for field in ("IP", "Helo", "From", "Rcpt", "User", "Hostname", "Queue-Id", "Dkim-Domain"):
+        _added_headers_are_ours(session, field, how, text)
+
+
+def _added_headers_are_ours(session, field, how, text):
+    value = session.get(field, "")
+    value = {"replace": text, "append": value + text, "prepend": text + value}[how]
+    fields = [(k, v) for k, v in session.items() if k != field] + [(field, value)]
+    headers = parsed_headers([(k, v.encode("utf-8", "surrogatepass").decode("latin-1")) for k, v in fields])
+    if headers is None:  # the HTTP parser refuses the request: nothing reaches the check
+        return
+    try:
+        env = envelope_from_headers(headers, b"")
+    except HttpError as exc:
+        assert exc.status == 400 and field == "IP"
+        return
+    if not _checker:
+        _checker.append(Checker(HEADER_CFG))
+    verdict = asyncio.run(_checker[0].check(env)).verdict
+    for name, added in verdict.add_headers:
+        assert not re.search(r"[\x00-\x1f\x7f]", added), added
+        if name == "X-Regcheck":
+            m = X_REGCHECK.fullmatch(added)
+            assert m, added
+            assert m["ip"] == str(env.ip) and m["id"] == verdict.id
+        else:
+            assert name == "Received-SPF"
+            m = RECEIVED_SPF.fullmatch(added)
+            assert m, added
+            found = list(PAIR.finditer(m["pairs"]))
+            assert "; ".join(f[0] for f in found) == m["pairs"], added  # key=value pairs, nothing else
+            assert {f["key"] for f in found} <= SPF_KEYS
+            assert dict((f["key"], f["value"]) for f in found)["client-ip"] == str(env.ip)

@@ -1,4 +1,4 @@
-"""Weighing ratings (DESIGN step 6, the seed's get_ratings)."""
+"""Weighing ratings (docs/scoring.md, "Ratings"; the seed's get_ratings)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REG1 record parser against docs/registry-record.md, case by case."""
+"""The REG1 record parser against docs/record-format.md, case by case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reply object (DESIGN section 4) in score and enforce mode."""
+"""The reply object (docs/protocol.md) in score and enforce mode."""
 
 from __future__ import annotations
 
@@ -42,18 +42,47 @@ def test_score_mode_reply_shape():
 
 
 @pytest.mark.parametrize(
-    "status,kw,action,message",
+    "status,kw,settings,action,message",
     [
-        pytest.param(RegistryStatus.NO_RECORD, {}, "reject", True, id="reject"),
-        pytest.param(RegistryStatus.DNSFAIL, {"reasons": ("timeout",)}, "soft reject", True, id="tempfail"),
+        pytest.param(
+            RegistryStatus.NO_RECORD,
+            {},
+            {"enforce_no_record": True},
+            "reject",
+            "550 5.7.1 'x.example' is not listed in the sender registry",
+            id="no-record-when-asked",
+        ),
+        pytest.param(RegistryStatus.NO_RECORD, {}, {}, "no action", None, id="no-record-by-default"),
+        pytest.param(
+            RegistryStatus.DNSFAIL,
+            {"reasons": ("127.0.0.1:1: Connection refused",)},
+            {},
+            "soft reject",
+            "451 4.4.3 Sender registry lookup for 'x.example' failed; please try again later",
+            id="tempfail",
+        ),
+        pytest.param(
+            RegistryStatus.DNSFAIL,
+            {"reasons": ("timeout",)},
+            {"enforce_tempfail": False},
+            "no action",
+            None,
+            id="dns-off",
+        ),
     ],
 )
-def test_enforce_mode_takes_the_seed_verdict(status, kw, action, message):
-    cfg = replace(CFG, mode="enforce")
+def test_enforce_mode_takes_the_enforce_decision(status, kw, settings, action, message):
+    cfg = replace(CFG, mode="enforce", **settings)
     reply = build_reply(verdict(status, **kw), cfg)
-    assert reply["action"] == action
-    assert ("smtp_message" in reply["messages"]) is message
-    assert reply["messages"]["smtp_message"] == reply["regcheck"]["verdict"]["message"]
+    assert reply["action"] == action == reply["regcheck"]["enforce"]["action"]
+    assert reply["messages"].get("smtp_message") == message == reply["regcheck"]["enforce"]["message"]
+    assert "127.0.0.1" not in json.dumps(reply["messages"])  # internal addresses stay out of SMTP text
+
+
+def test_score_mode_reply_still_says_what_enforce_would_do():
+    reply = build_reply(verdict(RegistryStatus.DNSFAIL, reasons=("timeout",)), CFG)
+    assert reply["action"] == "no action" and reply["messages"] == {}
+    assert reply["regcheck"]["enforce"]["action"] == "soft reject"
 
 
 def test_score_thresholds():

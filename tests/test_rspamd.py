@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from rspamd_procs import ROOT, free_port, rspamc, start_rspamd, start_worker
@@ -144,12 +146,13 @@ def worker_stopped(worker, knot, base, worker_port):
     worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
 
 
-def test_fail_open_when_the_worker_is_down(rspamd, eml, worker_stopped):
+def test_fail_open_when_the_worker_is_down(rspamd, eml, worker_stopped, worker_port):
     result, elapsed = rspamc(rspamd, eml, "-i", "208.20.133.32", "--helo", "mailout32.heaven.net")
     got = regcheck_symbols(result)
     assert list(got) == ["REGCHECK_FAIL"]
     score, options = got["REGCHECK_FAIL"]
     assert score == 0.0 and "Connection refused" in options[0]
+    assert options[0].startswith(f"127.0.0.1:{worker_port}: ")  # the reason names the server with its port
     assert "TEST_OTHER" in result["symbols"]  # every other result kept
     assert result["action"] == "no action"
     assert elapsed < SHIM_TIMEOUT * 3
@@ -264,23 +267,89 @@ def test_enforce_mode(rspamd_enforce, eml, args, action, message):
 def test_enforce_tempfail_is_a_soft_reject(rspamd_enforce, eml, worker_hanging_dns_fail):
     result, _ = rspamc(rspamd_enforce, eml, "-i", "208.20.133.17", "--helo", "mailout17.heaven.net")
     assert result["action"] == "soft reject"
-    assert result["messages"]["smtp_message"].startswith("451 4.4.3 Sender registry lookup for 'heaven.net' failed")
+    message = result["messages"]["smtp_message"]
+    assert message == "451 4.4.3 Sender registry lookup for 'heaven.net' failed; please try again later"
+    assert "127.0.0.1" not in message  # the resolver's address is for the log, not for strangers
+
+
+def test_enforce_tempfail_off_lets_mail_through(rspamd_enforce, eml, worker_hanging_dns_fail_tempfail_off):
+    """enforce_tempfail = false in the worker: DNS trouble is a symbol, never a deferral."""
+    result, _ = rspamc(rspamd_enforce, eml, "-i", "208.20.133.17", "--helo", "mailout17.heaven.net")
+    assert "REGCHECK_DNSFAIL" in result["symbols"]
+    assert result["action"] == "no action" and "smtp_message" not in result.get("messages", {})
+    log = logged(worker_hanging_dns_fail_tempfail_off, "event=check")
+    assert 'enforce="no action"' in log and "detail=" in log  # the details went to the log
+
+
+def test_enforce_settings_live_in_the_worker(knot, base, eml):
+    """The worker's [policy] decides; old plugin keys are ignored with a warning, not a config error."""
+    port = free_port()
+    config = worker_config(knot).replace("[policy]\n", "[policy]\nenforce_no_record = true\n")
+    strict = start_worker(base, "strict", config, port)
+    block = (
+        f'regcheck {{ servers = "127.0.0.1:{port}"; timeout = {SHIM_TIMEOUT}s; mode = "enforce"; '
+        "enforce_no_record = false; never_reject = []; }"
+    )
+    proc, rport = start_rspamd(base, "strict", block, knot.port)
+    try:
+        nowhere = ["-i", "192.0.2.1", "--helo", "mx.nowhere.example"]
+        result, _ = rspamc(rport, eml, *nowhere, "-r", "ann@receiver.test")
+        assert "REGCHECK_FAIL" not in result["symbols"]
+        assert result["action"] == "reject"
+        assert result["messages"]["smtp_message"] == "550 5.7.1 'nowhere.example' is not listed in the sender registry"
+        # the worker's never_reject (default postmaster, abuse) holds, whatever the plugin's old key said
+        result, _ = rspamc(rport, eml, *nowhere, "-r", "ann@receiver.test", "-r", "Abuse@receiver.test")
+        assert result["action"] == "add header"
+    finally:
+        proc.stop()
+        strict.stop()
+    assert "never_reject is ignored here" in (base / "strict" / "rspamd.log").read_text()
+    lines = [line for line in logged(strict.log_path, "event=check").splitlines() if "event=check" in line]
+    assert [line.split("enforce=")[1].split(" ms=")[0] for line in lines] == ["reject", '"add header"']
+
+
+@contextlib.contextmanager
+def dns_failing_worker(state, knot, base, worker_port, name, policy=""):
+    """Replace the module's worker with one whose DNS server never answers, with a deadline inside
+    the shim's timeout (a DNS failure); *policy* is added to its [policy]. Yields the new worker."""
+    import socket
+
+    state["proc"].stop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
+        config = config.replace("[dns]\n", "[dns]\ntimeout = 0.3\ndeadline = 0.5\n")
+        config = config.replace("[policy]\n", f"[policy]\n{policy}")
+        slow = start_worker(base, name, config, worker_port)
+        try:
+            yield slow
+        finally:
+            slow.stop()
+            state["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
 
 
 @pytest.fixture
 def worker_hanging_dns_fail(worker, knot, base, worker_port):
     """A worker whose DNS server never answers, with a deadline inside the shim's timeout: a TEMPFAIL."""
-    import socket
-
-    worker["proc"].stop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-        config = worker_config(knot).replace(f"port = {knot.port}\n", f"port = {silent.getsockname()[1]}\n")
-        config = config.replace("[dns]\n", "[dns]\ntimeout = 0.3\ndeadline = 0.5\n")
-        slow = start_worker(base, "dnsfail", config, worker_port)
+    with dns_failing_worker(worker, knot, base, worker_port, "dnsfail"):
         yield
-        slow.stop()
-    worker["proc"] = start_worker(base, "worker", worker_config(knot), worker_port)
+
+
+def logged(path, text: str, timeout: float = 5.0) -> str:
+    """The log at *path* once it holds *text* (check lines are written in batches, at most 0.25 s late)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.read_text()
+
+
+@pytest.fixture
+def worker_hanging_dns_fail_tempfail_off(worker, knot, base, worker_port):
+    """As worker_hanging_dns_fail, with enforce_tempfail = false; yields the worker's log path."""
+    with dns_failing_worker(worker, knot, base, worker_port, "dnsfail-open", "enforce_tempfail = false\n") as slow:
+        yield slow.log_path
 
 
 def test_two_servers_one_stopped(knot, base, eml, worker_port):

@@ -1,6 +1,6 @@
 """The rspamd side without a running rspamd: catalogue agreement, luacheck, Lua unit tests,
 and `rspamadm configtest -s` / `configdump -m` on a stock Debian config with our files installed
-as the README says."""
+as docs/install-and-operate.md lays them out."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_lua_unit_tests():
 
 
 def install(confdir: Path, settings: str | None = None) -> None:
-    """Lay out our files in a private LOCAL_CONFDIR exactly as the README's install section says."""
+    """Lay out our files in a private LOCAL_CONFDIR as docs/install-and-operate.md lists them."""
     (confdir / "plugins.d").mkdir(parents=True)
     (confdir / "local.d").mkdir()
     (confdir / "db").mkdir()

@@ -81,19 +81,49 @@ def closed_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def test_formerr_is_asked_again_without_edns(run):
-    async def go():
-        server, proto, port = await responder([lambda q: reply_to(q, rcode=1), reply_to])
-        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1)
-        try:
-            return await client.ask(NAME, RType.TXT), proto.queries
-        finally:
-            client.close()
-            server.close()
+async def ask_once(script, **kw):  # type: ignore[no-untyped-def]
+    """Ask NAME of a responder scripted with *script*, one try: (answer, the queries it got)."""
+    server, proto, port = await responder(script)
+    client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1, **kw)
+    try:
+        return await client.ask(NAME, RType.TXT), proto.queries
+    finally:
+        client.close()
+        server.close()
 
-    answer, queries = run(go())
+
+def test_formerr_is_asked_again_without_edns(run):
+    answer, queries = run(ask_once([lambda q: reply_to(q, rcode=1), reply_to]))
     assert answer.status is DnsStatus.OK
     assert [arcount(q) for q in queries] == [1, 0]  # with the OPT record, then without
+
+
+def no_records(query: bytes) -> bytes:
+    """A NOERROR reply to *query* with no records."""
+    reply = truncated_reply(query)
+    return reply[:2] + b"\x81\x80" + reply[4:]
+
+
+def with_opt(reply: bytes, extended: int = 0) -> bytes:
+    """*reply* with an OPT record (RFC 6891 6.1.2), its TTL carrying the extended RCODE's upper bits."""
+    count = struct.unpack("!H", reply[10:12])[0] + 1
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, extended << 24, 0)
+    return reply[:10] + struct.pack("!H", count) + reply[12:] + opt
+
+
+@pytest.mark.parametrize(
+    "step,detail",
+    [
+        # FORMERR from a server that speaks EDNS (its reply has OPT): the question itself failed
+        pytest.param(lambda q: with_opt(reply_to(q, rcode=1)), "FORMERR", id="formerr-with-opt"),
+        # BADVERS (16): the header says NOERROR; read alone, it would be an empty answer, cached
+        pytest.param(lambda q: with_opt(no_records(q), extended=1), "BADVERS", id="badvers"),
+    ],
+)
+def test_edns_is_kept_when_the_server_speaks_it(run, step, detail):
+    answer, queries = run(ask_once([step]))
+    assert (answer.status, answer.detail) == (DnsStatus.ERROR, detail)
+    assert [arcount(q) for q in queries] == [1]  # not asked again without EDNS
 
 
 def test_a_lost_reply_is_asked_again_after_its_share_of_the_timeout(run):
@@ -138,7 +168,8 @@ def test_every_silent_question_ends_by_its_timeout(run):
         try:
             started = time.monotonic()
             answers = await asyncio.gather(*(client.ask(f"q{i}.example", RType.TXT) for i in range(300)))
-            return answers, time.monotonic() - started, len(proto.queries)
+            # sent at once from 64 ports: the responder's receive buffer may drop some of them
+            return answers, time.monotonic() - started, client.sent
         finally:
             client.close()
             server.close()
@@ -314,20 +345,20 @@ def test_questions_waiting_for_a_slot_end_by_the_check_deadline(run):
 
 def test_a_bug_while_opening_a_socket_ends_the_question(run, monkeypatch):
     """Not an OSError (a bug): the question still ends, and the next one for the name is asked."""
-    from rspamd_regcheck._transport import _Server
+    from rspamd_regcheck._transport import _Socket
 
-    real_open = _Server.open
+    real_init = _Socket.__init__
 
-    async def broken_open(self):
+    def broken_init(self, server, loop):
         raise RuntimeError("a bug")
 
     async def go():
         server, _, port = await responder([reply_to])
         resolver = Resolver(Transport([("127.0.0.1", port)], timeout=0.5), Cache())
         try:
-            monkeypatch.setattr(_Server, "open", broken_open)
+            monkeypatch.setattr(_Socket, "__init__", broken_init)
             first = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
-            monkeypatch.setattr(_Server, "open", real_open)
+            monkeypatch.setattr(_Socket, "__init__", real_init)
             second = await asyncio.wait_for(resolver.query(NAME, RType.TXT), 5)
             return first, second
         finally:
@@ -351,3 +382,238 @@ def test_a_transport_closed_before_use_sends_nothing(run):
     answer, asked = run(go())
     assert answer.status is DnsStatus.ERROR and "closed" in answer.detail
     assert asked == 0
+
+
+# -- the pool of source ports (RFC 5452 9.2) -------------------------------------------------
+
+
+class Logging(Scripted):
+    """A scripted responder that also keeps each query's source address."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.addrs: list[tuple[str, int]] = []
+
+    def datagram_received(self, data, addr):
+        self.addrs.append(addr)
+        super().datagram_received(data, addr)
+
+
+async def logging_responder(script):
+    loop = asyncio.get_running_loop()
+    proto = Logging(script)
+    transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    return transport, proto, transport.get_extra_info("sockname")[1]
+
+
+def test_each_try_leaves_from_a_port_drawn_from_the_pool(run):
+    async def go():
+        server, proto, port = await logging_responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, sockets=64, rotate_every=10_000)
+        try:
+            for i in range(640):
+                await client.ask(f"q{i}.example", RType.TXT)
+            return [p for _, p in proto.addrs], client.open_sockets
+        finally:
+            client.close()
+            server.close()
+
+    ports, open_sockets = run(go())
+    assert open_sockets == 64
+    counts = {p: ports.count(p) for p in set(ports)}
+    assert len(counts) == 64  # every socket of the pool served; one port per socket
+    assert max(counts.values()) < 640 / 64 * 3  # drawn evenly: ~10 tries each
+
+
+@pytest.mark.parametrize("sockets,rotate_every", [(64, 4), (8, 2), (1, 3)])
+def test_no_port_lives_longer_than_the_pool_size_times_rotate_every(run, monkeypatch, sockets, rotate_every):
+    """A socket leaves the draw within sockets x rotate_every tries (+1: the try that rotates)
+    of opening, and closes once idle.  (Counted at the client: the kernel may give a port
+    number again to a later socket.)"""
+    from rspamd_regcheck._transport import _Socket
+
+    born: dict[int, int] = {}
+    lives: list[int] = []
+    real_open, real_retire = Transport._open, Transport._retire
+
+    def open_(self, server):
+        failed = real_open(self, server)
+        born[id(server.live[-1])] = self.sent
+        return failed
+
+    def retire(self, sock: _Socket):
+        if not sock.retired:
+            lives.append(self.sent - born[id(sock)])
+        real_retire(self, sock)
+
+    monkeypatch.setattr(Transport, "_open", open_)
+    monkeypatch.setattr(Transport, "_retire", retire)
+
+    async def go():
+        server, proto, port = await logging_responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=5.0, sockets=sockets, rotate_every=rotate_every)
+        try:
+            for i in range(sockets * rotate_every * 4):
+                await client.ask(f"q{i}.example", RType.TXT)
+            return client.sent, client.open_sockets, client.opened
+        finally:
+            client.close()
+            server.close()
+
+    asked, open_sockets, opened = run(go())
+    assert asked >= sockets * rotate_every * 4  # (a reply lost under load costs a retry)
+    assert len(lives) >= asked // rotate_every - sockets
+    assert max(lives) <= sockets * rotate_every + 1
+    assert open_sockets == sockets  # retired sockets were closed once idle
+    assert opened == sockets + asked // rotate_every
+
+
+def test_a_reply_counts_only_on_the_socket_its_try_left_from(run):
+    """The genuine reply, sent to another of the client's own ports, is dropped: the try waits."""
+
+    async def go():
+        sent_to = []
+
+        def elsewhere(query):
+            return reply_to(query)
+
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=0.4, tries=1, sockets=4, rotate_every=10_000)
+        try:
+            task = asyncio.ensure_future(client.ask(NAME, RType.TXT))
+            while not proto.queries:
+                await asyncio.sleep(0.005)
+            query, (_, asked_from) = proto.queries[0], proto.addrs[0]
+            others = [s.sock.getsockname()[1] for s in client._servers[0].live]
+            for other in others:
+                if other != asked_from:
+                    server.sendto(elsewhere(query), ("127.0.0.1", other))
+                    sent_to.append(other)
+            answer = await task
+            return answer, len(sent_to), client.dropped
+        finally:
+            client.close()
+            server.close()
+
+    answer, sent, dropped = run(go())
+    assert sent == 3 and dropped == 3
+    assert answer.status is DnsStatus.TIMEOUT
+
+
+def test_an_icmp_error_fails_nothing_but_costs_a_re_send(run):
+    """A socket closed under the client (as an ICMP error does) retires only that socket; its tries
+    go out again from another socket within their try, and the questions elsewhere wait on."""
+
+    async def go():
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, tries=1, sockets=8, rotate_every=10_000)
+        try:
+            tasks = [asyncio.ensure_future(client.ask(f"q{i}.example", RType.TXT)) for i in range(40)]
+            while len(proto.queries) < 40:
+                await asyncio.sleep(0.005)
+            victim = client._servers[0].live[0]
+            on_victim = len(victim.pending)
+            client._refused(victim, "forged: port unreachable")
+            await asyncio.sleep(0.05)
+            for query, addr in zip(proto.queries, proto.addrs, strict=True):  # to the victim's port: dropped
+                server.sendto(reply_to(query), addr)
+            answers = await asyncio.gather(*tasks)
+            return answers, on_victim, len(proto.queries), client.refusals, victim.closed
+        finally:
+            client.close()
+            server.close()
+
+    answers, on_victim, asked, refusals, closed = run(go())
+    assert on_victim > 0 and refusals == 1 and closed
+    assert asked == 40 + on_victim  # only the victim's questions were sent again
+    assert {a.status for a in answers} == {DnsStatus.OK}
+
+
+def test_case_randomised_questions_want_the_case_echoed(run):
+    """0x20: a reply whose question is in another case than asked is dropped."""
+
+    def lowered(query: bytes) -> bytes:
+        end = query.index(b"\x00", 12) + 5
+        return reply_to(query[:12] + query[12:end].lower() + query[end:])
+
+    def echoed(query: bytes) -> bytes:
+        return reply_to(query)
+
+    lowered_answer, (query,) = run(ask_once([lowered], case_randomise=True))
+    echoed_answer, _ = run(ask_once([echoed], case_randomise=True))
+    assert query[12:].lower() != query[12:]  # asked in mixed case (22 letters: all lower has odds 2^-22)
+    assert lowered_answer.status is DnsStatus.TIMEOUT
+    assert echoed_answer.status is DnsStatus.OK
+
+
+@pytest.mark.parametrize(
+    "host,trusted,expected",
+    [
+        pytest.param("127.0.0.1", (), True, id="loopback"),
+        pytest.param("127.0.0.53", (), True, id="loopback-net"),
+        pytest.param("::1", (), True, id="loopback-v6"),
+        pytest.param("192.0.2.53", (), False, id="remote"),
+        pytest.param("192.0.2.53", ("192.0.2.53",), True, id="remote-listed"),
+        pytest.param("2001:db8::53", ("2001:DB8::53",), True, id="remote-v6-listed"),
+        pytest.param("192.0.2.54", ("192.0.2.53",), False, id="remote-not-listed"),
+    ],
+)
+def test_whose_ad_bit_counts(host, trusted, expected):
+    assert Transport([(host, 53)], trusted=trusted)._servers[0].trusted is expected
+
+
+def test_a_forked_child_opens_sockets_of_its_own():
+    def ports(client):
+        return sorted(s.sock.getsockname()[1] for s in client._servers[0].live)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        client = Transport([silent.getsockname()], timeout=0.2, tries=1, sockets=4)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(client.ask(NAME, RType.TXT))  # opens the parent's sockets
+            parent = ports(client)
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: a loop of its own, as a worker process has
+                try:
+                    asyncio.new_event_loop().run_until_complete(client.ask(NAME, RType.TXT))
+                    os.write(write, struct.pack("!4H", *ports(client)))
+                finally:
+                    os._exit(0)
+            os.close(write)
+            child = list(struct.unpack("!4H", os.read(read, 8)))
+            os.close(read)
+            os.waitpid(pid, 0)
+            assert loop.run_until_complete(client.ask(NAME, RType.TXT)).status is DnsStatus.TIMEOUT
+            still = ports(client)
+        finally:
+            client.close()
+            loop.close()
+    assert len(parent) == 4 and not set(child) & set(parent)
+    assert still == parent  # the child left the parent's sockets alone
+
+
+def test_a_slow_server_under_load_keeps_at_most_twice_the_pool_open(run):
+    """Retired sockets close only once idle; while as many as the pool still wait on a server that
+    does not answer, rotation waits (file descriptors stay bounded)."""
+
+    async def go():
+        server, proto, port = await logging_responder([None])
+        client = Transport([("127.0.0.1", port)], timeout=0.5, tries=1, sockets=8, rotate_every=1)
+        try:
+            most = 0
+            tasks = []
+            for i in range(400):
+                tasks.append(asyncio.ensure_future(client.ask(f"q{i}.example", RType.TXT)))
+                await asyncio.sleep(0)
+                most = max(most, client.open_sockets)
+            await asyncio.gather(*tasks)
+            return most, client.open_sockets
+        finally:
+            client.close()
+            server.close()
+
+    most, after = run(go())
+    assert most == 2 * 8
+    assert after == 8  # the retired ones closed once their questions timed out

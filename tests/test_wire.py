@@ -17,7 +17,7 @@ import dns.rrset
 import pytest
 
 from rspamd_regcheck._answer import DnsStatus, answer_from_reply
-from rspamd_regcheck._wire import MalformedReply, RType, build_query, encode_name, parse_reply
+from rspamd_regcheck._wire import MalformedReply, RType, build_query, encode_name, parse_reply, randomise_case
 
 QNAME = "heaven.net.id.regcheck.test"
 
@@ -62,7 +62,8 @@ CASES = [
         50,
         id="cname-chain-lowest-ttl",
     ),
-    pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example.")], DnsStatus.NODATA, (), 50, id="cname-dangling"),
+    # RFC 2308 5: no SOA, no negative caching (the CNAME's own TTL says nothing of the target's absence)
+    pytest.param("TXT", [(QNAME, "CNAME", 50, "real.example.")], DnsStatus.NODATA, (), None, id="cname-dangling"),
     pytest.param("TXT", [("other.example", "TXT", 10, '"x"')], DnsStatus.NODATA, (), None, id="unrelated-owner"),
     pytest.param("TXT", [(QNAME, "A", 10, "192.0.2.1")], DnsStatus.NODATA, (), None, id="other-type-only"),
 ]
@@ -81,6 +82,15 @@ def test_answers(qtype, answers, status, records, ttl):
         pytest.param(dns.rcode.NXDOMAIN, [SOA], DnsStatus.NXDOMAIN, 300, id="nxdomain-soa-minimum"),
         pytest.param(dns.rcode.NXDOMAIN, [], DnsStatus.NXDOMAIN, None, id="nxdomain-no-soa"),
         pytest.param(dns.rcode.NOERROR, [SOA], DnsStatus.NODATA, 300, id="nodata"),
+        pytest.param(dns.rcode.NOERROR, [], DnsStatus.NODATA, None, id="nodata-no-soa"),
+        pytest.param(
+            dns.rcode.NXDOMAIN, [("example.org", *SOA[1:])], DnsStatus.NXDOMAIN, None, id="soa-of-another-zone"
+        ),
+        pytest.param(dns.rcode.NXDOMAIN, [("x." + QNAME, *SOA[1:])], DnsStatus.NXDOMAIN, None, id="soa-below-the-name"),
+        pytest.param(dns.rcode.NXDOMAIN, [(QNAME, *SOA[1:])], DnsStatus.NXDOMAIN, 300, id="soa-at-the-name"),
+        pytest.param(
+            dns.rcode.NXDOMAIN, [("example.org", *SOA[1:]), SOA], DnsStatus.NXDOMAIN, 300, id="the-soa-above-is-chosen"
+        ),
         pytest.param(dns.rcode.SERVFAIL, [], DnsStatus.SERVFAIL, None, id="servfail"),
         pytest.param(dns.rcode.REFUSED, [], DnsStatus.REFUSED, None, id="refused"),
         pytest.param(dns.rcode.NOTIMP, [], DnsStatus.ERROR, None, id="notimp"),
@@ -89,6 +99,71 @@ def test_answers(qtype, answers, status, records, ttl):
 def test_negative_and_failed(rcode, authority, status, ttl):
     answer = answer_from_reply(parse_reply(reply("TXT", authority=authority, rcode=rcode)), QNAME, RType.TXT)
     assert (answer.status, answer.ttl) == (status, ttl)
+
+
+def test_soa_after_a_cname_is_the_targets_zone():
+    answers = [(QNAME, "CNAME", 50, "x.real.example.")]
+    theirs = ("real.example", *SOA[1:])
+    for authority, ttl in (([theirs], 300), ([SOA], None)):  # the SOA above the question name only: not it
+        wire = reply("TXT", answers, authority=authority, rcode=dns.rcode.NXDOMAIN)
+        assert answer_from_reply(parse_reply(wire), QNAME, RType.TXT).ttl == ttl
+
+
+def edns_reply(rcode: int, ad: bool = False, opt: bool = True) -> bytes:
+    query = dns.message.make_query(QNAME + ".", "TXT", use_edns=0 if opt else False)
+    msg = dns.message.make_response(query)
+    msg.set_rcode(rcode)
+    if ad:
+        msg.flags |= dns.flags.AD
+    return msg.to_wire()
+
+
+@pytest.mark.parametrize(
+    "wire,rcode,edns,authentic",
+    [
+        pytest.param(edns_reply(dns.rcode.NOERROR), 0, True, False, id="opt"),
+        pytest.param(edns_reply(dns.rcode.NOERROR, opt=False), 0, False, False, id="no-opt"),
+        pytest.param(edns_reply(dns.rcode.FORMERR), 1, True, False, id="formerr-with-opt"),
+        pytest.param(edns_reply(dns.rcode.FORMERR, opt=False), 1, False, False, id="formerr-without-opt"),
+        # RFC 6891 9: BADVERS is 16, its upper bits in the OPT record; the header alone says NOERROR
+        pytest.param(edns_reply(dns.rcode.BADVERS), 16, True, False, id="badvers"),
+        pytest.param(edns_reply(dns.rcode.NOERROR, ad=True), 0, True, True, id="ad-bit"),
+    ],
+)
+def test_edns_and_extended_rcode(wire, rcode, edns, authentic):
+    parsed = parse_reply(wire)
+    assert (parsed.rcode, parsed.edns, parsed.authentic) == (rcode, edns, authentic)
+
+
+def test_badvers_is_a_failure_not_an_empty_answer():
+    answer = answer_from_reply(parse_reply(edns_reply(dns.rcode.BADVERS)), QNAME, RType.TXT)
+    assert (answer.status, answer.detail, answer.ttl) == (DnsStatus.ERROR, "BADVERS", None)
+
+
+@pytest.mark.parametrize("trusted,ad,authentic", [(True, True, True), (False, True, False), (True, False, False)])
+def test_ad_counts_only_from_a_trusted_server(trusted, ad, authentic):
+    wire = reply("TXT", [(QNAME, "TXT", 60, '"x"')])
+    if ad:
+        wire = wire[:3] + bytes([wire[3] | 0x20]) + wire[4:]
+    assert answer_from_reply(parse_reply(wire), QNAME, RType.TXT, trusted).authentic is authentic
+
+
+def test_two_opt_records_are_malformed():
+    wire = edns_reply(dns.rcode.NOERROR)
+    opt = wire[-11:]
+    doubled = wire[:10] + b"\x00\x02" + wire[12:] + opt
+    with pytest.raises(MalformedReply, match="OPT"):
+        parse_reply(doubled)
+
+
+def test_case_randomised_query_keeps_the_name():
+    query = build_query(7, QNAME, RType.TXT, authentic=True)
+    mixed = randomise_case(query, b"\xff" * 32)
+    assert mixed != query and mixed.lower() == query.lower()[:12] + mixed.lower()[12:]
+    msg = dns.message.from_wire(mixed)
+    assert msg.question[0].name.to_text() == QNAME.upper() + "."
+    assert msg.flags & dns.flags.AD and msg.flags & dns.flags.RD
+    assert randomise_case(query, bytes(32)) == query
 
 
 def test_soa_ttl_lower_than_minimum():

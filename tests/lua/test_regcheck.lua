@@ -26,8 +26,7 @@ local function same(a, b)
   return true
 end
 
-local settings = { secret = nil, never_reject = { 'postmaster', 'abuse' },
-                   enforce_no_record = false, enforce_invalid_record = false }
+local settings = { secret = nil }
 
 -- request headers
 local h = lib.request_headers({ ip = '192.0.2.1', helo = 'mx.a.example', from = 'x@a.example',
@@ -87,32 +86,22 @@ check('milter: add', m.add_headers['X-Regcheck'] == 'a b')
 check('milter: remove', m.remove_headers['X-Regcheck'] == 0)
 check('milter: none', lib.milter({ milter = { add_headers = {}, remove_headers = {} } }) == nil)
 
--- enforce mode pre-results
-local function verdict(action, symbols)
-  local s = {}
-  for _, n in ipairs(symbols or {}) do s[n] = {} end
-  return { symbols = s, regcheck = { verdict = { action = action, smtp_code = 550, xcode = '5.7.1',
-    message = 'not authorised' } } }
+-- enforce mode: the worker's decision (regcheck.enforce) applied as given
+local function decided(action, message)
+  return { symbols = {}, regcheck = { enforce = { action = action, message = message } } }
 end
-local act, msg = lib.pre_result(verdict('REJECT'), settings, { 'user' })
-check('enforce: reject', act == 'reject' and msg == '550 5.7.1 not authorised', msg)
-act = lib.pre_result(verdict('TEMPFAIL'), settings, {})
-check('enforce: soft reject', act == 'soft reject')
-act, msg = lib.pre_result(verdict('FILTER'), settings, {})
-check('enforce: add header, no SMTP text', act == 'add header' and msg == nil)
-check('enforce: accept sets none', lib.pre_result(verdict('ACCEPT'), settings, {}) == nil)
-check('enforce: continue sets none', lib.pre_result(verdict('CONTINUE'), settings, {}) == nil)
-check('enforce: no record only when asked',
-  lib.pre_result(verdict('REJECT', { 'REGCHECK_NO_RECORD' }), settings, {}) == nil)
-act = lib.pre_result(verdict('REJECT', { 'REGCHECK_NO_RECORD' }),
-  { never_reject = {}, enforce_no_record = true }, {})
-check('enforce: no record when asked', act == 'reject')
-check('enforce: invalid record only when asked',
-  lib.pre_result(verdict('TEMPFAIL', { 'REGCHECK_RECORD_PERMFAIL' }), settings, {}) == nil)
-act = lib.pre_result(verdict('REJECT'), settings, { 'user', 'Postmaster' })
-check('enforce: postmaster never rejected', act == 'add header', act)
-act = lib.pre_result(verdict('TEMPFAIL'), settings, { 'abuse' })
-check('enforce: abuse never soft-rejected', act == 'add header', act)
+local eok, act, msg = lib.enforcement(decided('reject', '550 5.7.1 not authorised'))
+check('enforce: reject as given', eok and act == 'reject' and msg == '550 5.7.1 not authorised', msg)
+eok, act, msg = lib.enforcement(decided('soft reject', '451 4.4.3 try later'))
+check('enforce: soft reject as given', eok and act == 'soft reject' and msg == '451 4.4.3 try later', msg)
+eok, act, msg = lib.enforcement(decided('add header', 'ignored'))
+check('enforce: add header, no SMTP text', eok and act == 'add header' and msg == nil)
+eok, act = lib.enforcement(decided('no action'))
+check('enforce: no action sets no pre-result', eok and act == nil)
+eok, act = lib.enforcement({ symbols = {}, regcheck = { verdict = { action = 'REJECT' } } })
+check('enforce: a reply without a decision is a failure', not eok and act:find('regcheck.enforce', 1, true), act)
+eok, act = lib.enforcement(decided('discard'))
+check('enforce: an unknown action is a failure', not eok and act:find('discard', 1, true), act)
 
 print(string.format('%d passed, %d failed', passed, failed))
 if failed > 0 then os.exit(1) end
