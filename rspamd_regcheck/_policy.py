@@ -8,12 +8,12 @@ This module has no sockets and no clocks:
 - `RequestReader` turns bytes into `PolicyRequest` / `BadRequest` items
   within the line-length and attribute-count limits (h11-style: feed bytes,
   get events);
-- `policy_action` maps a check's verdict to a Postfix action class under
-  the listener's settings (the table the issue asks to be configurable; kept
-  apart so it can later follow the worker's shared enforce decision);
-- `respond` turns that class into the reply line for one request, given
-  its recipient, whether a refusal may be given at its state, and the next
-  header still to prepend.
+- `policy_action` takes the decision from `_enforce.enforce` (the one home
+  of the enforce rule, governed by the worker's ``[policy]``: the same
+  decision rspamd's plugin applies) for the request's recipient, and maps
+  that enforce action to a Postfix action (``[policy_server.actions]``);
+- `respond` turns that action into the reply line for one request, given
+  the next header still to prepend.
 
 The shell (`_policy_server.py`) runs the check and keeps one transaction per
 Postfix ``instance``.
@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import symbols as S
+from ._enforce import NO_ACTION, EnforceAction, Enforcement, EnforcePolicy, enforce
 from ._types import Action, IPNetwork, Verdict
 
 # Postfix's own defaults: line_length_limit = 2048; a request carries about 40 attributes.
@@ -61,13 +61,16 @@ class Kind(enum.Enum):
         return self is Kind.REJECT or self is Kind.DEFER_IF_PERMIT or self is Kind.DEFER
 
 
-DEFAULT_ACTIONS: Mapping[Action, Kind] = {
-    Action.REJECT: Kind.REJECT,
-    Action.TEMPFAIL: Kind.DEFER_IF_PERMIT,
-    Action.FILTER: Kind.PREPEND,
-    Action.ACCEPT: Kind.PREPEND,
-    Action.CONTINUE: Kind.DUNNO,
+# The enforce action (`_enforce.enforce`) -> the Postfix action; add header and no action
+# prepend the headers (DUNNO when there are none left, or the verdict is CONTINUE).
+DEFAULT_ACTIONS: Mapping[EnforceAction, Kind] = {
+    EnforceAction.REJECT: Kind.REJECT,
+    EnforceAction.SOFT_REJECT: Kind.DEFER_IF_PERMIT,
+    EnforceAction.ADD_HEADER: Kind.PREPEND,
+    EnforceAction.NO_ACTION: Kind.PREPEND,
 }
+# Only these may be mapped to a refusal: the others carry no SMTP reply to give.
+REFUSABLE = (EnforceAction.REJECT, EnforceAction.SOFT_REJECT)
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,7 @@ class PolicySettings:
     listen: tuple[str, int] | None = None
     state: str = "RCPT"  # the first protocol_state at which the check runs
     mode: str | None = None  # "score" or "enforce"; None follows policy.mode
-    actions: Mapping[Action, Kind] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
-    enforce_tempfail: bool = True
-    enforce_no_record: bool = False  # as the rspamd plugin: most senders have no record
-    enforce_invalid_record: bool = False
-    never_reject: tuple[str, ...] = ("postmaster", "abuse")  # local parts (or whole addresses)
+    actions: Mapping[EnforceAction, Kind] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
     clients: tuple[IPNetwork, ...] = LOOPBACK  # who may connect
     max_line: int = MAX_LINE
     max_attributes: int = MAX_ATTRIBUTES
@@ -221,43 +220,36 @@ class RequestReader:
 # -- deciding ---------------------------------------------------------------------------------
 
 
-def policy_action(verdict: Verdict, settings: PolicySettings, mode: str) -> Kind:
-    """The action class for *verdict*, before the recipient and the state are considered.
+def policy_action(
+    verdict: Verdict,
+    settings: PolicySettings,
+    policy: EnforcePolicy,
+    mode: str,
+    recipient: str | None,
+    may_refuse: bool = True,
+) -> tuple[Kind, Enforcement]:
+    """The Postfix action for one request of a checked transaction, and the enforce decision
+    it comes from (whose SMTP reply a refusal gives).
 
-    The verdict's mapped action, except that a refusal becomes PREPEND
-    (headers only) in score mode, for a missing or invalid registry record
-    unless ``enforce_no_record`` / ``enforce_invalid_record`` ask for it, and
-    for TEMPFAIL with ``enforce_tempfail = false``.
+    The decision is `enforce`'s for *recipient* under the worker's ``[policy]``
+    (*policy*), mapped through ``[policy_server.actions]``.  CONTINUE (and a
+    skipped session) is DUNNO.  A refusal becomes PREPEND (headers only) in
+    score mode, where *may_refuse* is False (DATA after recipients were
+    accepted), and while the recipient is unknown (*recipient* None: at MAIL,
+    or DATA with several) and ``never_reject`` is not empty, as it could be
+    postmaster@: the refusal then waits for the RCPT requests, each of which
+    names its recipient.
     """
-    seed = verdict.seed.action
-    kind = settings.actions.get(seed, DEFAULT_ACTIONS[seed])
-    if not kind.refusal:
-        return kind
-    if mode != "enforce":
-        return Kind.PREPEND
-    names = {hit.name for hit in verdict.symbols}
-    if S.NO_RECORD in names and not settings.enforce_no_record:
-        return Kind.PREPEND
-    if S.RECORD_PERMFAIL in names and not settings.enforce_invalid_record:
-        return Kind.PREPEND
-    if seed is Action.TEMPFAIL and not settings.enforce_tempfail:
-        return Kind.PREPEND
-    return kind
-
-
-def protected(recipient: str | None, never_reject: tuple[str, ...]) -> bool:
-    """Whether *recipient* is one mail is never refused for (``postmaster``, ``abuse@example.net``).
-
-    An unknown recipient (None) counts as protected as soon as the list is not empty:
-    a refusal then could hit postmaster@.
-    """
-    if not never_reject:
-        return False
-    if recipient is None:
-        return True
-    address = recipient.strip().strip("<>").lower()
-    local = address.rpartition("@")[0] if "@" in address else address
-    return any(entry == (address if "@" in entry else local) for entry in never_reject)
+    if verdict.seed.action is Action.CONTINUE:
+        return Kind.DUNNO, NO_ACTION
+    rcpts = () if recipient is None else (recipient.strip().strip("<>"),)
+    decision = enforce(verdict, policy, rcpts)
+    kind = settings.actions.get(decision.action, DEFAULT_ACTIONS[decision.action])
+    if kind.refusal and (
+        mode != "enforce" or not may_refuse or (recipient is None and policy.never_reject) or decision.text is None
+    ):
+        kind = Kind.PREPEND
+    return kind, decision
 
 
 @dataclass(frozen=True)
@@ -328,11 +320,8 @@ def text_room(address: str | None) -> int:
 
 def respond(
     kind: Kind,
-    verdict: Verdict,
+    decision: Enforcement,
     *,
-    recipient: str | None,
-    may_refuse: bool,
-    never_reject: tuple[str, ...],
     header: tuple[str, str] | None,
     may_prepend: bool = True,
     client: str | None = None,
@@ -340,30 +329,26 @@ def respond(
 ) -> Reply:
     """The reply to one request of a checked transaction.
 
-    :param kind: from `policy_action`.
-    :param recipient: the request's recipient, None when unknown (MAIL, or DATA with several).
-    :param may_refuse: False where a refusal would hit recipients already accepted (DATA after RCPT).
+    :param kind: and *decision*: from `policy_action`.
     :param header: the next header not yet prepended, if any.
     :param may_prepend: False at END-OF-MESSAGE (Postfix cannot prepend there, access(5)).
     :param client: the client's address, the one address the text may name.
     :param address: the address Postfix names before our text (for the length).
     """
-    if kind.refusal and (not may_refuse or protected(recipient, never_reject)):
-        kind = Kind.PREPEND
     if kind is Kind.PREPEND:
         if header is None or not may_prepend:
             return DUNNO
         name, value = header
         return Reply(Kind.PREPEND, printable(f"{name}: {value}"))
-    if kind is Kind.DUNNO:
+    if kind is Kind.DUNNO or decision.text is None:
         return DUNNO
-    seed = verdict.seed
-    text = fit(public_text(seed.message, client), text_room(address))
+    text = fit(public_text(decision.text, client), text_room(address))
+    code, xcode = decision.smtp_code or 0, decision.xcode or ""
     if kind is Kind.REJECT:
-        code = seed.smtp_code if 500 <= seed.smtp_code <= 599 else 550
-        xcode = seed.xcode if seed.xcode.startswith("5.") else "5.7.1"
+        code = code if 500 <= code <= 599 else 550
+        xcode = xcode if xcode.startswith("5.") else "5.7.1"
         return Reply(Kind.REJECT, f"{code} {xcode} {text}")
-    xcode = seed.xcode if seed.xcode.startswith("4.") else "4.7.1"
+    xcode = xcode if xcode.startswith("4.") else "4.7.1"
     return Reply(kind, f"{xcode} {text}")
 
 
@@ -380,6 +365,5 @@ __all__ = [
     "Reply",
     "RequestReader",
     "policy_action",
-    "protected",
     "respond",
 ]

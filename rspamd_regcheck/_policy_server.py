@@ -4,8 +4,10 @@ It shares the worker's `App` (checker, result and DNS caches, metrics, the
 per-check log line, the list of running checks that shutdown waits for).
 One check per Postfix transaction (its ``instance``), run at the first
 request whose ``protocol_state`` has reached ``policy_server.state``; later
-requests of the transaction (more recipients, DATA) reuse it: a refusal is
-repeated for each recipient not protected by ``never_reject``, and each
+requests of the transaction (more recipients, DATA) reuse it: the decision
+is the worker's enforce rule (`_enforce`, ``[policy]``) for each request's
+recipient, so a refusal is repeated for each recipient not protected by
+``policy.never_reject``, and each
 answer that may prepend carries the next header not yet sent (Postfix takes
 one header per answer).  Every request is answered: a bad one, or one whose
 check failed, gets ``action=DUNNO`` and a log line, and the connection stays
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ._check import CheckResult, Envelope, parse_ip
+from ._enforce import enforce
 from ._http import App
 from ._log import CHECK_LOGGER
 from ._lru import TwoGenerationLRU
@@ -159,23 +162,25 @@ class PolicyServer:
 
     def _reply(self, r: PolicyRequest, txn: Transaction, state: str) -> Reply:
         """The answer to one request of a checked transaction; a prepended header is spent."""
-        settings = self.settings
         a = r.attrs
-        kind = policy_action(txn.verdict, settings, self._mode())
-        if kind is Kind.DUNNO:
-            return DUNNO
-        # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
-        # never at DATA or END-OF-MESSAGE after recipients were accepted (postmaster@ among them).
-        may_refuse = state == txn.state or (state == "RCPT" and txn.state == "MAIL")
         recipient: str | None = None
         if state == "RCPT" or a.get("recipient_count") == "1":
             recipient = a.get("recipient") or None
+        kind, decision = policy_action(
+            txn.verdict,
+            self.settings,
+            self.app.checker.enforce_policy,
+            self._mode(),
+            recipient,
+            # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
+            # never at DATA or END-OF-MESSAGE after recipients were accepted (postmaster@ among them).
+            may_refuse=state == txn.state or (state == "RCPT" and txn.state == "MAIL"),
+        )
+        if kind is Kind.DUNNO:
+            return DUNNO
         reply = respond(
             kind,
-            txn.verdict,
-            recipient=recipient,
-            may_refuse=may_refuse,
-            never_reject=settings.never_reject,
+            decision,
             header=txn.headers[0] if txn.headers else None,
             may_prepend=state != "END-OF-MESSAGE",
             client=a.get("client_address") or None,
@@ -214,7 +219,9 @@ class PolicyServer:
         checker = app.checker
         app.metrics.check(result.verdict, seconds, dns_counts(checker.resolver, checker.result_hits))
         if _CHECK_LOGGER.isEnabledFor(logging.INFO):  # CheckLog.enabled, without getLogger's lock per check
-            app.check_log.check(env, result, seconds, self._mode(), app.log_mask)
+            # enforce=: the decision for this request's recipient, as the HTTP listener logs it
+            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+            app.check_log.check(env, result, seconds, self._mode(), app.log_mask, enforcement)
         txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
         if key[0]:
             self._transactions.put(key, txn)

@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from ._policy import CHECK_STATES, DEFAULT_ACTIONS, Kind, PolicySettings
+from ._enforce import EnforceAction
+from ._policy import CHECK_STATES, DEFAULT_ACTIONS, REFUSABLE, Kind, PolicySettings
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
 from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
 from ._spf import ALIGNMENTS
-from ._types import Action, IPNetwork, Method, hostport
+from ._types import IPNetwork, Method, hostport
 from .errors import ConfigError
 from .symbols import BY_NAME
 
@@ -822,15 +823,13 @@ def _dnsbl(key: str, value: Any) -> DnsblZone:
     return DnsblZone(**kw)
 
 
+# [policy]'s enforce settings; [policy_server] had copies of them, now refused with a pointer
+ENFORCE_KEYS = ("enforce_no_record", "enforce_invalid_record", "enforce_tempfail", "never_reject")
 _POLICY_KEYS = (
     "listen",
     "state",
     "mode",
     "actions",
-    "enforce_tempfail",
-    "enforce_no_record",
-    "enforce_invalid_record",
-    "never_reject",
     "clients",
     "max_line",
     "max_attributes",
@@ -843,6 +842,9 @@ _POLICY_KEYS = (
 def _policy_server(value: Any) -> PolicySettings:
     """``[policy_server]``: the Postfix policy listener (docs/postfix.md)."""
     table = _mapping(value, "policy_server")
+    for key in ENFORCE_KEYS:
+        if key in table:  # one place for an admin: [policy] governs rspamd's enforcement and Postfix's
+            raise ConfigError(f"policy_server.{key}", f"set policy.{key} instead: it governs the policy listener too")
     _only(table, "policy_server.", _POLICY_KEYS)
     kw: dict[str, Any] = {}
     if "listen" in table:
@@ -853,24 +855,7 @@ def _policy_server(value: Any) -> PolicySettings:
     if "mode" in table:
         kw["mode"] = _choice(table["mode"], "policy_server.mode", MODES)
     if "actions" in table:
-        actions = dict(DEFAULT_ACTIONS)
-        for name, kind in _mapping(table["actions"], "policy_server.actions").items():
-            key = f"policy_server.actions.{name}"
-            try:
-                verdict = Action(name.upper())
-                actions[verdict] = Kind(_str(kind, key).upper())
-            except ValueError:
-                verdicts = ", ".join(a.value for a in Action)
-                kinds = ", ".join(k.value for k in Kind)
-                raise ConfigError(key, f"expected a verdict ({verdicts}) mapped to one of {kinds}") from None
-        kw["actions"] = actions
-    for flag in ("enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
-        if flag in table:
-            kw[flag] = _bool(table[flag], f"policy_server.{flag}")
-    if "never_reject" in table:
-        kw["never_reject"] = tuple(
-            _str_list(table, "policy_server.never_reject", "never_reject", lambda k, v: v.strip().lower())
-        )
+        kw["actions"] = _policy_actions(_mapping(table["actions"], "policy_server.actions"))
     if "clients" in table:
         kw["clients"] = tuple(_str_list(table, "policy_server.clients", "clients", _net))
     if "max_line" in table:
@@ -884,6 +869,29 @@ def _policy_server(value: Any) -> PolicySettings:
     if "transactions" in table:
         kw["transactions"] = _int(table["transactions"], "policy_server.transactions", 0, 10_000_000)
     return PolicySettings(**kw)
+
+
+def _policy_actions(table: Mapping[str, Any]) -> dict[EnforceAction, Kind]:
+    """``[policy_server.actions]``: enforce action (``reject``, ``soft_reject``, ``add_header``,
+    ``no_action``) -> Postfix action; only reject and soft reject may refuse."""
+    actions = dict(DEFAULT_ACTIONS)
+    names = ", ".join(_action_key(a) for a in EnforceAction)
+    for name, value in table.items():
+        key = f"policy_server.actions.{name}"
+        try:
+            action = EnforceAction(name.lower().replace("_", " "))
+            kind = Kind(_str(value, key).upper())
+        except ValueError:
+            kinds = ", ".join(k.value for k in Kind)
+            raise ConfigError(key, f"expected an enforce action ({names}) mapped to one of {kinds}") from None
+        if kind.refusal and action not in REFUSABLE:
+            raise ConfigError(key, f"{kind.value} is a refusal; {_action_key(action)} may only be PREPEND or DUNNO")
+        actions[action] = kind
+    return actions
+
+
+def _action_key(action: EnforceAction) -> str:
+    return action.value.replace(" ", "_")
 
 
 def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
@@ -900,9 +908,6 @@ def _policy_server_toml(p: PolicySettings) -> list[str]:
         listen = f"{f'[{host}]' if ':' in host else host}:{port}"
     lines = ["", "[policy_server]", f'listen = "{listen}"', f'state = "{p.state}"']
     lines.append("# mode: as policy.mode" if p.mode is None else f'mode = "{p.mode}"')
-    for flag in ("enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
-        lines.append(f"{flag} = {str(getattr(p, flag)).lower()}")
-    lines.append(f"never_reject = {_toml_list(p.never_reject)}")
     lines.append(f"clients = {_toml_list(str(n) for n in p.clients)}")
     lines.append(f"max_line = {p.max_line}")
     lines.append(f"max_attributes = {p.max_attributes}")
@@ -910,7 +915,7 @@ def _policy_server_toml(p: PolicySettings) -> list[str]:
     lines.append(f"idle_timeout = {p.idle_timeout}")
     lines.append(f"transactions = {p.transactions}")
     lines += ["", "[policy_server.actions]"]
-    lines += [f'{verdict.value} = "{kind.value}"' for verdict, kind in p.actions.items()]
+    lines += [f'{_action_key(action)} = "{kind.value}"' for action, kind in p.actions.items()]
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rspamd_regcheck import symbols as S
+from rspamd_regcheck._enforce import ADD_HEADER, NO_ACTION, EnforceAction, Enforcement, EnforcePolicy, enforce
 from rspamd_regcheck._policy import (
     SMTP_REPLY_LINE,
     BadRequest,
@@ -15,7 +16,6 @@ from rspamd_regcheck._policy import (
     RequestReader,
     fit,
     policy_action,
-    protected,
     public_text,
     respond,
     text_room,
@@ -113,165 +113,141 @@ def verdict(action: Action, *symbols: str, code: int = 550, xcode: str = "5.7.1"
 REJECT = verdict(Action.REJECT, "REGCHECK_QR1_FAIL")
 TEMPFAIL = verdict(Action.TEMPFAIL, S.DNSFAIL, code=451, xcode="4.4.3")
 NO_RECORD = verdict(Action.REJECT, S.NO_RECORD)
+LISTED_NO_RECORD = verdict(Action.REJECT, S.DNSBL, S.NO_RECORD)
 INVALID = verdict(Action.TEMPFAIL, S.RECORD_PERMFAIL, code=451, xcode="4.7.0")
 DEFAULT = PolicySettings()
+SEED = EnforcePolicy()  # [policy]'s defaults
+U = "u@d.test"
 
+# (verdict, listener settings, [policy], mode, recipient, may refuse) -> the Postfix action
 ACTIONS = [
-    pytest.param(REJECT, DEFAULT, "enforce", Kind.REJECT, id="reject"),
-    pytest.param(REJECT, DEFAULT, "score", Kind.PREPEND, id="reject-score-mode-headers-only"),
-    pytest.param(TEMPFAIL, DEFAULT, "enforce", Kind.DEFER_IF_PERMIT, id="tempfail"),
-    pytest.param(TEMPFAIL, PolicySettings(enforce_tempfail=False), "enforce", Kind.PREPEND, id="tempfail-not-enforced"),
-    pytest.param(TEMPFAIL, DEFAULT, "score", Kind.PREPEND, id="tempfail-score-mode"),
-    pytest.param(NO_RECORD, DEFAULT, "enforce", Kind.PREPEND, id="no-record-not-enforced-by-default"),
-    pytest.param(NO_RECORD, PolicySettings(enforce_no_record=True), "enforce", Kind.REJECT, id="no-record-enforced"),
-    pytest.param(INVALID, DEFAULT, "enforce", Kind.PREPEND, id="invalid-record-not-enforced-by-default"),
+    pytest.param(REJECT, DEFAULT, SEED, "enforce", U, True, Kind.REJECT, id="reject"),
+    pytest.param(REJECT, DEFAULT, SEED, "score", U, True, Kind.PREPEND, id="reject-score-mode-headers-only"),
+    pytest.param(TEMPFAIL, DEFAULT, SEED, "enforce", U, True, Kind.DEFER_IF_PERMIT, id="tempfail"),
+    pytest.param(
+        TEMPFAIL, DEFAULT, EnforcePolicy(tempfail=False), "enforce", U, True, Kind.PREPEND, id="tempfail-not-enforced"
+    ),
+    pytest.param(TEMPFAIL, DEFAULT, SEED, "score", U, True, Kind.PREPEND, id="tempfail-score-mode"),
+    pytest.param(NO_RECORD, DEFAULT, SEED, "enforce", U, True, Kind.PREPEND, id="no-record-not-enforced-by-default"),
+    pytest.param(
+        NO_RECORD, DEFAULT, EnforcePolicy(no_record=True), "enforce", U, True, Kind.REJECT, id="no-record-enforced"
+    ),
+    pytest.param(LISTED_NO_RECORD, DEFAULT, SEED, "enforce", U, True, Kind.REJECT, id="dnsbl-listed-no-record"),
+    pytest.param(INVALID, DEFAULT, SEED, "enforce", U, True, Kind.PREPEND, id="invalid-record-not-enforced"),
     pytest.param(
         INVALID,
-        PolicySettings(enforce_invalid_record=True),
+        DEFAULT,
+        EnforcePolicy(invalid_record=True),
         "enforce",
+        U,
+        True,
         Kind.DEFER_IF_PERMIT,
         id="invalid-record-enforced",
     ),
-    pytest.param(verdict(Action.FILTER), DEFAULT, "enforce", Kind.PREPEND, id="filter"),
-    pytest.param(verdict(Action.ACCEPT), DEFAULT, "enforce", Kind.PREPEND, id="accept"),
-    pytest.param(verdict(Action.CONTINUE), DEFAULT, "enforce", Kind.DUNNO, id="continue"),
+    pytest.param(verdict(Action.FILTER), DEFAULT, SEED, "enforce", U, True, Kind.PREPEND, id="filter"),
+    pytest.param(verdict(Action.ACCEPT), DEFAULT, SEED, "enforce", U, True, Kind.PREPEND, id="accept"),
+    pytest.param(verdict(Action.CONTINUE), DEFAULT, SEED, "enforce", U, True, Kind.DUNNO, id="continue"),
+    pytest.param(REJECT, DEFAULT, SEED, "enforce", "postmaster@d.test", True, Kind.PREPEND, id="postmaster"),
+    pytest.param(REJECT, DEFAULT, SEED, "enforce", "<Abuse@D.Test>", True, Kind.PREPEND, id="abuse-case-brackets"),
+    pytest.param(
+        REJECT, DEFAULT, EnforcePolicy(never_reject=()), "enforce", "postmaster@d.test", True, Kind.REJECT, id="no-list"
+    ),
+    pytest.param(REJECT, DEFAULT, SEED, "enforce", None, True, Kind.PREPEND, id="recipient-unknown-waits-for-rcpt"),
+    pytest.param(
+        REJECT, DEFAULT, EnforcePolicy(never_reject=()), "enforce", None, True, Kind.REJECT, id="unknown-no-list"
+    ),
+    pytest.param(REJECT, DEFAULT, SEED, "enforce", U, False, Kind.PREPEND, id="no-refusal-at-data"),
     pytest.param(
         verdict(Action.ACCEPT),
-        PolicySettings(actions={Action.ACCEPT: Kind.DUNNO}),
+        PolicySettings(actions={EnforceAction.NO_ACTION: Kind.DUNNO}),
+        SEED,
         "enforce",
+        U,
+        True,
         Kind.DUNNO,
-        id="accept-mapped-to-dunno",
+        id="no-action-mapped-to-dunno",
     ),
     pytest.param(
         TEMPFAIL,
-        PolicySettings(actions={Action.TEMPFAIL: Kind.DEFER}),
+        PolicySettings(actions={EnforceAction.SOFT_REJECT: Kind.DEFER}),
+        SEED,
         "enforce",
+        U,
+        True,
         Kind.DEFER,
-        id="tempfail-mapped-to-defer",
+        id="soft-reject-mapped-to-defer",
     ),
     pytest.param(
-        verdict(Action.FILTER),
-        PolicySettings(actions={Action.FILTER: Kind.REJECT}),
+        TEMPFAIL,
+        PolicySettings(actions={EnforceAction.SOFT_REJECT: Kind.REJECT}),
+        SEED,
         "score",
+        U,
+        True,
         Kind.PREPEND,
         id="score-mode-never-refuses",
     ),
 ]
 
 
-@pytest.mark.parametrize(("v", "settings", "mode", "expected"), ACTIONS)
-def test_policy_action(v: Verdict, settings: PolicySettings, mode: str, expected: Kind) -> None:
-    assert policy_action(v, settings, mode) is expected
-
-
-PROTECTED = [
-    pytest.param("postmaster@dest.test", ("postmaster", "abuse"), True, id="postmaster"),
-    pytest.param("<Abuse@Dest.Test>", ("postmaster", "abuse"), True, id="case-and-brackets"),
-    pytest.param("postmaster", ("postmaster",), True, id="unqualified"),
-    pytest.param("user@dest.test", ("postmaster", "abuse"), False, id="ordinary"),
-    pytest.param("postmaster.x@dest.test", ("postmaster",), False, id="prefix-is-not-enough"),
-    pytest.param("ceo@dest.test", ("ceo@dest.test",), True, id="whole-address"),
-    pytest.param("ceo@other.test", ("ceo@dest.test",), False, id="whole-address-other-domain"),
-    pytest.param(None, ("postmaster",), True, id="unknown-recipient-with-a-list"),
-    pytest.param(None, (), False, id="unknown-recipient-empty-list"),
-]
-
-
-@pytest.mark.parametrize(("rcpt", "never", "expected"), PROTECTED)
-def test_protected(rcpt: str | None, never: tuple[str, ...], expected: bool) -> None:
-    assert protected(rcpt, never) is expected
+@pytest.mark.parametrize(("v", "settings", "policy", "mode", "rcpt", "may_refuse", "expected"), ACTIONS)
+def test_policy_action(
+    v: Verdict,
+    settings: PolicySettings,
+    policy: EnforcePolicy,
+    mode: str,
+    rcpt: str | None,
+    may_refuse: bool,
+    expected: Kind,
+) -> None:
+    kind, decision = policy_action(v, settings, policy, mode, rcpt, may_refuse)
+    assert kind is expected
+    if kind.refusal:  # the text given is enforce's, the one rspamd's plugin would give
+        assert decision == enforce(v, policy, [rcpt] if rcpt else [])
+        assert decision.text == v.seed.message
 
 
 HEADER = ("X-Regcheck", "192.0.2.1 example.net QR1 fail ratings=")
-NEVER = ("postmaster", "abuse")
+REFUSED = Enforcement(EnforceAction.REJECT, 550, "5.7.1", "why")
+DEFERRED = Enforcement(EnforceAction.SOFT_REJECT, 451, "4.4.3", "why")
 RESPONSES = [
-    pytest.param(Kind.REJECT, REJECT, "u@d.test", True, HEADER, True, b"action=550 5.7.1 why\n\n", id="reject"),
-    pytest.param(
-        Kind.REJECT,
-        REJECT,
-        "postmaster@d.test",
-        True,
-        HEADER,
-        True,
-        b"action=PREPEND X-Regcheck: 192.0.2.1 example.net QR1 fail ratings=\n\n",
-        id="reject-postmaster-prepends",
-    ),
-    pytest.param(
-        Kind.REJECT,
-        REJECT,
-        "postmaster@d.test",
-        True,
-        None,
-        True,
-        b"action=DUNNO\n\n",
-        id="reject-postmaster-header-sent",
-    ),
-    pytest.param(
-        Kind.REJECT,
-        REJECT,
-        None,
-        True,
-        HEADER,
-        True,
-        b"action=PREPEND X-Regcheck: 192.0.2.1 example.net QR1 fail ratings=\n\n",
-        id="reject-recipient-unknown",
-    ),
-    pytest.param(Kind.REJECT, REJECT, "u@d.test", False, None, True, b"action=DUNNO\n\n", id="no-refusal-at-data"),
-    pytest.param(
-        Kind.DEFER_IF_PERMIT,
-        TEMPFAIL,
-        "u@d.test",
-        True,
-        None,
-        True,
-        b"action=DEFER_IF_PERMIT 4.4.3 why\n\n",
-        id="defer-if-permit",
-    ),
-    pytest.param(Kind.DEFER, TEMPFAIL, "u@d.test", True, None, True, b"action=DEFER 4.4.3 why\n\n", id="defer"),
-    pytest.param(
-        Kind.DEFER_IF_PERMIT,
-        REJECT,
-        "u@d.test",
-        True,
-        None,
-        True,
-        b"action=DEFER_IF_PERMIT 4.7.1 why\n\n",
-        id="defer-of-a-5xx-verdict",
-    ),
-    pytest.param(
-        Kind.REJECT, TEMPFAIL, "u@d.test", True, None, True, b"action=550 5.7.1 why\n\n", id="reject-of-a-4xx-verdict"
-    ),
-    pytest.param(
-        Kind.PREPEND, REJECT, "u@d.test", True, HEADER, False, b"action=DUNNO\n\n", id="no-prepend-at-end-of-message"
-    ),
+    pytest.param(Kind.REJECT, REFUSED, HEADER, True, b"action=550 5.7.1 why\n\n", id="reject"),
     pytest.param(
         Kind.PREPEND,
-        REJECT,
-        "u@d.test",
+        ADD_HEADER,
+        HEADER,
         True,
+        b"action=PREPEND X-Regcheck: 192.0.2.1 example.net QR1 fail ratings=\n\n",
+        id="add-header-prepends",
+    ),
+    pytest.param(Kind.PREPEND, ADD_HEADER, None, True, b"action=DUNNO\n\n", id="header-already-sent"),
+    pytest.param(
+        Kind.DEFER_IF_PERMIT, DEFERRED, None, True, b"action=DEFER_IF_PERMIT 4.4.3 why\n\n", id="defer-if-permit"
+    ),
+    pytest.param(Kind.DEFER, DEFERRED, None, True, b"action=DEFER 4.4.3 why\n\n", id="defer"),
+    pytest.param(
+        Kind.DEFER_IF_PERMIT, REFUSED, None, True, b"action=DEFER_IF_PERMIT 4.7.1 why\n\n", id="defer-of-a-5xx-verdict"
+    ),
+    pytest.param(Kind.REJECT, DEFERRED, None, True, b"action=550 5.7.1 why\n\n", id="reject-of-a-4xx-verdict"),
+    pytest.param(Kind.REJECT, NO_ACTION, HEADER, True, b"action=DUNNO\n\n", id="no-text-no-refusal"),
+    pytest.param(Kind.PREPEND, REFUSED, HEADER, False, b"action=DUNNO\n\n", id="no-prepend-at-end-of-message"),
+    pytest.param(
+        Kind.PREPEND,
+        ADD_HEADER,
         ("Received-SPF", "Pass (x)\r\n\r\naction=OK"),
         True,
         b"action=PREPEND Received-SPF: Pass (x)????action=OK\n\n",
         id="header-cannot-inject-lines",
     ),
-    pytest.param(Kind.DUNNO, REJECT, "u@d.test", True, HEADER, True, b"action=DUNNO\n\n", id="dunno"),
+    pytest.param(Kind.DUNNO, REFUSED, HEADER, True, b"action=DUNNO\n\n", id="dunno"),
 ]
 
 
-@pytest.mark.parametrize(("kind", "v", "rcpt", "may_refuse", "header", "may_prepend", "wire"), RESPONSES)
+@pytest.mark.parametrize(("kind", "decision", "header", "may_prepend", "wire"), RESPONSES)
 def test_respond(
-    kind: Kind,
-    v: Verdict,
-    rcpt: str | None,
-    may_refuse: bool,
-    header: tuple[str, str] | None,
-    may_prepend: bool,
-    wire: bytes,
+    kind: Kind, decision: Enforcement, header: tuple[str, str] | None, may_prepend: bool, wire: bytes
 ) -> None:
-    reply = respond(
-        kind, v, recipient=rcpt, may_refuse=may_refuse, never_reject=NEVER, header=header, may_prepend=may_prepend
-    )
-    assert reply.line() == wire
+    assert respond(kind, decision, header=header, may_prepend=may_prepend).line() == wire
 
 
 TEXTS = [
@@ -316,10 +292,8 @@ def test_fit_keeps_postfix_reply_within_512() -> None:
 
 
 def test_long_reason_through_respond_fits() -> None:
-    v = verdict(Action.REJECT, "REGCHECK_QR1_FAIL", message="x" * 5000)
-    reply = respond(
-        Kind.REJECT, v, recipient="u@d.test", may_refuse=True, never_reject=(), header=None, address="u@d.test"
-    )
+    decision = Enforcement(EnforceAction.REJECT, 550, "5.7.1", "x" * 5000)
+    reply = respond(Kind.REJECT, decision, header=None, address="u@d.test")
     assert len(reply.text) < SMTP_REPLY_LINE
     assert Reply(Kind.DUNNO).line() == b"action=DUNNO\n\n"
 
@@ -335,19 +309,19 @@ def test_config_defaults_and_values() -> None:
                 "listen": "127.0.0.1:10040",
                 "state": "end-of-message",
                 "mode": "enforce",
-                "actions": {"TEMPFAIL": "defer", "accept": "DUNNO"},
-                "never_reject": ["Postmaster", "ceo@dest.test"],
+                "actions": {"soft_reject": "defer", "NO_ACTION": "DUNNO", "add header": "dunno"},
                 "clients": ["192.0.2.0/24"],
-                "enforce_tempfail": False,
             }
         }
     ).policy_server
     assert cfg.listen == ("127.0.0.1", 10040)
     assert cfg.state == "END-OF-MESSAGE"
-    assert cfg.actions[Action.TEMPFAIL] is Kind.DEFER and cfg.actions[Action.ACCEPT] is Kind.DUNNO
-    assert cfg.actions[Action.REJECT] is Kind.REJECT
-    assert cfg.never_reject == ("postmaster", "ceo@dest.test")
-    assert not cfg.enforce_tempfail
+    assert cfg.actions == {
+        EnforceAction.REJECT: Kind.REJECT,
+        EnforceAction.SOFT_REJECT: Kind.DEFER,
+        EnforceAction.ADD_HEADER: Kind.DUNNO,
+        EnforceAction.NO_ACTION: Kind.DUNNO,
+    }
 
 
 BAD_CONFIG = [
@@ -355,7 +329,15 @@ BAD_CONFIG = [
     pytest.param({"state": "HELO"}, "policy_server.state", id="state"),
     pytest.param({"mode": "strict"}, "policy_server.mode", id="mode"),
     pytest.param({"actions": {"REJECT": "DISCARD"}}, "policy_server.actions.REJECT", id="action-kind"),
-    pytest.param({"actions": {"MAYBE": "DUNNO"}}, "policy_server.actions.MAYBE", id="action-verdict"),
+    pytest.param({"actions": {"MAYBE": "DUNNO"}}, "policy_server.actions.MAYBE", id="action-name"),
+    pytest.param({"actions": {"TEMPFAIL": "DUNNO"}}, "policy_server.actions.TEMPFAIL", id="verdict-is-no-action-name"),
+    pytest.param({"actions": {"add_header": "REJECT"}}, "policy_server.actions.add_header", id="refusal-without-text"),
+    pytest.param({"actions": {"no_action": "DEFER"}}, "policy_server.actions.no_action", id="no-action-refusal"),
+    # [policy] governs enforcement for rspamd and Postfix alike: the old copies point there
+    pytest.param({"never_reject": []}, "policy_server.never_reject", id="never-reject-is-policys"),
+    pytest.param({"enforce_tempfail": False}, "policy_server.enforce_tempfail", id="enforce-tempfail-is-policys"),
+    pytest.param({"enforce_no_record": True}, "policy_server.enforce_no_record", id="no-record-is-policys"),
+    pytest.param({"enforce_invalid_record": True}, "policy_server.enforce_invalid_record", id="invalid-is-policys"),
     pytest.param({"max_line": 10}, "policy_server.max_line", id="max-line"),
     pytest.param({"clients": ["x"]}, "policy_server.clients[0]", id="clients"),
     pytest.param({"listne": "127.0.0.1:1"}, "policy_server.listne", id="unknown-key"),
@@ -367,11 +349,14 @@ def test_config_errors_name_the_key(table: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_mapping({"policy_server": table})
     assert info.value.key == key
+    name = key.removeprefix("policy_server.")
+    if name in ("never_reject", "enforce_tempfail", "enforce_no_record", "enforce_invalid_record"):
+        assert f"set policy.{name} instead" in str(info.value)
 
 
 def test_config_check_round_trip() -> None:
     import tomllib
 
-    cfg = config_from_mapping({"policy_server": {"listen": "127.0.0.1:10040", "actions": {"FILTER": "DUNNO"}}})
+    cfg = config_from_mapping({"policy_server": {"listen": "127.0.0.1:10040", "actions": {"add_header": "DUNNO"}}})
     again = config_from_mapping(tomllib.loads(cfg.to_toml()))
     assert again.policy_server == cfg.policy_server

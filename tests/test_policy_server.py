@@ -23,11 +23,11 @@ from rspamd_procs import Proc, start_worker
 REG = "id.regcheck.test"
 
 
-def policy_config(knot, port: int, extra: str = "", mode: str = "enforce") -> str:  # type: ignore[no-untyped-def]
+def policy_config(knot, port: int, extra: str = "", mode: str = "enforce", policy: str = "") -> str:  # type: ignore[no-untyped-def]
     return (
         f'[registry]\nzones = ["{REG}"]\n'
         f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
-        "[policy]\nlocal_networks = []\n"
+        f"[policy]\nlocal_networks = []\n{policy}"
         f'[policy_server]\nlisten = "127.0.0.1:{port}"\nmode = "{mode}"\n{extra}'
     )
 
@@ -35,10 +35,10 @@ def policy_config(knot, port: int, extra: str = "", mode: str = "enforce") -> st
 class Worker:
     """A worker with the policy listener, and helpers to play Postfix."""
 
-    def __init__(self, base: Path, knot, extra: str = "", mode: str = "enforce"):  # type: ignore[no-untyped-def]
+    def __init__(self, base: Path, knot, extra: str = "", mode: str = "enforce", policy: str = ""):  # type: ignore[no-untyped-def]
         self.port, self.http_port = free_port(), free_port()
         self.proc = start_worker(
-            base, f"policy-{self.port}", policy_config(knot, self.port, extra, mode), self.http_port
+            base, f"policy-{self.port}", policy_config(knot, self.port, extra, mode, policy), self.http_port
         )
         wait_port(self.port, self.proc)
 
@@ -92,11 +92,11 @@ def worker(knot, tmp_path_factory) -> Iterator[Worker]:  # type: ignore[no-untyp
 
 @pytest.fixture
 def other(knot, tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    """Start a worker with its own [policy_server] lines (and mode)."""
+    """Start a worker with its own [policy_server] lines (and mode, and [policy] lines)."""
     started: list[Proc] = []
 
-    def start(extra: str = "", mode: str = "enforce") -> Worker:
-        w = Worker(tmp_path, knot, extra, mode)
+    def start(extra: str = "", mode: str = "enforce", policy: str = "") -> Worker:
+        w = Worker(tmp_path, knot, extra, mode, policy)
         started.append(w.proc)
         return w
 
@@ -211,10 +211,12 @@ def test_score_mode_never_refuses(other) -> None:  # type: ignore[no-untyped-def
 
 
 def test_check_at_mail(other) -> None:  # type: ignore[no-untyped-def]
-    w = other('state = "MAIL"\nnever_reject = []\n')
+    # [policy] never_reject governs the listener too (one place for rspamd's and Postfix's enforcement)
+    w = other('state = "MAIL"\n', policy="never_reject = []\n")
     with w.connect() as s:
         assert ask(s, request(**REJECTED, protocol_state="HELO", instance="")) == ["action=DUNNO"]
         assert ask(s, request(**REJECTED, protocol_state="MAIL", instance="m")) == [REJECT_TEXT]
+        assert ask(s, request(**REJECTED, instance="m", recipient="postmaster@d.test")) == [REJECT_TEXT]
 
 
 def test_check_at_mail_keeps_postmaster(other) -> None:  # type: ignore[no-untyped-def]
