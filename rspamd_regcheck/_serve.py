@@ -375,16 +375,12 @@ def serve(load: Loader, config: Config) -> int:
     *config* has passed `_validate.load_checked` (which *load* calls again on SIGHUP, in the
     supervisor only: the workers get what it accepted).
 
-    :raises ConfigError: for a non-loopback address without a secret, or a policy listener on
-        the HTTP listener's port.
+    :raises ConfigError: for a non-loopback address without a secret.
     :raises ListenError: when an address cannot be listened on.
     :raises InvalidZoneFile: when a zone file cannot be loaded.
     """
     host, port = config.listen
     check_exposure(config, host)
-    if config.policy_server.listen is not None and config.policy_server.listen[1] == port:
-        # both sockets have SO_REUSEPORT: the kernel would split connections between the protocols
-        raise ConfigError("policy_server.listen", f"port {port} is the HTTP listener's; give it a port of its own")
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
     for address in (config.listen, config.metrics_listen, config.policy_server.listen):
         if address is not None:
