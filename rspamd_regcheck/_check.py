@@ -247,17 +247,10 @@ class Checker:
         fresh check would find the same answers, count the same questions and
         decide the same.
         """
-        now = time.monotonic()  # the DNS cache's clock
-        key = base = _result_key(env) + (self.services.key(self._service_headers(env)) if self.services else ())
-        entry = self._results.get(key)
-        if entry is not None and entry[1] is None and entry[0] > now:  # the result rests on the PRA
-            key = _pra_key(base, env)
-            entry = self._results.get(key)
-        if entry is not None:
-            if entry[0] > now and entry[1] is not None:
-                self.result_hits += 1
-                return entry[1]
-            self._results.discard(key)
+        reused = self.reused(env)
+        if reused is not None:
+            return reused
+        key = base = self._key(env)
         session = Session(
             self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
         )
@@ -269,6 +262,27 @@ class Checker:
                 key = _pra_key(base, env)
             self._results.put(key, (session.valid_until, result))
         return result
+
+    def _key(self, env: Envelope) -> tuple[object, ...]:
+        """What a stored result is found by: the envelope, and the rating services' headers."""
+        return _result_key(env) + (self.services.key(self._service_headers(env)) if self.services else ())
+
+    def reused(self, env: Envelope) -> CheckResult | None:
+        """The result of an earlier check with the same inputs, while every DNS answer it rests
+        on is still cached (what `check` would return at once, without awaiting); else None."""
+        now = time.monotonic()  # the DNS cache's clock
+        key = base = self._key(env)
+        entry = self._results.get(key)
+        if entry is not None and entry[1] is None and entry[0] > now:  # the result rests on the PRA
+            key = _pra_key(base, env)
+            entry = self._results.get(key)
+        if entry is None:
+            return None
+        if entry[0] > now and entry[1] is not None:
+            self.result_hits += 1
+            return entry[1]
+        self._results.discard(key)
+        return None
 
     async def _facts(self, env: Envelope, session: Session) -> Facts:
         skipped = self.skip_reason(env)

@@ -70,7 +70,7 @@ class Metrics:
             except RuntimeError:  # no loop (a test calling directly): hand over now
                 self.flush()
 
-    def request(self, path: str, status: int) -> None:
+    def request(self, path: str, status: int | str) -> None:
         if self.enabled:
             self._tally["requests", path, str(status)] += 1
             self._soon()

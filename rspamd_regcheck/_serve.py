@@ -47,6 +47,7 @@ from ._http import App, Limits, start_server
 from ._loop import run_loop
 from ._metrics import ENV as METRICS_ENV
 from ._metrics import mark_dead
+from ._policy_server import PolicyServer, start_policy_server
 from ._validate import Checked
 from .config import Config, hostport
 from .errors import ConfigError, ListenError, RegcheckError
@@ -131,6 +132,11 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     if config.metrics_listen is not None:
         mhost, mport = config.metrics_listen
         servers.append(await start_server(app, mhost, mport, sock=listening_socket(mhost, mport), metrics_only=True))
+    policy = PolicyServer(app)  # Postfix's policy protocol: a second listener, off by default
+    policy_listen = config.policy_server.listen
+    policy_server = None
+    if policy_listen is not None:
+        policy_server = await start_policy_server(policy, listening_socket(*policy_listen))
     tune_gc()
     stop = asyncio.Event()
 
@@ -158,11 +164,14 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     finally:
         for each in servers:
             each.close()  # no new connections; open ones are answered, then close
+        if policy_server is not None:
+            policy_server.close()
         app.draining = True
         if app.active:
             log.info("draining %d check(s)", len(app.active))
             await asyncio.wait(set(app.active), timeout=DRAIN_SECONDS)
         app.close_idle()
+        policy.close_idle()
         app.check_log.flush()
         app.metrics.flush()
         app.checker.close()
@@ -278,6 +287,9 @@ class Supervisor:
         if new.metrics_listen != self.config.metrics_listen:
             log.warning("server.metrics_listen changed: that takes a restart")
             new = replace(new, metrics_listen=self.config.metrics_listen)
+        if new.policy_server.listen != self.config.policy_server.listen:
+            log.warning("policy_server.listen changed: that takes a restart; kept %s", self.config.policy_server.listen)
+            new = replace(new, policy_server=replace(new.policy_server, listen=self.config.policy_server.listen))
         self.config = new
         try:
             self.published.publish(new)
@@ -370,7 +382,7 @@ def serve(load: Loader, config: Config) -> int:
     host, port = config.listen
     check_exposure(config, host)
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
-    for address in (config.listen, config.metrics_listen):
+    for address in (config.listen, config.metrics_listen, config.policy_server.listen):
         if address is not None:
             try:  # fail now on an address in use or not ours
                 listening_socket(*address).close()

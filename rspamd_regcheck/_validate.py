@@ -78,6 +78,17 @@ def check_config(config: Config) -> tuple[str, ...]:
             )
         if mport == port:
             raise ConfigError("server.metrics_listen", f"port {mport} is server.listen's port too")
+    if config.policy_server.listen is not None:
+        # every listener has SO_REUSEPORT: on a shared port the kernel would mix the protocols
+        pport = config.policy_server.listen[1]
+        taken = {"server.listen": port}
+        if config.metrics_listen is not None:
+            taken["server.metrics_listen"] = config.metrics_listen[1]
+        for other, used in taken.items():
+            if pport == used:
+                raise ConfigError(
+                    "policy_server.listen", f"port {pport} is the HTTP listener's ({other}); give it a port of its own"
+                )
     r = config.ratings
     if not r.services:
         raise ConfigError("services", "no rating service: no ID could ever have a trusted rating")

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from ._enforce import EnforceAction
+from ._policy import CHECK_STATES, DEFAULT_ACTIONS, REFUSABLE, Kind, PolicySettings
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
 from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
@@ -123,6 +125,7 @@ class Config:
     trusted_relays: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_TRUSTED_RELAYS)
     thresholds: Thresholds = field(default_factory=Thresholds)
     scores: Mapping[str, float] = field(default_factory=lambda: {s.name: s.score for s in BY_NAME.values()})
+    policy_server: PolicySettings = field(default_factory=PolicySettings)
 
     def with_overrides(
         self,
@@ -224,6 +227,7 @@ class Config:
         lines.append(f"greylist = {t.greylist}")
         lines += ["", "[scores.symbols]"]
         lines += [f"{name} = {score}" for name, score in self.scores.items()]
+        lines += _policy_server_toml(self.policy_server)
         return "\n".join(lines) + "\n"
 
     @property
@@ -275,6 +279,7 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
         "headers",
         "policy",
         "scores",
+        "policy_server",
     )
     _only(data, "", sections)
     base = Config()
@@ -503,6 +508,8 @@ def config_from_mapping(data: Mapping[str, Any], base_dir: str = ".") -> Config:
                 raise ConfigError(f"scores.symbols.{name}", "unknown symbol")
             scores[name] = _number(value, f"scores.symbols.{name}", -1000.0, 1000.0)
         kw["scores"] = scores
+    if "policy_server" in data:
+        kw["policy_server"] = _policy_server(data["policy_server"])
     return replace(base, **kw)
 
 
@@ -814,6 +821,102 @@ def _dnsbl(key: str, value: Any) -> DnsblZone:
     if "ipv6" in table:
         kw["ipv6"] = _bool(table["ipv6"], f"{key}.ipv6")
     return DnsblZone(**kw)
+
+
+# [policy]'s enforce settings; [policy_server] had copies of them, now refused with a pointer
+ENFORCE_KEYS = ("enforce_no_record", "enforce_invalid_record", "enforce_tempfail", "never_reject")
+_POLICY_KEYS = (
+    "listen",
+    "state",
+    "mode",
+    "actions",
+    "clients",
+    "max_line",
+    "max_attributes",
+    "request_timeout",
+    "idle_timeout",
+    "transactions",
+)
+
+
+def _policy_server(value: Any) -> PolicySettings:
+    """``[policy_server]``: the Postfix policy listener (docs/postfix.md)."""
+    table = _mapping(value, "policy_server")
+    for key in ENFORCE_KEYS:
+        if key in table:  # one place for an admin: [policy] governs rspamd's enforcement and Postfix's
+            raise ConfigError(f"policy_server.{key}", f"set policy.{key} instead: it governs the policy listener too")
+    _only(table, "policy_server.", _POLICY_KEYS)
+    kw: dict[str, Any] = {}
+    if "listen" in table:
+        text = _str(table["listen"], "policy_server.listen")
+        kw["listen"] = parse_hostport("policy_server.listen", text, 10040) if text else None
+    if "state" in table:
+        kw["state"] = _choice(_str(table["state"], "policy_server.state").upper(), "policy_server.state", CHECK_STATES)
+    if "mode" in table:
+        kw["mode"] = _choice(table["mode"], "policy_server.mode", MODES)
+    if "actions" in table:
+        kw["actions"] = _policy_actions(_mapping(table["actions"], "policy_server.actions"))
+    if "clients" in table:
+        kw["clients"] = tuple(_str_list(table, "policy_server.clients", "clients", _net))
+    if "max_line" in table:
+        kw["max_line"] = _int(table["max_line"], "policy_server.max_line", 512, 1024 * 1024)
+    if "max_attributes" in table:
+        kw["max_attributes"] = _int(table["max_attributes"], "policy_server.max_attributes", 8, 10_000)
+    if "request_timeout" in table:
+        kw["request_timeout"] = _number(table["request_timeout"], "policy_server.request_timeout", 0.1, 3600.0)
+    if "idle_timeout" in table:
+        kw["idle_timeout"] = _number(table["idle_timeout"], "policy_server.idle_timeout", 0.1, 86_400.0)
+    if "transactions" in table:
+        kw["transactions"] = _int(table["transactions"], "policy_server.transactions", 0, 10_000_000)
+    return PolicySettings(**kw)
+
+
+def _policy_actions(table: Mapping[str, Any]) -> dict[EnforceAction, Kind]:
+    """``[policy_server.actions]``: enforce action (``reject``, ``soft_reject``, ``add_header``,
+    ``no_action``) -> Postfix action; only reject and soft reject may refuse."""
+    actions = dict(DEFAULT_ACTIONS)
+    names = ", ".join(_action_key(a) for a in EnforceAction)
+    for name, value in table.items():
+        key = f"policy_server.actions.{name}"
+        try:
+            action = EnforceAction(name.lower().replace("_", " "))
+            kind = Kind(_str(value, key).upper())
+        except ValueError:
+            kinds = ", ".join(k.value for k in Kind)
+            raise ConfigError(key, f"expected an enforce action ({names}) mapped to one of {kinds}") from None
+        if kind.refusal and action not in REFUSABLE:
+            raise ConfigError(key, f"{kind.value} is a refusal; {_action_key(action)} may only be PREPEND or DUNNO")
+        actions[action] = kind
+    return actions
+
+
+def _action_key(action: EnforceAction) -> str:
+    return action.value.replace(" ", "_")
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    text = _str(value, key)
+    if text not in choices:
+        raise ConfigError(key, f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _policy_server_toml(p: PolicySettings) -> list[str]:
+    listen = ""
+    if p.listen is not None:
+        host, port = p.listen
+        listen = f"{f'[{host}]' if ':' in host else host}:{port}"
+    lines = ["", "[policy_server]", f'listen = "{listen}"', f'state = "{p.state}"']
+    lines.append("# mode: as policy.mode" if p.mode is None else f'mode = "{p.mode}"')
+    lines.append(f"clients = {_toml_list(str(n) for n in p.clients)}")
+    lines.append(f"max_line = {p.max_line}")
+    lines.append(f"max_attributes = {p.max_attributes}")
+    lines.append(f"request_timeout = {p.request_timeout}")
+    lines.append(f"idle_timeout = {p.idle_timeout}")
+    lines.append(f"transactions = {p.transactions}")
+    lines += ["", "[policy_server.actions]"]
+    lines += [f'{_action_key(action)} = "{kind.value}"' for action, kind in p.actions.items()]
+    return lines
 
 
 def _code_range(key: str, text: str) -> CodeRange:

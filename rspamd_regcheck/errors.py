@@ -51,7 +51,8 @@ class InvalidZoneFile(RegcheckError):
 
 
 class ListenError(RegcheckError):
-    """An address to listen on (server.listen, server.metrics_listen) is in use or not ours."""
+    """An address to listen on (server.listen, server.metrics_listen, policy_server.listen) is in use
+    or not ours."""
 
     def __init__(self, address: tuple[str, int], why: str):
         super().__init__(f"cannot listen on {hostport(*address)}: {why}")

@@ -48,3 +48,19 @@ def test_unit_offers_the_secret_as_a_credential_the_worker_reads():
     assert source == "/etc/rspamd-regcheck/regcheck.secret"
     docs = (UNIT.parent.parent / "docs" / "operations.md").read_text()
     assert f'secret_file = "{name}"' in docs and line.lstrip("#") in docs
+
+
+def test_postfix_docs_show_the_snippets_the_tests_run():
+    """docs/postfix.md shows contrib/postfix/'s files line for line (tests/test_postfix.py runs them)."""
+    root = Path(__file__).parent.parent
+    docs = (root / "docs" / "postfix.md").read_text()
+    main_cf = [
+        line
+        for line in (root / "contrib" / "postfix" / "main.cf").read_text().splitlines()
+        if line[:1] not in ("#", "")
+    ]
+    assert len(main_cf) == 3
+    for line in main_cf:
+        assert f"\n   {line}\n" in docs, line
+    for line in (root / "contrib" / "postfix" / "regcheck.toml").read_text().splitlines():
+        assert f"\n   {line}\n" in docs, line

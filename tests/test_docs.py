@@ -41,6 +41,7 @@ PAGES = [
     "docs/running-a-registry.md",
     "docs/protocol.md",
     "docs/development.md",
+    "docs/postfix.md",
 ]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)\s*$")
 NOT_RUN = re.compile(r"<!-- not run: (?P<why>.{10,}) -->")

@@ -27,6 +27,7 @@ NESTED = {
     "_services": "services.*",
     "_answering": "services.*.vouchers",
     "_dnsbl": "prescreen.zones",
+    "_policy_server": "policy_server",
 }
 
 

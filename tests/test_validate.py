@@ -64,6 +64,11 @@ BAD_FILES = [
     ),
     pytest.param(_append("[services]\n"), "services: no rating service", id="no-services"),
     pytest.param(_append("[methods]\norder = []\n"), "methods.order: empty", id="no-methods"),
+    pytest.param(
+        _append("[policy_server]\nnever_reject = []\n"),
+        "policy_server.never_reject: set policy.never_reject instead",
+        id="enforce-key-under-policy-server",
+    ),
     pytest.param(_replace("[dns]\n", "[dns]\ntimeout = 'soon'\n"), "dns.timeout: expected a number", id="bad-value"),
 ]
 
@@ -153,6 +158,12 @@ BAD_CONFIGS = [
     pytest.param({"server": {"listen": "192.0.2.1:11340"}}, "server.secret", id="no-secret-beyond-loopback"),
     pytest.param({"server": {"metrics_listen": "0.0.0.0:9000"}}, "server.metrics_listen", id="metrics-beyond-loopback"),
     pytest.param({"server": {"metrics_listen": "127.0.0.1:11340"}}, "server.metrics_listen", id="metrics-same-port"),
+    pytest.param({"policy_server": {"listen": "127.0.0.1:11340"}}, "policy_server.listen", id="policy-http-port"),
+    pytest.param(
+        {"server": {"metrics_listen": "127.0.0.1:9000"}, "policy_server": {"listen": "127.0.0.1:9000"}},
+        "policy_server.listen",
+        id="policy-metrics-port",
+    ),
     pytest.param({"services": {}}, "services", id="no-services"),
     pytest.param({"ratings": {"enough_weight": -0.5}}, "ratings.enough_weight", id="enough-weight"),
     pytest.param({"ratings": {"reject_below": 9.5}}, "ratings.reject_below", id="reject-below"),

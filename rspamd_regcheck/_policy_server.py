@@ -1,0 +1,372 @@
+"""The Postfix policy listener: `_policy`'s protocol on an asyncio Protocol, in the worker.
+
+It shares the worker's `App` (checker, result and DNS caches, metrics, the
+per-check log line, the list of running checks that shutdown waits for).
+One check per Postfix transaction (its ``instance``), run at the first
+request whose ``protocol_state`` has reached ``policy_server.state``; later
+requests of the transaction (more recipients, DATA) reuse it: the decision
+is the worker's enforce rule (`_enforce`, ``[policy]``) for each request's
+recipient, so a refusal is repeated for each recipient not protected by
+``policy.never_reject``, and each
+answer that may prepend carries the next header not yet sent (Postfix takes
+one header per answer).  Every request is answered: a bad one, or one whose
+check failed, gets ``action=DUNNO`` and a log line, and the connection stays
+open.  Besides shutdown, and a client refused at once (not in
+``policy_server.clients``, or past ``server.max_connections``), only the idle
+and request timeouts close a connection.
+
+Answers that need no waiting (a transaction already checked, a result the
+checker can reuse) are written from ``data_received``; a check that must ask
+the DNS runs in a task, and the requests behind it wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from ._check import CheckResult, Envelope, parse_ip
+from ._enforce import enforce
+from ._http import App
+from ._log import CHECK_LOGGER
+from ._lru import TwoGenerationLRU
+from ._policy import (
+    DUNNO,
+    BadRequest,
+    Kind,
+    PolicyRequest,
+    PolicySettings,
+    Reply,
+    RequestReader,
+    policy_action,
+    respond,
+    state_rank,
+)
+from ._types import Verdict
+
+log = logging.getLogger("rspamd_regcheck.policy")
+_CHECK_LOGGER = logging.getLogger(CHECK_LOGGER)
+METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
+MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
+BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
+
+
+@dataclass
+class Transaction:
+    """One Postfix transaction: its verdict and the headers still to prepend."""
+
+    verdict: Verdict
+    state: str  # the protocol_state at which the check ran
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PolicyServer:
+    """What the policy connections of one worker share besides the `App`."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.connections: set[PolicyProtocol] = set()
+        self._bad_logged = -BAD_LOG_SECONDS
+        self._bad_unlogged = 0
+        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
+            self.settings.transactions
+        )
+
+    @property
+    def settings(self) -> PolicySettings:
+        return self.app.checker.config.policy_server  # a reload applies to the next request
+
+    def _log_bad(self, reason: str) -> None:
+        """Log a bad request; at most one line a second, so a flood cannot flood the log."""
+        now = time.monotonic()
+        if now - self._bad_logged < BAD_LOG_SECONDS:
+            self._bad_unlogged += 1
+            return
+        more = f" (and {self._bad_unlogged} more since the last line)" if self._bad_unlogged else ""
+        log.warning("bad policy request answered DUNNO: %s%s", reason, more)
+        self._bad_logged, self._bad_unlogged = now, 0
+
+    def close_idle(self) -> None:
+        for conn in list(self.connections):
+            if conn.task is None and conn.transport is not None:
+                conn.transport.close()
+
+    def answer_now(self, request: PolicyRequest | BadRequest) -> Reply | None:
+        """The reply when it needs no waiting: a bad request, a state before the check, a
+        transaction already checked, or a result the checker can reuse.  None when a check
+        must run (`answer` runs it).  Never raises."""
+        if isinstance(request, BadRequest):
+            self._log_bad(request.reason)
+            return DUNNO
+        try:
+            return self._answer_now(request)
+        except Exception:  # a bug: answer, log, keep serving (STYLE item 9)
+            log.exception("policy request failed for client=%s", request.get("client_address")[:64])
+            return DUNNO
+
+    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
+        """The reply to one request, running the check when it must (never raises but for cancellation)."""
+        reply = self.answer_now(request)
+        if reply is not None:
+            return reply
+        assert isinstance(request, PolicyRequest)  # a bad request is answered at once
+        try:
+            return await self._answer_checked(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: answer, log, keep serving (STYLE item 9)
+            log.exception("policy request failed for client=%s", request.get("client_address")[:64])
+            return DUNNO
+
+    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:
+        return (a.get("instance", ""), a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
+
+    def _answer_now(self, r: PolicyRequest) -> Reply | None:
+        settings = self.settings
+        a = r.attrs
+        state = a.get("protocol_state", "").strip().upper()
+        key = self._transaction_key(a)
+        txn = self._transactions.get(key) if key[0] else None
+        if txn is None:
+            if state_rank(state) < state_rank(settings.state):
+                return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
+            env = self._envelope(r)
+            if env is None:
+                return DUNNO
+            started = time.perf_counter()
+            result = self.app.checker.reused(env)
+            if result is None:
+                return None
+            txn = self._checked(key, env, result, time.perf_counter() - started, state)
+        return self._reply(r, txn, state)
+
+    async def _answer_checked(self, r: PolicyRequest) -> Reply:
+        state = r.get("protocol_state").strip().upper()
+        env = self._envelope(r)
+        assert env is not None  # _answer_now answered DUNNO otherwise
+        started = time.perf_counter()
+        result = await self.app.checker.check(env)
+        txn = self._checked(self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
+        return self._reply(r, txn, state)
+
+    def _mode(self) -> str:
+        return self.settings.mode or self.app.checker.config.mode
+
+    def _reply(self, r: PolicyRequest, txn: Transaction, state: str) -> Reply:
+        """The answer to one request of a checked transaction; a prepended header is spent."""
+        a = r.attrs
+        recipient: str | None = None
+        if state == "RCPT" or a.get("recipient_count") == "1":
+            recipient = a.get("recipient") or None
+        kind, decision = policy_action(
+            txn.verdict,
+            self.settings,
+            self.app.checker.enforce_policy,
+            self._mode(),
+            recipient,
+            # A refusal is given at the check's own state, and at RCPT when the check ran at MAIL;
+            # never at DATA or END-OF-MESSAGE after recipients were accepted (postmaster@ among them).
+            may_refuse=state == txn.state or (state == "RCPT" and txn.state == "MAIL"),
+        )
+        if kind is Kind.DUNNO:
+            return DUNNO
+        reply = respond(
+            kind,
+            decision,
+            header=txn.headers[0] if txn.headers else None,
+            may_prepend=state != "END-OF-MESSAGE",
+            client=a.get("client_address") or None,
+            address=a.get("recipient") or a.get("sender"),
+        )
+        if reply.kind is Kind.PREPEND:
+            txn.headers.pop(0)
+        return reply
+
+    def _envelope(self, r: PolicyRequest) -> Envelope | None:
+        """The check's input from Postfix's attributes; None (logged) for a client_address that is no IP."""
+        a = r.attrs
+        try:
+            ip = parse_ip(a.get("client_address"))
+        except ValueError:
+            self._log_bad(f"client_address {a.get('client_address', '')[:64]!r} is not an IP address")
+            return None
+        sender = a.get("sender")
+        client_name = a.get("client_name")
+        recipient = a.get("recipient")
+        return Envelope(
+            ip=ip,
+            helo=a.get("helo_name", "").strip() or None,
+            mail_from=None if sender is None else sender.strip().strip("<>"),
+            rcpts=(recipient,) if recipient else (),
+            hostname=client_name if client_name and client_name != "unknown" else None,
+            queue_id=a.get("queue_id") or None,
+            user=a.get("sasl_username") or None,
+        )
+
+    def _checked(
+        self, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+    ) -> Transaction:
+        """Count and log a check (as the HTTP listener does) and remember its transaction."""
+        app = self.app
+        checker = app.checker
+        app.metrics.check(result.verdict, seconds, checker)
+        if _CHECK_LOGGER.isEnabledFor(logging.INFO):  # CheckLog.enabled, without getLogger's lock per check
+            # enforce=: the decision for this request's recipient, as the HTTP listener logs it
+            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
+            app.check_log.check(env, result, seconds, self._mode(), app.log_mask, enforcement)
+        txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
+        if key[0]:
+            self._transactions.put(key, txn)
+        return txn
+
+
+class PolicyProtocol(asyncio.Protocol):
+    """One Postfix connection: requests answered in order, one check at a time."""
+
+    def __init__(self, server: PolicyServer):
+        self.server = server
+        settings = server.settings
+        self.settings = settings
+        self.reader = RequestReader(settings.max_line, settings.max_attributes)
+        self.queue: deque[PolicyRequest | BadRequest] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = float("inf")
+        self.last_activity = 0.0
+        self.request_started: float | None = None
+        self.paused = False
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if not self._allowed(peer):
+            log.warning("policy connection from %s refused: not in policy_server.clients", peer and peer[0])
+            self.transport.close()
+            return
+        if len(self.server.connections) >= self.server.app.limits.connections:
+            log.warning("policy connection refused: %d connections open", len(self.server.connections))
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.last_activity = self.loop.time()
+        self._arm_at(self.last_activity + self.settings.idle_timeout)
+
+    def _allowed(self, peer: Any) -> bool:
+        if not isinstance(peer, tuple) or not peer:
+            return True  # not an IP socket (a test's socketpair): nobody else can reach it
+        try:
+            ip = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.settings.clients)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.queue.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # Postfix went away: so does the check
+
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        self.last_activity = now
+        items = self.reader.feed(data)
+        for item in items:
+            if self.task is None and not self.queue:
+                reply = self.server.answer_now(item)
+                if reply is not None:  # no waiting: answered here, without a task
+                    self._write(item, reply)
+                    continue
+            self.queue.append(item)
+        if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        if self.queue and self.task is None:
+            self.task = self.loop.create_task(self._serve())
+            self.server.app.active.add(self.task)
+            self.task.add_done_callback(self.server.app.active.discard)
+        if self.reader.in_request:
+            if self.request_started is None or items:
+                self.request_started = now  # a request's time runs from its first byte
+            due = self.request_started + self.settings.request_timeout
+            if due < self.timer_due:
+                self._arm_at(due)
+        else:
+            self.request_started = None
+
+    def _write(self, request: PolicyRequest | BadRequest, reply: Reply) -> None:
+        status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
+        self.server.app.metrics.request(METRIC_PATH, status)
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(reply.line())
+        self.last_activity = self.loop.time()
+        if self.server.app.draining and not self.queue:
+            self.transport.close()
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and self.transport is not None and not self.transport.is_closing():
+                request = self.queue.popleft()
+                self._write(request, await self.server.answer(request))
+                if self.paused and len(self.queue) < MAX_QUEUED // 2:
+                    self.paused = False
+                    self.transport.resume_reading()
+        finally:
+            self.task = None
+
+    # -- one timer: idle between requests, a whole request within request_timeout -------------
+    # It is not moved for every request (that would cost a timer per request): when it fires
+    # early, it looks at the last activity and sets itself again.
+
+    def _arm_at(self, due: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_due = due
+        self.timer = self.loop.call_at(due, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self.timer_due = float("inf")
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.task is not None:  # a check is running (it has its own deadline)
+            self._arm_at(now + self.settings.idle_timeout)
+            return
+        if self.request_started is not None:
+            due = self.request_started + self.settings.request_timeout
+        else:
+            due = self.last_activity + self.settings.idle_timeout
+        if now < due:
+            self._arm_at(due)
+            return
+        if self.request_started is not None:
+            log.warning("policy request not finished within %.0f s: closing", self.settings.request_timeout)
+        self.transport.close()
+
+
+async def start_policy_server(server: PolicyServer, sock: socket.socket) -> asyncio.Server:
+    """Serve policy connections on the listening *sock*."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.Protocol:
+        return PolicyProtocol(server)
+
+    return await loop.create_server(factory, sock=sock)
