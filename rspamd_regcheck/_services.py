@@ -262,7 +262,10 @@ class Services:
         helo: str,
         headers: Sequence[tuple[str, str]],
     ) -> RatingSummary:
-        """Weigh the services' own ratings and the record's copies of the others' (docs/scoring.md, "Ratings"; docs/rating-services.md)."""
+        """Weigh the services' own ratings and the record's copies of the others'.
+
+        The order and the weighing: docs/scoring.md ("Ratings") and docs/rating-services.md.
+        """
         if ident != pending.ident:  # the record's IDlevel named a deeper ID: ask about that one
             deeper = Pending(ident, dict(pending.dns))
             for svc in self.dns:

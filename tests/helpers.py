@@ -51,9 +51,7 @@ def run_check(config, ip: str | None, helo: str | None, **envelope):  # type: ig
     async def go():  # type: ignore[no-untyped-def]
         checker = Checker(config)
         try:
-            return await checker.check(
-                Envelope(ip=ipaddress.ip_address(ip) if ip else None, helo=helo, **envelope)
-            )
+            return await checker.check(Envelope(ip=ipaddress.ip_address(ip) if ip else None, helo=helo, **envelope))
         finally:
             checker.close()
 

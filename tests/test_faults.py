@@ -34,8 +34,6 @@ def heaven(i: int) -> bytes:
     )
 
 
-
-
 @pytest.fixture
 def own_knot(tmp_path):
     server = KnotServer(tmp_path / "knot-faults")

@@ -186,8 +186,6 @@ def read_replies(s, n):
     return replies
 
 
-
-
 BAD = [
     pytest.param(
         b"POST /checkv2 HTTP/1.1\r\nIP: 300.1.2.3\r\nContent-Length: 0\r\n\r\n", 400, "not an IP address", id="bad-ip"
@@ -431,8 +429,7 @@ def test_raw_non_utf8_helo_is_invalid_not_latin1(worker):
     """0xFF in a HELO is not the letter y-diaeresis: the HELO is invalid (it would pass as an IDN)."""
     with socket.create_connection(worker, timeout=10) as s:
         s.sendall(
-            b"POST /checkv2 HTTP/1.1\r\nIP: 208.20.133.17\r\nHelo: mailout17.h\xffaven.net\r\n"
-            b"Content-Length: 0\r\n\r\n"
+            b"POST /checkv2 HTTP/1.1\r\nIP: 208.20.133.17\r\nHelo: mailout17.h\xffaven.net\r\nContent-Length: 0\r\n\r\n"
         )
         status, _, body = read_reply(s)
     reply = json.loads(body)

@@ -105,8 +105,6 @@ class Server:
         self.log.close()
 
 
-
-
 def config_text(knot, workers=1, extra="", zones=REG, dns_port=None):
     return (
         f'[server]\nworkers = {workers}\nsecret = "{SECRET}"\nrequest_timeout = 2.0\n{extra}\n'

@@ -23,9 +23,7 @@ PATTERNS = [
     pytest.param("127.0.1.4-127.0.1.6", ["127.0.1.4", "127.0.1.6"], ["127.0.1.3", "127.0.1.7"], id="range"),
     pytest.param("127.0.1.0/24", ["127.0.1.0", "127.0.1.255"], ["127.0.2.1"], id="network"),
     pytest.param("127.0.*.3", ["127.0.0.3", "127.0.15.3"], ["127.0.15.2", "127.1.15.3"], id="wildcard-octet"),
-    pytest.param(
-        "127.0.*.0-127.0.*.1", ["127.0.3.0", "127.0.10.1"], ["127.0.10.2", "127.1.0.0"], id="wildcard-range"
-    ),
+    pytest.param("127.0.*.0-127.0.*.1", ["127.0.3.0", "127.0.10.1"], ["127.0.10.2", "127.1.0.0"], id="wildcard-range"),
     pytest.param("*.*.*.*", ["127.0.0.1", "10.1.2.3"], [], id="all-wildcards"),
 ]
 
@@ -137,7 +135,10 @@ VOUCHES = [
     pytest.param(Claim("v.example"), txt(""), None, "", id="empty"),
     pytest.param(Claim("v.example"), DnsAnswer(DnsStatus.NXDOMAIN), None, "", id="no-record"),
     pytest.param(
-        Claim("v.example"), DnsAnswer(DnsStatus.TIMEOUT, detail="timeout"), None, "VBR:v.example dnsfail timeout",
+        Claim("v.example"),
+        DnsAnswer(DnsStatus.TIMEOUT, detail="timeout"),
+        None,
+        "VBR:v.example dnsfail timeout",
         id="failure",
     ),
 ]

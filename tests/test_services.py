@@ -56,26 +56,32 @@ CODES = [
     pytest.param("DWL", DWL, "mx.nobody.zz", "192.0.2.1", "", None, id="dwl-unlisted-no-rating"),
     pytest.param("DWL", {**DWL, "unlisted": "C"}, "mx.nobody.zz", "192.0.2.1", "DWL:C", None, id="dwl-unlisted-C"),
     pytest.param("DWL", DWL, "mx.odd.zz", "192.0.2.1", "", None, id="dwl-unknown-code-ignored"),
+    pytest.param("DWL", DWL, "mx.refused.zz", "192.0.2.1", "", "DWL:refused 127.0.0.255", id="dwl-refusal-code"),
     pytest.param(
-        "DWL", DWL, "mx.refused.zz", "192.0.2.1", "", "DWL:refused 127.0.0.255", id="dwl-refusal-code"
-    ),
-    pytest.param(
-        "DWL", {**DWL, "unlisted": "C"}, "mx.refused.zz", "192.0.2.1", "", "DWL:refused 127.0.0.255",
+        "DWL",
+        {**DWL, "unlisted": "C"},
+        "mx.refused.zz",
+        "192.0.2.1",
+        "",
+        "DWL:refused 127.0.0.255",
         id="dwl-refusal-is-not-unlisted",
     ),
     pytest.param(
         "DWL", DWL, "mx.lying.zz", "192.0.2.1", "", "DWL:dnsfail 10.0.0.1 is not a 127/8 code", id="dwl-not-127"
     ),
     pytest.param(
-        "DWL", {**DWL, "zone": "not-served.test"}, "mx.new.zz", "192.0.2.1", "", "DWL:dnsfail REFUSED",
+        "DWL",
+        {**DWL, "zone": "not-served.test"},
+        "mx.new.zz",
+        "192.0.2.1",
+        "",
+        "DWL:dnsfail REFUSED",
         id="dwl-dns-failure",
     ),
     pytest.param("IPWL", IPWL, "mx.nobody.zz", "192.0.2.5", "IPWL:A", None, id="ipwl-by-client-ip-A"),
     pytest.param("IPWL", IPWL, "mx.nobody.zz", "192.0.2.6", "IPWL:C", None, id="ipwl-low-is-C"),
     pytest.param("IPWL", IPWL, "mx.nobody.zz", "2001:db8:7::5", "IPWL:B", None, id="ipwl-ipv6-nibbles"),
-    pytest.param(
-        "IPWL", IPWL, "mx.nobody.zz", "192.0.2.7", "", "IPWL:refused 127.0.0.255", id="ipwl-refusal-code"
-    ),
+    pytest.param("IPWL", IPWL, "mx.nobody.zz", "192.0.2.7", "", "IPWL:refused 127.0.0.255", id="ipwl-refusal-code"),
     pytest.param("DBL", DBL, "mx.spammy.zz", "192.0.2.1", "DBL:D", None, id="dbl-127.0.1.2-spam-is-D"),
     pytest.param("DBL", DBL, "mx.phish.zz", "192.0.2.1", "DBL:D", None, id="dbl-127.0.1.4-phish-is-D"),
     pytest.param("DBL", DBL, "mx.abused.zz", "192.0.2.1", "DBL:D", None, id="dbl-127.0.1.102-abused-is-D"),
@@ -83,7 +89,12 @@ CODES = [
         "DBL", DBL, "mx.prohibit.zz", "192.0.2.1", "", "DBL:refused 127.0.1.255", id="dbl-127.0.1.255-refusal"
     ),
     pytest.param(
-        "DBL", DBL, "mx.openresolver.zz", "192.0.2.1", "", "DBL:refused 127.255.255.254",
+        "DBL",
+        DBL,
+        "mx.openresolver.zz",
+        "192.0.2.1",
+        "",
+        "DBL:refused 127.255.255.254",
         id="dbl-public-resolver-refusal",
     ),
     pytest.param("DBL", DBL, "mx.new.zz", "192.0.2.1", "", None, id="dbl-unlisted"),
@@ -153,7 +164,9 @@ def vbr_info(md, mc, mv):
 VBR_CASES = [
     pytest.param("mx.new.zz", [vbr_info("new.zz", "all", "vouch.regcheck.test")], "VBR:A", id="header-all"),
     pytest.param(
-        "mx.listy.zz", [vbr_info("listy.zz", "list", "other.test:vouch.regcheck.test")], "VBR:A",
+        "mx.listy.zz",
+        [vbr_info("listy.zz", "list", "other.test:vouch.regcheck.test")],
+        "VBR:A",
         id="header-second-voucher-type-listed",
     ),
     pytest.param(
@@ -211,7 +224,10 @@ def test_the_query_cap_stops_services_and_says_so(knot):
 
 FALLBACK = [
     pytest.param(
-        "192.0.2.1", "mx.new.zz", "user@new.zz", Action.ACCEPT,
+        "192.0.2.1",
+        "mx.new.zz",
+        "user@new.zz",
+        Action.ACCEPT,
         {
             "REGCHECK_SPF_ALLOW": ["new.zz", "mailfrom=new.zz", "mechanism=ip4:192.0.2.0/24", "record=assumed"],
             "REGCHECK_RATING_HIGH": ["new.zz", "ratings=DWL:A", "record=assumed"],
@@ -220,26 +236,45 @@ FALLBACK = [
         id="aligned-spf-pass",
     ),
     pytest.param(
-        "192.0.2.1", "mx.new.zz", "user@borrowed.zz", Action.CONTINUE,
+        "192.0.2.1",
+        "mx.new.zz",
+        "user@borrowed.zz",
+        Action.CONTINUE,
         {
-            "REGCHECK_SPF_NA": ["new.zz", "helo=mx.new.zz", "unaligned=user@borrowed.zz", "ratings=DWL:A",
-                                "record=assumed"],
+            "REGCHECK_SPF_NA": [
+                "new.zz",
+                "helo=mx.new.zz",
+                "unaligned=user@borrowed.zz",
+                "ratings=DWL:A",
+                "record=assumed",
+            ],
             "REGCHECK_UNVERIFIED": ["new.zz", "ratings=DWL:A", "record=assumed"],
         },
         "192.0.2.1 new.zz NONE unverified ratings=DWL:A record=assumed",
         id="unaligned-mailfrom-checks-the-helo",
     ),
     pytest.param(
-        "192.0.2.1", "mx.failing.zz", "user@failing.zz", Action.REJECT,
+        "192.0.2.1",
+        "mx.failing.zz",
+        "user@failing.zz",
+        Action.REJECT,
         {
-            "REGCHECK_SPF_FAIL": ["failing.zz", "mailfrom=failing.zz", "mechanism=-all", "ratings=DWL:A",
-                                  "record=assumed"],
+            "REGCHECK_SPF_FAIL": [
+                "failing.zz",
+                "mailfrom=failing.zz",
+                "mechanism=-all",
+                "ratings=DWL:A",
+                "record=assumed",
+            ],
         },
         "192.0.2.1 failing.zz SPF fail ratings=DWL:A record=assumed",
         id="aligned-spf-fail",
     ),
     pytest.param(
-        "192.0.2.30", "mx.csa.zz", "user@csa.zz", Action.ACCEPT,
+        "192.0.2.30",
+        "mx.csa.zz",
+        "user@csa.zz",
+        Action.ACCEPT,
         {
             "REGCHECK_CSA_ALLOW": ["csa.zz", "srv=_client._smtp.mx.csa.zz", "target=mx.csa.zz", "record=assumed"],
             "REGCHECK_RATING_HIGH": ["csa.zz", "ratings=DWL:A", "record=assumed"],
@@ -365,8 +400,18 @@ def test_demo_shows_a_sender_no_registry_lists():
     from test_cli import ROOT, cli
 
     proc = cli(
-        "--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9", "check",
-        "--ip", "203.0.113.25", "--helo", "mail.newcomer.example", "--from", "news@newcomer.example", "--json",
+        "--config",
+        str(ROOT / "demo" / "regcheck.toml"),
+        "--nameserver",
+        "127.0.0.1:9",
+        "check",
+        "--ip",
+        "203.0.113.25",
+        "--helo",
+        "mail.newcomer.example",
+        "--from",
+        "news@newcomer.example",
+        "--json",
     )
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
@@ -415,14 +460,17 @@ def test_hostile_vbr_info_against_the_real_worker(knot, tmp_path):
     conf = (
         f'[server]\nsecret = "{SECRET}"\n[registry]\nzones = ["{REG}"]\nfallback = "authenticate"\n'
         f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\ncache_size = 0\nresult_cache_size = 0\n'
-        '[policy]\nlocal_networks = []\n'
+        "[policy]\nlocal_networks = []\n"
         '[services.VBR]\nratings = { A = 9 }\nvouchers = [{ domain = "vouch.regcheck.test", rating = "A" }]\n'
     )
     server = Server(tmp_path, conf, free_port())
     many = ":".join(f"v{i}.attacker.test" for i in range(2000))
-    headers = "".join(
-        f"VBR-Info: md=new.zz; mc=all; mv=vouch.regcheck.test:{many}\r\n" for _ in range(50)
-    ) + "VBR-Info: md=new.zz; mc=" + "x" * 5000 + "; mv=vouch.regcheck.test\r\nVBR-Info: ;;;==;md\r\n"
+    headers = (
+        "".join(f"VBR-Info: md=new.zz; mc=all; mv=vouch.regcheck.test:{many}\r\n" for _ in range(50))
+        + "VBR-Info: md=new.zz; mc="
+        + "x" * 5000
+        + "; mv=vouch.regcheck.test\r\nVBR-Info: ;;;==;md\r\n"
+    )
     body = (headers + "Subject: hi\r\n\r\nbody\r\n").encode()
     request = (
         b"POST /checkv2 HTTP/1.1\r\nIP: 192.0.2.1\r\nHelo: mx.new.zz\r\nFrom: a@new.zz\r\n"
