@@ -347,13 +347,14 @@ end
 --- that rests on it, false when it cannot be keyed (no key then);
 --- rcpt_material (lib.rcpt_material) for a decision that rests on the
 --- recipients.  Both nil: the key of the session alone.
+local function part(v) -- length-prefixed: no value can run into the next
+  if v == nil then return '-' end -- a missing value is not an empty one (MAIL FROM:<>)
+  return #v .. ':' .. v
+end
+
 function lib.cache_key(env, header_material, rcpt_material)
   if header_material == false then
     return nil
-  end
-  local function part(v) -- length-prefixed: no value can run into the next
-    if v == nil then return '-' end -- a missing value is not an empty one (MAIL FROM:<>)
-    return #v .. ':' .. v
   end
   return table.concat({
     part(env.ip), part(env.helo ~= '' and env.helo or nil), part(env.from), part(env.user ~= '' and env.user or nil),
@@ -468,11 +469,11 @@ else
   end
 end
 
-local auth_and_local_conf = { settings.check_local, settings.check_authed }
-
-local function envelope(task)
-  local env = { rcpts = {}, dkim = {} }
-  local ip = task:get_from_ip()
+--- The part of the envelope the cache key reads (lib.cache_key): the client's
+--- address, HELO, MAIL FROM, the authenticated user and the verified DKIM
+--- domains.  A cache hit needs no more; the rest comes from complete().
+local function session(task, ip, user)
+  local env = { dkim = {}, user = user }
   if ip and ip:is_valid() then
     env.ip = ip:to_string()
   end
@@ -481,14 +482,6 @@ local function envelope(task)
   if from and from[1] then
     env.from = from[1].addr or ''
   end
-  for _, r in ipairs(task:get_recipients('smtp') or {}) do
-    if r.addr and r.addr ~= '' then
-      env.rcpts[#env.rcpts + 1] = r.addr
-    end
-  end
-  env.hostname = task:get_hostname()
-  env.queue_id = task:get_queue_id()
-  env.user = task:get_user()
   if settings.send_dkim then
     for _, res in ipairs(task:get_dkim_results() or {}) do
       if res.result == 'allow' and res.domain then
@@ -496,6 +489,23 @@ local function envelope(task)
       end
     end
   end
+  return env
+end
+
+--- The rest of the envelope, read once when it is needed (a request to the
+--- worker, or a key on the recipients): recipients, hostname, queue id.
+local function complete(task, env)
+  if env.rcpts then
+    return env
+  end
+  env.rcpts = {}
+  for _, r in ipairs(task:get_recipients('smtp') or {}) do
+    if r.addr and r.addr ~= '' then
+      env.rcpts[#env.rcpts + 1] = r.addr
+    end
+  end
+  env.hostname = task:get_hostname()
+  env.queue_id = task:get_queue_id()
   return env
 end
 
@@ -590,7 +600,7 @@ local function detail_key(task, env, entry)
     headers = header_material(task)
   end
   if entry.rcpt and settings.mode == 'enforce' then
-    rcpts = lib.rcpt_material(env.rcpts)
+    rcpts = lib.rcpt_material(complete(task, env).rcpts)
   end
   return lib.cache_key(env, headers, rcpts)
 end
@@ -671,7 +681,7 @@ local function find(task, key, done)
 end
 
 local function ask_worker(task, env, key)
-  local headers = lib.request_headers(env, settings)
+  local headers = lib.request_headers(complete(task, env), settings)
   local body = ''
   if settings.send_header_block then
     body = tostring(task:get_raw_headers() or '')
@@ -746,10 +756,12 @@ local function ask_worker(task, env, key)
 end
 
 local function regcheck_cb(task)
-  if lua_util.is_skip_local_or_authed(task, auth_and_local_conf, task:get_from_ip()) then
+  -- lua_util.is_skip_local_or_authed's test, with the address and user read once for the key too
+  local ip, user = task:get_from_ip(), task:get_user()
+  if (user and not settings.check_authed) or (not settings.check_local and ip and ip:is_local()) then
     return
   end
-  local env = envelope(task)
+  local env = session(task, ip, user)
   if not (local_cache or redis_params) then
     ask_worker(task, env, nil)
     return

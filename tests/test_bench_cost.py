@@ -20,7 +20,9 @@ def test_rspamd_cost_writes_its_section_and_keeps_the_rest(tmp_path):
     assert text.startswith("# Benchmark results\n\n| a table | run.py wrote |")
     assert text.count("## What the plugin costs an rspamd scan") == 1
     for row in ("regcheck plugin, warm (result cache)", "regcheck plugin, cold (QR1)",
-                "rspamd's native spf module, cold", "floor: plugin to a bare server"):
+                "rspamd's native spf module, cold", "floor: plugin to a bare server",
+                "warm floor: a plugin inserting the same symbols"):
         assert row in text, row
     assert "PASS" in text or "FALLS SHORT" in text
+    assert "(warm floor)" in text
     assert (tmp_path / "rspamd_cost.png").stat().st_size > 0
