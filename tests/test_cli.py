@@ -226,3 +226,13 @@ def test_check_rcpt_in_angle_brackets_is_the_same_recipient(rcpt):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "\nEnforce: add header\n" in proc.stdout, proc.stdout
+
+
+def test_zone_file_not_utf8_is_one_clear_line(tmp_path):
+    """A zone file with a Latin-1 byte: the offset in the file, worded as for the configuration (it
+    once printed Python's codec message, with an offset into a read buffer)."""
+    zone = tmp_path / "bad.zone"
+    zone.write_bytes(b"$ORIGIN id.example.\n" + b"x" * 9000 + b'\nfoo IN TXT "caf\xe9"\n')
+    proc = cli("record", "lint", "--zone-file", str(zone))
+    assert proc.returncode == 2
+    assert proc.stderr == f"rspamd-regcheck: zone file {zone}: not UTF-8 text (byte 0xe9 at offset 9036)\n"
