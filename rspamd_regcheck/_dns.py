@@ -77,13 +77,18 @@ def load_zone_file(path: str) -> dns.zone.Zone:
     :raises InvalidZoneFile: when the file cannot be read or parsed.
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            return dns.zone.from_file(fh, origin=None, relativize=False, check_origin=False)
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")  # whole, so an error's offset is the file's
+        return dns.zone.from_text(text, origin=None, relativize=False, filename=path, check_origin=False)
     except OSError as exc:
         raise InvalidZoneFile(path, exc.strerror or str(exc)) from exc
+    except UnicodeDecodeError as exc:  # worded as config.py words it for the configuration file
+        raise InvalidZoneFile(
+            path, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from exc
     except dns.zone.UnknownOrigin as exc:
         raise InvalidZoneFile(path, "no $ORIGIN line") from exc
-    except (dns.exception.DNSException, UnicodeDecodeError) as exc:
+    except dns.exception.DNSException as exc:
         raise InvalidZoneFile(path, _first_line(exc)) from exc
 
 

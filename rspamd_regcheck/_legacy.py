@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _http
 from ._check import Checker, Envelope
+from ._enforce import enforce
 from ._received import Hop, NoHop, outside_hop
 from ._reply import build_reply
 from ._types import IPNetwork
@@ -569,11 +570,12 @@ class LegacyProtocol(asyncio.Protocol):
         started = time.perf_counter()
         try:
             result = await checker.check(env)
-            reply = build_reply(result.verdict, checker.config, result.queries)
+            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)  # RSPAMC sends Rcpt
+            reply = build_reply(result.verdict, checker.config, result.queries, enforcement)
             seconds = time.perf_counter() - started
             self.app.metrics.check(result.verdict, seconds, checker)
             if self.app.check_log.enabled:
-                self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask)
+                self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask, enforcement)
             if request.line.proto is Proto.RSPAMC:
                 message_id = next((v for n, v in env.header_fields if n.lower() == "message-id"), None)
                 data = rspamc_reply(reply, checker.config.thresholds.reject, message_id, self._keeps(request))

@@ -288,7 +288,11 @@ class Supervisor:
             log.warning("server.metrics_listen changed: that takes a restart")
             new = replace(new, metrics_listen=self.config.metrics_listen)
         if new.policy_server.listen != self.config.policy_server.listen:
-            log.warning("policy_server.listen changed: that takes a restart; kept %s", self.config.policy_server.listen)
+            kept = self.config.policy_server.listen
+            log.warning(
+                "policy_server.listen changed: that takes a restart; %s",
+                f"still listening on {hostport(*kept)}" if kept else "still not listening",
+            )
             new = replace(new, policy_server=replace(new.policy_server, listen=self.config.policy_server.listen))
         self.config = new
         try:
@@ -326,12 +330,14 @@ class Supervisor:
         for _ in range(self.config.workers):
             self.spawn()
         metrics = self.config.metrics_listen
+        policy = self.config.policy_server.listen
         log.info(
-            "rspamd-regcheck listening on %s with %d worker(s); registry zones: %s%s",
+            "rspamd-regcheck listening on %s with %d worker(s); registry zones: %s%s%s",
             hostport(self.host, self.port),
             self.config.workers,
             ", ".join(self.config.registry_zones),
             f"; metrics on {hostport(*metrics)}" if metrics else "",
+            f"; Postfix policy service on {hostport(*policy)}" if policy else "",
         )
         while True:
             received = signal.sigtimedwait(SIGNALS, 0.2)

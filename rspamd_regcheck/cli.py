@@ -18,6 +18,7 @@ from . import __version__, _install, _lint
 from ._check import Checker, CheckResult, Envelope, make_resolver, parse_ip
 from ._enforce import enforce
 from ._headers import MAX_HEADER_BLOCK, header_block
+from ._http import _address as bare_address
 from ._log import setup_logging
 from ._loop import run_loop
 from ._record import select_record
@@ -244,7 +245,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
         ip=ip,
         helo=args.helo,
         mail_from=mail_from,
-        rcpts=tuple(args.rcpt),
+        rcpts=tuple(bare_address(r) for r in args.rcpt),  # <...> as HTTP and RSPAMC take it
         user=args.user,
         headers=headers,
         dkim_domains=tuple(args.dkim_domain),

@@ -141,7 +141,7 @@ SEED = [
 
 @pytest.mark.parametrize("args,action", SEED)
 def test_demo_config_offline(args, action):
-    """The demo answers from demo/registry.zone: its nameserver is unreachable on purpose."""
+    """The demo answers from demo/zones/registry.zone: its nameserver is unreachable on purpose."""
     proc = cli(
         "--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9", "check", *args, "--json"
     )
@@ -214,3 +214,25 @@ def test_config_check_takes_localhost_and_a_secret_file(tmp_path):
     assert 'listen = "127.0.0.1:11350"' in proc.stdout and 'metrics_listen = "127.0.0.1:9350"' in proc.stdout
     assert f'secret_file = "{tmp_path / "secret"}"  # read: 20 characters' in proc.stdout
     assert "s" * 20 not in proc.stdout
+
+
+@pytest.mark.parametrize("rcpt", ["postmaster@dest.test", "<postmaster@dest.test>", " <Postmaster@dest.test> "])
+def test_check_rcpt_in_angle_brackets_is_the_same_recipient(rcpt):
+    """--rcpt as written in SMTP (<...>) names the same recipient as on HTTP and RSPAMC, so mail to
+    postmaster@ is marked, not rejected (the brackets once hid the local part from never_reject)."""
+    proc = cli(
+        "--config", str(ROOT / "demo" / "regcheck.toml"), "--nameserver", "127.0.0.1:9",
+        "check", "--ip", "208.20.133.32", "--helo", "mailout32.heaven.net", "--rcpt", rcpt,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "\nEnforce: add header\n" in proc.stdout, proc.stdout
+
+
+def test_zone_file_not_utf8_is_one_clear_line(tmp_path):
+    """A zone file with a Latin-1 byte: the offset in the file, worded as for the configuration (it
+    once printed Python's codec message, with an offset into a read buffer)."""
+    zone = tmp_path / "bad.zone"
+    zone.write_bytes(b"$ORIGIN id.example.\n" + b"x" * 9000 + b'\nfoo IN TXT "caf\xe9"\n')
+    proc = cli("record", "lint", "--zone-file", str(zone))
+    assert proc.returncode == 2
+    assert proc.stderr == f"rspamd-regcheck: zone file {zone}: not UTF-8 text (byte 0xe9 at offset 9036)\n"

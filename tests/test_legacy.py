@@ -791,6 +791,28 @@ def test_reject_is_spam(enforcing):
     assert re.search(r"^Message: \S.*\r$", reply, re.MULTILINE)  # the seed's SMTP reply text
 
 
+def test_never_reject_recipient_is_not_refused_and_logged_as_decided(enforcing):
+    """RSPAMC passes the recipients: mail to postmaster@ is marked, not rejected, as on HTTP, and the
+    log line's enforce= is the decision the reply carries (it once said "no action" for every
+    legacy check, and rejected mail to postmaster@)."""
+    request = exim_rspamd_request("208.20.133.32", "mailout32.heaven.net", rcpts=("postmaster@example.com",))
+    legacy = parse_rspamc(exchange(enforcing, request))
+    http = http_reply(
+        enforcing, {"IP": "208.20.133.32", "Helo": "mailout32.heaven.net", "Rcpt": "<postmaster@example.com>"}
+    )
+    assert legacy["action"] == http["action"] == "add header"
+    exchange(enforcing, exim_rspamd_request("208.20.133.32", "mailout32.heaven.net"))
+    wanted = [
+        re.compile(r"qid=1xYWFn-00087W-0Z ip=208\.20\.133\.32 .* enforce=reject "),
+        re.compile(r"qid=1xYWFn-00087W-0Z ip=208\.20\.133\.32 .* enforce=\"add header\" "),
+    ]
+    deadline = time.monotonic() + 10  # check lines are written in batches, a quarter second apart
+    while not all(w.search(enforcing.log_path.read_text()) for w in wanted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = enforcing.log_path.read_text()
+    assert [bool(w.search(text)) for w in wanted] == [True, True], text[-2000:]
+
+
 def test_a_bug_is_answered_ex_software(monkeypatch):
     """A check that raises (a bug) is answered in the protocol and logged, and the worker goes on."""
     from rspamd_regcheck import Checker

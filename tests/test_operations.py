@@ -87,6 +87,22 @@ def test_listen_localhost(knot, tmp_path):
     assert " info stopping" in log and " warning " not in log  # normal events are not warnings
 
 
+def test_policy_listener_is_logged_at_start_and_a_changed_one_kept(knot, tmp_path):
+    """The start line names every listener; a reload that moves the policy listener says where it
+    still listens, as an address (it once printed a Python tuple)."""
+    port, other = free_port(), free_port()
+    server = Server(tmp_path, config_text(knot) + f'[policy_server]\nlisten = "127.0.0.1:{port}"\n', free_port())
+    try:
+        assert f"; Postfix policy service on 127.0.0.1:{port}" in server.log_path.read_text()
+        server.conf.write_text(server.conf.read_text().replace(f":{port}", f":{other}"))
+        os.kill(server.proc.pid, signal.SIGHUP)
+        server.wait_until(lambda: "policy_server.listen changed" in server.log_path.read_text(), "the warning")
+        assert f"takes a restart; still listening on 127.0.0.1:{port}\n" in server.log_path.read_text()
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        server.stop()
+
+
 def test_nameserver_with_its_port_in_the_config(knot, start):
     """dns.nameservers = ["HOST:PORT"], as --nameserver HOST:PORT: no dns.port needed."""
     config = (
