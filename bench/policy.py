@@ -204,7 +204,10 @@ class Worker:
             while b"\r\n\r\n" not in buf:
                 buf += s.recv(65536)
             head, _, body = buf.partition(b"\r\n\r\n")
-            length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+            found = re.search(rb"Content-Length: (\d+)", head, re.I)
+            if found is None:
+                raise RuntimeError(f"the worker's reply has no Content-Length: {head[:200]!r}")
+            length = int(found.group(1))
             while len(body) < length:
                 body += s.recv(65536)
             return body
