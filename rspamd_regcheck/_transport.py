@@ -239,7 +239,8 @@ class Transport:
     :param rotate_every: tries on a server between two new sockets.
     :param case_randomise: ask in mixed letter case and want it echoed (0x20).
     :param authentic: set the AD bit in questions (RFC 6840 5.7).
-    :param trusted: the servers whose AD bit is believed (loopback always is).
+    :param trusted: the servers whose AD bit is believed (loopback always is): an address
+        (any port) or ``HOST:PORT`` / ``[V6]:PORT`` (that port only), as ``dns.trusted_validators``.
     """
 
     def __init__(
@@ -257,8 +258,10 @@ class Transport:
     ):
         if not servers:
             raise ValueError("no DNS server to ask")
-        trust = {ipaddress.ip_address(t) for t in trusted}
-        self._servers = [_Server(host, port, i, self, _trusted(host, trust)) for i, (host, port) in enumerate(servers)]
+        trust = {_trust_entry(t) for t in trusted}
+        self._servers = [
+            _Server(host, port, i, self, _trusted(host, port, trust)) for i, (host, port) in enumerate(servers)
+        ]
         self._timeout = timeout
         self.timeout = timeout  # the longest a question takes (UDP tries and TCP together)
         self._tries = max(1, tries)
@@ -651,13 +654,32 @@ class Transport:
             self._timer, self._timer_bucket = None, math.inf
 
 
-def _trusted(host: str, listed: set[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
-    """Whether *host*'s AD bit counts: a loopback address (nothing crossed a network), or one listed."""
+_Trust = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int | None]
+
+
+def _trust_entry(text: str) -> _Trust:
+    """``ADDRESS`` (any port), ``ADDRESS:PORT`` or ``[V6]:PORT`` as config.py normalised it.
+
+    :raises ValueError: not one of these.
+    """
+    port: int | None = None
+    if text.startswith("["):
+        text, _, rest = text[1:].partition("]")
+        port = int(rest.removeprefix(":")) if rest else None
+    elif text.count(":") == 1:
+        text, _, rest = text.partition(":")
+        port = int(rest)
+    return ipaddress.ip_address(text), port
+
+
+def _trusted(host: str, port: int, listed: set[_Trust]) -> bool:
+    """Whether the AD bit of *host*:*port* counts: a loopback address (nothing crossed a
+    network), or one listed with no port or with this one."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_loopback or address in listed
+    return address.is_loopback or (address, None) in listed or (address, port) in listed
 
 
 def _resolve(fut: asyncio.Future[DnsAnswer], answer: DnsAnswer) -> None:

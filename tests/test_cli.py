@@ -202,6 +202,18 @@ def test_nameservers_with_ports_and_ipv6_print_in_brackets(tmp_path):
     assert 'nameservers = ["192.0.2.53:5353", "[2001:db8::53]:54", "[2001:db8::54]:5300"]' in proc.stdout
 
 
+def test_config_check_takes_a_trusted_validator_with_a_port(tmp_path):
+    # HOST:PORT is accepted like a nameserver; it once passed validation and then crashed the resolver
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[dns]\ntrusted_validators = ["192.0.2.53:5353", "[2001:DB8::53]:54", "192.0.2.54"]\n'
+        '[registry]\nzones = ["id.regcheck.test"]\n'
+    )
+    proc = cli("--config", str(cfg), "config", "check")
+    assert proc.returncode == 0, proc.stderr
+    assert 'trusted_validators = ["192.0.2.53:5353", "[2001:db8::53]:54", "192.0.2.54"]' in proc.stdout
+
+
 def test_config_check_takes_localhost_and_a_secret_file(tmp_path):
     (tmp_path / "secret").write_text("s" * 20 + "\n")
     cfg = tmp_path / "c.toml"

@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from rspamd_regcheck import Cache, DnsStatus, Resolver, Session, Transport
-from rspamd_regcheck._transport import _IDS
+from rspamd_regcheck._transport import _IDS, _trust_entry, _trusted
 from rspamd_regcheck._wire import RType
 
 NAME = "heaven.net.id.regcheck.test"
@@ -617,3 +617,32 @@ def test_a_slow_server_under_load_keeps_at_most_twice_the_pool_open(run):
     most, after = run(go())
     assert most == 2 * 8
     assert after == 8  # the retired ones closed once their questions timed out
+
+
+TRUSTED = ("192.0.2.53", "192.0.2.54:5353", "[2001:db8::53]:54")
+
+
+@pytest.mark.parametrize(
+    "host,port,believed",
+    [
+        pytest.param("127.0.0.1", 53, True, id="loopback"),
+        pytest.param("::1", 5353, True, id="loopback-v6"),
+        pytest.param("192.0.2.53", 53, True, id="address-any-port"),
+        pytest.param("192.0.2.53", 5300, True, id="address-other-port"),
+        pytest.param("192.0.2.54", 5353, True, id="host-port"),
+        pytest.param("192.0.2.54", 53, False, id="host-port-other-port"),
+        pytest.param("2001:db8::53", 54, True, id="v6-port"),
+        pytest.param("2001:db8::53", 53, False, id="v6-other-port"),
+        pytest.param("192.0.2.99", 53, False, id="not-listed"),
+    ],
+)
+def test_ad_bit_believed_from(host, port, believed):
+    assert _trusted(host, port, {_trust_entry(t) for t in TRUSTED}) is believed
+
+
+def test_transport_takes_trusted_validators_with_ports():
+    client = Transport([("192.0.2.54", 5353), ("192.0.2.54", 53)], trusted=TRUSTED)
+    try:
+        assert [s.trusted for s in client._servers] == [True, False]
+    finally:
+        client.close()
