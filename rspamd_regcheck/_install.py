@@ -309,7 +309,8 @@ def configtest(confdir: Path, rspamadm: str = "rspamadm") -> ConfigTest | None:
         check=False,
     )
     output = (proc.stdout + proc.stderr).strip()
-    ok = proc.returncode == 0 and output.endswith("syntax OK")
+    # the exit status and the verdict line on stdout; a warning on stderr does not make it BAD
+    ok = proc.returncode == 0 and "syntax OK" in proc.stdout.splitlines()
     hint = ""
     errors = [x for x in output.splitlines() if "error" in x or "failed" in x or "cannot" in x]
     if not ok and errors and all(_FUZZY.search(x) or re.fullmatch(r"\d+ errors? found", x) for x in errors):

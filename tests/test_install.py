@@ -216,6 +216,26 @@ def test_configtest_bad_for_a_broken_plugin_has_no_fuzzy_hint(confdir, capsys):
     assert "keep edited file" in out and "syntax BAD" in out and "hint:" not in out
 
 
+FAKE_RSPAMADM = "#!/bin/sh\necho 'syntax {verdict}'\necho 'a warning on stderr' >&2\nexit {status}\n"
+
+
+@pytest.mark.parametrize(
+    "verdict,status,ok",
+    [
+        pytest.param("OK", 0, True, id="ok-with-a-warning"),
+        pytest.param("BAD", 1, False, id="bad"),
+        pytest.param("OK", 1, False, id="ok-text-failed-status"),
+    ],
+)
+def test_configtest_judges_status_and_stdout(tmp_path, verdict, status, ok):
+    """What no real rspamadm 3.4 does on demand: say OK and warn on stderr (once read as BAD)."""
+    fake = tmp_path / "rspamadm"
+    fake.write_text(FAKE_RSPAMADM.format(verdict=verdict, status=status))
+    fake.chmod(0o755)
+    result = _install.configtest(tmp_path, rspamadm=str(fake))
+    assert result is not None and result.ok is ok and "a warning on stderr" in result.output
+
+
 # -- the wheel carries the plugin and the rules -------------------------------------------------
 
 
