@@ -303,9 +303,13 @@ class Transport:
 
     def start(self, name: str, rtype: int, done: Done, token: Any) -> None:
         """Send the question; ``done(token, answer)`` is called once when it ends (maybe before this returns)."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._fork != _FORKS[0]:  # first use, a new event loop, a forked child
-            self._adopt(loop)
+        loop = self._loop
+        # The loop in use is still the one running (one loop runs in a thread at a time): no need to ask
+        # asyncio, which costs a getpid() system call each time.
+        if loop is None or self._fork != _FORKS[0] or not loop.is_running():
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop or self._fork != _FORKS[0]:  # first use, a new event loop, a forked child
+                self._adopt(loop)
         if self._closed:
             done(token, _CLOSED)
             return
@@ -336,7 +340,7 @@ class Transport:
         if self._closed:
             self._finish(q, _CLOSED)
             return
-        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]  # (no cast(): a call per try)
         now = loop.time()
         wait = min(wait, q.deadline - now)
         if wait <= 0:
@@ -376,7 +380,8 @@ class Transport:
 
     def _release(self, q: _Question) -> None:
         """*q* no longer waits on its socket (closed now if it was retired and nothing else waits)."""
-        sock = cast(_Socket, q.sock)
+        sock = q.sock
+        assert sock is not None
         del sock.pending[q.qid]
         self._unwait(q)
         if sock.retired and not sock.pending:
@@ -416,7 +421,7 @@ class Transport:
             # After the answer: its caller runs first (the loop calls back in order), so the
             # sockets open and close once the reply it was waiting for is written.
             self._rotating = True
-            cast(asyncio.AbstractEventLoop, self._loop).call_soon(self._rotate_owed)
+            self._loop.call_soon(self._rotate_owed)  # type: ignore[union-attr]
 
     def _dropped(self, server: _Server) -> None:
         """A reply not accepted: it counts as a try towards the next new port."""
@@ -506,7 +511,7 @@ class Transport:
     def _open(self, server: _Server) -> DnsAnswer | None:
         """One more socket in *server*'s draw; the failure if it could not be opened."""
         try:
-            sock = _Socket(server, cast(asyncio.AbstractEventLoop, self._loop))
+            sock = _Socket(server, self._loop)  # type: ignore[arg-type]
         except OSError as exc:
             log.warning("cannot open a DNS socket to %s:%s: %s", server.host, server.port, exc)
             return DnsAnswer(DnsStatus.ERROR, detail=f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
