@@ -21,7 +21,15 @@ check is read from /proc/PID/task/*/schedstat of the worker and its
 supervisor, before and after the block.  After each block, checks sent one
 at a time give the p50 latency, beside the same client against a bare
 server that reads the request and writes a fixed slim reply (the floor of
-any worker over HTTP) and beside one bare DNS round trip to knot.
+any worker over HTTP) and beside one bare DNS round trip to knot.  A
+quarter block at the same rate against the bare server gives its CPU per
+request: what one wake-up of a Python (uvloop) server costs at that rate,
+on this machine, with nothing done.
+
+``--against DIR`` starts a second worker from another checkout (say
+``git worktree add /tmp/base HEAD~3``) beside this one and takes their
+blocks in turns, so both see the same machine; it prints the ratio of
+each round's figures, which moves far less than either figure alone.
 
 ``--hold S`` keeps sending at the first rate for S seconds more after the
 blocks, printing the worker's pid first: attach a profiler then
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import signal
 import statistics
@@ -41,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -163,6 +173,42 @@ class Fresh:
         return ids
 
 
+async def block(
+    pool: Pool, floor: Pool, pids: list[int], bare_pid: int, fresh: Fresh, rate: float, scans: int, one: int
+) -> Row:
+    """One block at *rate*, then *one* checks one at a time; the bare server's share of both."""
+    ids = fresh.take(scans)
+    c0 = cost.cpu_ns(pids)
+    lat = await paced(pool, ids, rate)
+    us = (cost.cpu_ns(pids) - c0) / len(ids) / 1000
+    alone_ms = statistics.median(await alone(pool, fresh.take(one))) * 1000
+    b0 = cost.cpu_ns([bare_pid])
+    await paced(floor, list(range(scans // 4)), rate)  # a quarter block: its CPU per request moves little
+    bare_us = (cost.cpu_ns([bare_pid]) - b0) / (scans // 4) / 1000
+    bare_ms = statistics.median(await alone(floor, list(range(one)))) * 1000
+    return Row(us, statistics.median(lat) * 1000, alone_ms, bare_ms, bare_us)
+
+
+@dataclass
+class Row:
+    cpu_us: float  # worker CPU per check at the rate
+    p50_ms: float  # at the rate
+    alone_ms: float  # p50 one at a time
+    bare_ms: float  # the bare server's, one at a time
+    bare_us: float  # the bare server's CPU per request at the rate
+
+
+def start_worker(work: Path, name: str, kport: int, dns: list[str], tree: Path | None) -> bench.Worker:
+    """`serve` from this checkout, or from *tree* (another checkout: its package comes first on the path)."""
+    here = Path.cwd()
+    if tree is not None:
+        os.chdir(tree)  # `python -m rspamd_regcheck` imports the package of the directory it starts in
+    try:
+        return bench.Worker(work, name, kport, dns_extra="\n".join(dns))
+    finally:
+        os.chdir(here)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, action="append", help="checks/s (repeat; default 500 and 1000)")
@@ -177,6 +223,12 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a line added to the worker's [dns] table (repeat), e.g. rotate_every=1000000",
     )
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (git worktree or archive): its worker beside this one, blocks taken in turns",
+    )
     args = p.parse_args()
     rates = args.rate or [500.0, 1000.0]
     import uvloop
@@ -184,61 +236,78 @@ def main() -> int:
     sizes = bench.SIZES["default"]
     work = Path(tempfile.mkdtemp(prefix="regcheck-rate-"))
     fresh = Fresh(1000, sizes.ids - 2)
+    trees: list[Path | None] = [None] if args.against is None else [None, args.against.resolve()]
+    names = ["this checkout"] + ([str(args.against)] if args.against is not None else [])
     with knot(bench.zones(sizes)) as (_, kport, _):
-        worker = bench.Worker(work, "worker", kport, dns_extra="\n".join(args.dns))
+        workers = []
         (work / "bare.py").write_text(cost.BARE)
         bare_port = bench.free_port()
         bare = subprocess.Popen([sys.executable, str(work / "bare.py"), str(bare_port)])
         try:
+            for n, tree in enumerate(trees):
+                workers.append(start_worker(work, f"worker{n}", kport, args.dns, tree))
             bench.wait_port(bare_port, bare, 30)  # the bare server answers any request: /ping too
-            pids = bench.descendants(worker.proc.pid)
+            pids = [bench.descendants(w.proc.pid) for w in workers]
             rtt = cost.dns_rtt(kport) * 1000
-            print(f"worker pids {pids}; one DNS round trip (p50) {rtt:.3f} ms", flush=True)
+            print(f"worker pids {pids[0]}; one DNS round trip (p50) {rtt:.3f} ms", flush=True)
 
             async def session() -> None:
-                pool, floor = Pool(worker.port), Pool(bare_port)
-                await alone(pool, fresh.take(50))  # connections and the worker's first-use costs
+                pools, floor = [Pool(w.port) for w in workers], Pool(bare_port)
+                for pool in pools:
+                    await alone(pool, fresh.take(50))  # connections and the worker's first-use costs
                 await alone(floor, list(range(50)))
-                table: dict[float, list[tuple[float, float, float, float]]] = {}
+                table: dict[tuple[int, float], list[Row]] = {}
                 for rate in rates:
                     for r in range(args.rounds):
-                        ids = fresh.take(args.scans)
-                        c0 = cost.cpu_ns(pids)
-                        lat = await paced(pool, ids, rate)
-                        us = (cost.cpu_ns(pids) - c0) / len(ids) / 1000
-                        one = statistics.median(await alone(pool, fresh.take(args.alone))) * 1000
-                        bare_one = statistics.median(await alone(floor, list(range(args.alone)))) * 1000
-                        table.setdefault(rate, []).append((us, statistics.median(lat) * 1000, one, bare_one))
-                        print(
-                            f"{rate:.0f}/s round {r + 1}: worker {us:.0f} us CPU per check, p50 at the rate "
-                            f"{statistics.median(lat) * 1000:.3f} ms; one at a time p50 {one:.3f} ms "
-                            f"(bare server {bare_one:.3f} ms)",
-                            flush=True,
-                        )
+                        order = list(range(len(pools)))
+                        if r % 2:
+                            order.reverse()  # neither worker always goes first
+                        for w in order:
+                            row = await block(pools[w], floor, pids[w], bare.pid, fresh, rate, args.scans, args.alone)
+                            table.setdefault((w, rate), []).append(row)
+                            print(
+                                f"{names[w]}: {rate:.0f}/s round {r + 1}: worker {row.cpu_us:.0f} us CPU per "
+                                f"check, p50 at the rate {row.p50_ms:.3f} ms; one at a time p50 "
+                                f"{row.alone_ms:.3f} ms (bare server {row.bare_ms:.3f} ms, {row.bare_us:.0f} us CPU)",
+                                flush=True,
+                            )
                 print(
-                    "\n| rate | worker CPU per cold check | p50 at the rate | p50 one at a time | "
-                    "bare server, one at a time |\n|---|---|---|---|---|"
+                    "\n| worker | rate | worker CPU per cold check | p50 at the rate | p50 one at a time | "
+                    "bare server, one at a time | bare server CPU per request |\n|---|---|---|---|---|---|---|"
                 )
-                for rate, rows in table.items():
-                    med = [statistics.median(x[k] for x in rows) for k in range(4)]
-                    print(f"| {rate:.0f}/s | {med[0]:.0f} us | {med[1]:.3f} ms | {med[2]:.3f} ms | {med[3]:.3f} ms |")
+                for (w, rate), rows in table.items():
+                    med = [statistics.median(getattr(x, f) for x in rows) for f in Row.__dataclass_fields__]
+                    print(
+                        f"| {names[w]} | {rate:.0f}/s | {med[0]:.0f} us | {med[1]:.3f} ms | {med[2]:.3f} ms | "
+                        f"{med[3]:.3f} ms | {med[4]:.0f} us |"
+                    )
+                if len(pools) > 1:
+                    for rate in rates:
+                        cpu = [a.cpu_us / b.cpu_us for a, b in zip(table[(0, rate)], table[(1, rate)], strict=True)]
+                        one = [a.alone_ms / b.alone_ms for a, b in zip(table[(0, rate)], table[(1, rate)], strict=True)]
+                        print(
+                            f"\n{rate:.0f}/s, this checkout / {names[1]}, median of the rounds' ratios: CPU per check "
+                            f"{statistics.median(cpu):.3f}, p50 one at a time {statistics.median(one):.3f}"
+                        )
                 print(
                     f"\none DNS round trip to knot (p50): {rtt:.3f} ms; medians of {args.rounds} rounds of "
                     f"{args.scans} checks",
                     flush=True,
                 )
                 if args.hold > 0:
-                    print(f"holding {rates[0]:.0f}/s for {args.hold:.0f} s; worker pids {pids}", flush=True)
+                    print(f"holding {rates[0]:.0f}/s for {args.hold:.0f} s; worker pids {pids[0]}", flush=True)
                     ids = fresh.take(int(args.hold * rates[0]))
-                    c0 = cost.cpu_ns(pids)
-                    await paced(pool, ids, rates[0])
-                    print(f"held: worker {(cost.cpu_ns(pids) - c0) / len(ids) / 1000:.0f} us CPU per check")
-                pool.close()
+                    c0 = cost.cpu_ns(pids[0])
+                    await paced(pools[0], ids, rates[0])
+                    print(f"held: worker {(cost.cpu_ns(pids[0]) - c0) / len(ids) / 1000:.0f} us CPU per check")
+                for pool in pools:
+                    pool.close()
                 floor.close()
 
             uvloop.run(session())
         finally:
-            worker.stop()
+            for w in workers:
+                w.stop()
             bare.send_signal(signal.SIGTERM)
             bare.wait(10)
     shutil.rmtree(work, ignore_errors=True)
