@@ -251,9 +251,8 @@ class Checker:
         if reused is not None:
             return reused
         key = base = self._key(env)
-        session = Session(
-            self.resolver, self.config.max_queries, asyncio.get_running_loop().time() + self.config.deadline
-        )
+        loop = asyncio.get_running_loop()
+        session = Session(self.resolver, self.config.max_queries, loop.time() + self.config.deadline, loop)
         facts = await self._facts(env, session)
         result = CheckResult(evaluate(facts, self.policy), session.count, session.valid_until)
         if session.valid_until > time.monotonic():

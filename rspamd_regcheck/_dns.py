@@ -289,8 +289,8 @@ class Resolver:
 
     def cached(self, name: str, rtype: RType) -> DnsAnswer | None:
         """The answer a local zone or the cache holds now, without asking DNS; None if neither."""
-        name = normalise_name(name)
-        local = self._local_zone(name)
+        name = name.rstrip(".").lower()  # normalise_name, inline: three calls per question
+        local = self._local_zone(name) if self._local else None
         if local is not None:
             self.stats.local += 1
             return local.answer(name, rtype)
@@ -303,8 +303,8 @@ class Resolver:
         holds until it expires; anything else (a failure, an answer the cache
         no longer holds) holds for no time.
         """
-        name = normalise_name(name)
-        if self._local_zone(name) is not None:
+        name = name.rstrip(".").lower()  # normalise_name
+        if self._local and self._local_zone(name) is not None:
             return math.inf
         return self.cache.expires((name, int(rtype)), answer)
 
@@ -325,18 +325,20 @@ class Resolver:
         The question is sent before this returns (or queued, past
         ``max_inflight``); the future is the caller's alone.
         """
-        name = normalise_name(name)
+        name = name.rstrip(".").lower()  # normalise_name
         key = (name, int(rtype))
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._adopt(loop)
+        loop = self._loop
+        if loop is None or not loop.is_running():  # (asking asyncio each time costs a getpid() system call)
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop:
+                self._adopt(loop)
         fut: asyncio.Future[DnsAnswer] = loop.create_future()
         waiters = self._inflight.get(key)
         if waiters is not None:
             self.stats.coalesced += 1
             waiters.append(fut)
             return fut
-        transport = self._transport(name)
+        transport = self._transport(name) if self._routes else self._default
         if transport is None:
             fut.set_result(DnsAnswer(DnsStatus.ERROR, detail="no nameserver configured"))
             return fut
@@ -420,10 +422,18 @@ class Session:
     past the deadline every question is answered TIMEOUT.
     """
 
-    def __init__(self, resolver: Resolver, cap: int, deadline: float | None = None):
+    def __init__(
+        self,
+        resolver: Resolver,
+        cap: int,
+        deadline: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
+        """*loop*: the running event loop, when the caller has it at hand (else asked for when needed)."""
         self._resolver = resolver
         self.cap = cap
         self.deadline = deadline  # loop time
+        self._loop = loop
         self.count = 0
         # Until when every answer this check saw stays valid: its result can be reused till then.
         self.valid_until = math.inf
@@ -483,13 +493,13 @@ class Session:
         if isinstance(pending, DnsAnswer):
             return pending
         if not pending.done() and self.deadline is not None:
-            remaining = self.deadline - asyncio.get_running_loop().time()
+            remaining = self.deadline - (self._loop or asyncio.get_running_loop()).time()
             if remaining <= 0:
                 pending.cancel()
                 return self._seen(asked.name, asked.rtype, _PAST_DEADLINE)
             # The transport gives up within max_wait once a question is sent: a timer of our own
             # is needed only when that is too late, or when questions wait for a slot to be sent.
-            if remaining < self._resolver.max_wait or self._resolver.queued:
+            if remaining < self._resolver.max_wait or self._resolver._queued:
                 try:
                     async with asyncio.timeout(remaining):
                         answer = await pending  # our own future: cancelling it leaves the question alone

@@ -36,7 +36,7 @@ from ._headers import MAX_HEADER_BLOCK
 from ._log import CheckLog
 from ._metrics import Metrics
 from ._reply import build_reply
-from ._slim import build_slim, encode_slim, max_age, wants_slim, with_max_age
+from ._slim import SLIM_HEADER, build_slim, encode_slim, max_age, with_max_age
 
 log = logging.getLogger("rspamd_regcheck.http")
 
@@ -180,17 +180,31 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
 
     :raises HttpError: 400 for an ``IP`` header that is not an address.
     """
+    return read_request(headers, body)[0]
+
+
+def read_request(headers: list[tuple[str, str]], body: bytes) -> tuple[Envelope, bool, bool]:
+    """The envelope, and whether the reply is msgpack (`wants_msgpack`) and slim (`_slim.wants_slim`):
+    the headers read in one pass.
+
+    :raises HttpError: 400 for an ``IP`` header that is not an address.
+    """
+    packed = slim = False
     single: dict[str, str] = {}
     rcpts: list[str] = []
     dkim: list[str] = []
     raw_ip: str | None = None
     for name, raw in headers:
         key = name.lower()
-        value = _utf8(raw)
+        value = raw if raw.isascii() else _utf8(raw)
         if key == "rcpt":
             rcpts.append(_address(value))
         elif key == "dkim-domain":
             dkim.extend(d.strip() for d in value.split(",") if d.strip())
+        elif key == "accept":
+            packed = packed or "application/msgpack" in value.lower()
+        elif key == SLIM_HEADER:
+            slim = slim or value.strip().lower() == "slim"
         elif key not in single:
             single[key] = value.strip()
             if key == "ip":
@@ -202,7 +216,7 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
     except ValueError:
         raise HttpError(400, f"IP header {raw_ip!r} is not an IP address") from None
     mail_from = single.get("from")
-    return Envelope(
+    env = Envelope(
         ip=ip,
         helo=single.get("helo") or None,
         mail_from=None if mail_from is None else _address(mail_from),
@@ -213,6 +227,7 @@ def envelope_from_headers(headers: list[tuple[str, str]], body: bytes) -> Envelo
         raw_headers=body,  # parsed only if Sender ID or a result resting on it needs it
         dkim_domains=tuple(dkim),
     )
+    return env, packed, slim
 
 
 def _utf8(value: str) -> str:
@@ -396,7 +411,7 @@ class HttpProtocol(asyncio.Protocol):
         r.header_bytes += len(name) + len(value)
         if len(r.headers) >= self.limits.headers or r.header_bytes > self.limits.header_bytes:
             raise HttpError(431, "too many or too large request header fields")
-        r.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        r.headers.append((name.lower().decode("latin-1"), value.decode("latin-1")))  # names lowered once
 
     def on_headers_complete(self) -> None:
         r = self.request
@@ -404,7 +419,7 @@ class HttpProtocol(asyncio.Protocol):
         r.keep_alive = self.parser.should_keep_alive()
         r.version = self.parser.get_http_version()
         path = r.url.split(b"?", 1)[0]
-        length = next((v for n, v in r.headers or () if n.lower() == "content-length"), None)
+        length = next((v for n, v in r.headers or () if n == "content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.limits.body:
             raise HttpError(413, f"body larger than {self.limits.body} bytes")
         if self.metrics_only and path not in (b"/ping", b"/metrics"):
@@ -467,12 +482,11 @@ class HttpProtocol(asyncio.Protocol):
             self.respond(200, body, content_type)
             return
         try:
-            env = envelope_from_headers(r.headers or [], bytes(r.body or b""))
+            env, packed, slim = read_request(r.headers or [], bytes(r.body or b""))
         except HttpError as exc:
             self.error(exc.status, exc.message)
             return
-        headers = r.headers or []
-        self.task = self.loop.create_task(self.check(env, wants_msgpack(headers), wants_slim(headers)))
+        self.task = self.loop.create_task(self.check(env, packed, slim))
         self.app.active.add(self.task)
         self.task.add_done_callback(self.app.active.discard)
 

@@ -103,10 +103,11 @@ class CheckLog:
         self._prefix = ""
         self._static: OrderedDict[int, tuple[CheckResult, dict[str, Any], str]] = OrderedDict()
         self._head = f"{CHECK_LOGGER} pid={self.pid} info event=check"
+        self._logger = logging.getLogger(CHECK_LOGGER)  # once: getLogger takes the logging module's lock
 
     @property
     def enabled(self) -> bool:
-        return logging.getLogger(CHECK_LOGGER).isEnabledFor(logging.INFO)
+        return self._logger.isEnabledFor(logging.INFO)
 
     def check(
         self,

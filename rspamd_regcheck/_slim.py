@@ -52,7 +52,8 @@ def build_slim(verdict: Verdict, enforcement: Enforcement, rests_on_rcpts: bool 
     passes); *rests_on_rcpts*: the decision would differ for other recipients."""
     reply: dict[str, Any] = {
         "symbols": [
-            [hit.name, hit.weight, [safe(o) for o in hit.options]] for hit in sorted(verdict.symbols, key=_name)
+            [hit.name, hit.weight, [o if o.isascii() else safe(o) for o in hit.options]]
+            for hit in sorted(verdict.symbols, key=_name)
         ]
     }
     milter: dict[str, Any] = {}

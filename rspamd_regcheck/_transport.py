@@ -25,6 +25,10 @@ tries) a new socket opens and the oldest leaves the draw, closed once
 nothing waits on it; so a port seen by an attacker lives ``sockets x
 rotate_every`` tries at most (rotation waits while as many retired sockets
 as the pool holds are still waited on: at most twice ``sockets`` are open).
+The sockets owed are opened after the next answer is handed over (the
+caller's reply goes out first), or by a sweep or the `MAX_DUE`-th owed:
+a port may serve a few tries more than the bound, never ``MAX_DUE x
+rotate_every`` more.
 A malformed or mismatched reply is dropped and the question keeps waiting.
 
 Errors stay local: an ICMP error (or any other error reading a socket)
@@ -35,6 +39,7 @@ ends the try: a server that really refuses is left for the next as before.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import functools
@@ -108,6 +113,8 @@ DEFAULT_SOCKETS = 64  # RFC 5452 9.2: with the 16-bit ID, at least 22 bits to gu
 DEFAULT_ROTATE_EVERY = 4  # tries on a server between two new ports (a port lives 64 x 4 tries)
 MAX_REFUSALS = 1  # ICMP errors a try survives (each costs a re-send on another socket)
 MAX_UDP_REPLY = 65535  # bytes; a server should keep to EDNS_PAYLOAD, but a longer datagram is read whole
+MAX_DUE = 8  # rotations a server may owe before the next try waits for them (see `Transport._owe`)
+_DGRAM = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 
 
 class _Question:
@@ -162,16 +169,17 @@ class _Socket:
 
     A plain non-blocking socket read by the event loop's ``add_reader``, not
     an asyncio transport: it opens and closes without a task or an await, so
-    a pool can be renewed as fast as it serves (about 10 us a socket).
+    a pool can be renewed as fast as it serves (about 10 us a socket).  The
+    bare ``_socket`` type, made non-blocking by the flag it is created with:
+    no Python wrapper and no ``fcntl`` call of its own.
     """
 
     __slots__ = ("closed", "fd", "owner", "pending", "recv", "retired", "send", "server", "sock")
 
     def __init__(self, server: _Server, loop: asyncio.AbstractEventLoop):
         """:raises OSError: when the socket cannot be opened."""
-        sock = socket.socket(server.family, socket.SOCK_DGRAM)
+        sock = _socket.socket(server.family, _DGRAM)
         try:
-            sock.setblocking(False)
             sock.connect((server.host, server.port))  # the kernel draws the port (RFC 6056)
             loop.add_reader(sock.fileno(), self._readable)
         except BaseException:
@@ -224,6 +232,7 @@ class _Server:
         self.live: list[_Socket] = []  # in the draw, oldest first
         self.draining: set[_Socket] = set()  # retired, with tries still waiting on them
         self.tries = 0  # since the last new socket
+        self.due = 0  # new sockets owed (`Transport._owe`)
 
     def sockets(self) -> list[_Socket]:
         return [*self.live, *self.draining]
@@ -282,6 +291,7 @@ class Transport:
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: set[_Question] = set()  # questions a task holds (TCP)
         self._closed = False
+        self._rotating = False  # a call to `_rotate_owed` is scheduled
         self.sent = 0  # UDP questions sent, retries included
         self.tcp = 0  # questions re-asked over TCP
         self.dropped = 0  # UDP replies not accepted: unknown ID, malformed, another question
@@ -296,9 +306,13 @@ class Transport:
 
     def start(self, name: str, rtype: int, done: Done, token: Any) -> None:
         """Send the question; ``done(token, answer)`` is called once when it ends (maybe before this returns)."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._fork != _FORKS[0]:  # first use, a new event loop, a forked child
-            self._adopt(loop)
+        loop = self._loop
+        # The loop in use is still the one running (one loop runs in a thread at a time): no need to ask
+        # asyncio, which costs a getpid() system call each time.
+        if loop is None or self._fork != _FORKS[0] or not loop.is_running():
+            loop = asyncio.get_running_loop()
+            if loop is not self._loop or self._fork != _FORKS[0]:  # first use, a new event loop, a forked child
+                self._adopt(loop)
         if self._closed:
             done(token, _CLOSED)
             return
@@ -329,7 +343,7 @@ class Transport:
         if self._closed:
             self._finish(q, _CLOSED)
             return
-        loop = cast(asyncio.AbstractEventLoop, self._loop)
+        loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]  # (no cast(): a call per try)
         now = loop.time()
         wait = min(wait, q.deadline - now)
         if wait <= 0:
@@ -365,13 +379,12 @@ class Transport:
             pass  # the send buffer is full: lost like a datagram on the way, the try times out
         except OSError as exc:  # an ICMP error queued by an earlier try on this socket
             self._refused(sock, f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
-        server.tries += 1
-        if server.tries >= self._rotate_every:
-            self._rotate(server)
+        self._owe(server)
 
     def _release(self, q: _Question) -> None:
         """*q* no longer waits on its socket (closed now if it was retired and nothing else waits)."""
-        sock = cast(_Socket, q.sock)
+        sock = q.sock
+        assert sock is not None
         del sock.pending[q.qid]
         self._unwait(q)
         if sock.retired and not sock.pending:
@@ -407,13 +420,16 @@ class Transport:
             return
         self._next = server.index
         self._finish(q, answer_from_reply(reply, q.name, q.rtype, server.trusted))
+        if server.due and not self._rotating:
+            # After the answer: its caller runs first (the loop calls back in order), so the
+            # sockets open and close once the reply it was waiting for is written.
+            self._rotating = True
+            self._loop.call_soon(self._rotate_owed)  # type: ignore[union-attr]
 
     def _dropped(self, server: _Server) -> None:
         """A reply not accepted: it counts as a try towards the next new port."""
         self.dropped += 1
-        server.tries += 1
-        if server.tries >= self._rotate_every:
-            self._rotate(server)
+        self._owe(server)
 
     def _refused(self, sock: _Socket, detail: str) -> None:
         """An ICMP error (forged, maybe): retire the socket, send the tries waiting on it again from another."""
@@ -445,17 +461,47 @@ class Transport:
         else:
             sock.close(self._loop)
 
+    def _owe(self, server: _Server) -> None:
+        """Count a try on *server*; every ``rotate_every`` tries it is owed a new socket.
+
+        What is owed is paid after the next answer is delivered (`_reply`), by a sweep, or
+        here once `MAX_DUE` are owed: opening and closing sockets (``socket``, ``connect``,
+        the event loop's reader added and removed, ``close``) then costs no question and no
+        reply any time.  A port lives ``MAX_DUE`` tries longer at most: the bound of
+        docs/dns-security.md allows for it.
+        """
+        server.tries += 1
+        if server.tries >= self._rotate_every:
+            server.tries = 0
+            server.due += 1
+            if server.due >= MAX_DUE:
+                self._rotate(server)
+
+    def _rotate_owed(self) -> None:
+        self._rotating = False
+        self._pay()
+
+    def _pay(self) -> None:
+        """Open (and retire) the sockets every server is owed."""
+        if self._closed:
+            return
+        for server in self._servers:
+            if server.due:
+                self._rotate(server)
+
     def _rotate(self, server: _Server) -> None:
-        """A new port in the draw, then the oldest out of it (its replacement is ready first).
+        """The new ports *server* is owed in the draw, each then the oldest out of it (its
+        replacement is ready first).
 
         Not while as many retired sockets as the pool holds still have tries waiting on them
         (a slow server under load): a server's sockets stay at most twice ``sockets``.
         """
-        server.tries = 0
-        if len(server.draining) >= self._size:
-            return
-        if self._open(server) is None and len(server.live) > self._size:
-            self._retire(server.live[0])
+        owed, server.due = server.due, 0
+        for _ in range(owed):
+            if len(server.draining) >= self._size:
+                return
+            if self._open(server) is None and len(server.live) > self._size:
+                self._retire(server.live[0])
 
     def _fill(self, server: _Server) -> DnsAnswer | None:
         """Open the sockets *server* lacks; the failure, if one could not be opened."""
@@ -468,7 +514,7 @@ class Transport:
     def _open(self, server: _Server) -> DnsAnswer | None:
         """One more socket in *server*'s draw; the failure if it could not be opened."""
         try:
-            sock = _Socket(server, cast(asyncio.AbstractEventLoop, self._loop))
+            sock = _Socket(server, self._loop)  # type: ignore[arg-type]
         except OSError as exc:
             log.warning("cannot open a DNS socket to %s:%s: %s", server.host, server.port, exc)
             return DnsAnswer(DnsStatus.ERROR, detail=f"{hostport(server.host, server.port)}: {exc.strerror or exc}")
@@ -546,6 +592,7 @@ class Transport:
                     continue  # moved on while this bucket was swept (an ICMP error re-sent it)
                 self._release(q)
                 self._try_failed(q, q.note or _TIMEOUT)
+        self._pay()  # what tries that were never answered owe
         if self._buckets:
             first = min(self._buckets)
             if first < self._timer_bucket:
@@ -587,8 +634,9 @@ class Transport:
         for server in self._servers:
             for sock in server.sockets():
                 sock.close(old)
-            server.live, server.draining, server.tries = [], set(), 0
+            server.live, server.draining, server.tries, server.due = [], set(), 0, 0
         self._loop = loop
+        self._rotating = False
         # What belonged to the old loop is gone with it (its callers too): dropped, not answered.
         self._buckets = {}
         self._timer, self._timer_bucket = None, math.inf

@@ -443,3 +443,26 @@ def test_utf8_helo_is_read_as_utf8():
 
     raw = "mx.bücher.example".encode().decode("latin-1")  # as the parser hands it over
     assert envelope_from_headers([("IP", "192.0.2.1"), ("Helo", raw)], b"").helo == "mx.bücher.example"
+
+
+@pytest.mark.parametrize(
+    "headers,packed,slim",
+    [
+        pytest.param([("IP", "192.0.2.1")], False, False, id="neither"),
+        pytest.param([("accept", "application/msgpack"), ("regcheck-reply", "slim")], True, True, id="both"),
+        pytest.param([("accept", "Application/MsgPack;q=1")], True, False, id="accept-case"),
+        pytest.param([("accept", "text/html"), ("accept", "application/msgpack")], True, False, id="second-accept"),
+        pytest.param([("regcheck-reply", " SLIM ")], False, True, id="slim-case-and-space"),
+        pytest.param([("regcheck-reply", "full"), ("regcheck-reply", "slim")], False, True, id="second-form"),
+        pytest.param([("regcheck-reply", "slimmer")], False, False, id="not-slim"),
+    ],
+)
+def test_one_pass_over_the_headers_finds_the_reply_form_as_the_scans_do(headers, packed, slim):
+    """`read_request` reads the reply form in the pass that builds the envelope (names arrive
+    lowered from the parser): the same answers as `wants_msgpack` and `wants_slim`."""
+    from rspamd_regcheck._http import read_request, wants_msgpack
+    from rspamd_regcheck._slim import wants_slim
+
+    env, got_packed, got_slim = read_request(headers, b"")
+    assert (got_packed, got_slim) == (packed, slim) == (wants_msgpack(headers), wants_slim(headers))
+    assert env.rcpts == ()

@@ -406,6 +406,36 @@ async def logging_responder(script):
     return transport, proto, transport.get_extra_info("sockname")[1]
 
 
+def test_a_new_socket_opens_after_the_answer_is_handed_over(run):
+    """Rotation is off the path of the reply waited for: when the answer of the try that makes a
+    new socket due reaches its caller, nothing has been opened yet; one loop turn later it has."""
+
+    async def go():
+        server, proto, port = await logging_responder([reply_to])
+        client = Transport([("127.0.0.1", port)], timeout=1.0, sockets=4, rotate_every=2)
+        seen: list[tuple[int, int]] = []  # (tries sent, sockets opened) as each answer is handed over
+
+        def handed_over(fut, answer):
+            seen.append((client.sent, client.opened))
+            fut.set_result(answer)
+
+        try:
+            for i in range(6):
+                done = asyncio.get_running_loop().create_future()
+                client.start(f"q{i}.example", RType.TXT, handed_over, done)
+                assert (await done).status is DnsStatus.OK
+            await asyncio.sleep(0)
+            return seen, client.opened
+        finally:
+            client.close()
+            server.close()
+
+    seen, opened = run(go())
+    # The pool of 4 opens with the first try; tries 2, 4 and 6 each owe one more socket.
+    assert seen == [(1, 4), (2, 4), (3, 5), (4, 5), (5, 6), (6, 6)]
+    assert opened == 7
+
+
 def test_each_try_leaves_from_a_port_drawn_from_the_pool(run):
     async def go():
         server, proto, port = await logging_responder([reply_to])
@@ -455,6 +485,7 @@ def test_no_port_lives_longer_than_the_pool_size_times_rotate_every(run, monkeyp
         try:
             for i in range(sockets * rotate_every * 4):
                 await client.ask(f"q{i}.example", RType.TXT)
+            await asyncio.sleep(0)  # the socket the last try owes opens once its answer is handed over
             return client.sent, client.open_sockets, client.opened
         finally:
             client.close()
