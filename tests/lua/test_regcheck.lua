@@ -103,5 +103,99 @@ check('enforce: a reply without a decision is a failure', not eok and act:find('
 eok, act = lib.enforcement(decided('discard'))
 check('enforce: an unknown action is a failure', not eok and act:find('discard', 1, true), act)
 
+-- The msgpack decoder (lib.msgpack) the plugin reads the worker's replies with.
+-- { id, the encoded bytes (msgpack spec, "formats" section), the value }
+local VALUES = {
+  { 'positive fixint', '\5', 5 },
+  { 'positive fixint, largest', '\127', 127 },
+  { 'negative fixint', '\255', -1 },
+  { 'negative fixint, smallest', '\224', -32 },
+  { 'uint8', '\204\255', 255 },
+  { 'uint16', '\205\1\0', 256 },
+  { 'uint32', '\206\0\1\0\0', 65536 },
+  { 'uint64', '\207\0\0\0\1\0\0\0\0', 4294967296 },
+  { 'int8', '\208\128', -128 },
+  { 'int16', '\209\255\0', -256 },
+  { 'int32', '\210\255\255\255\255', -1 },
+  { 'int64', '\211\255\255\255\255\255\255\255\254', -2 },
+  { 'float64, a weight', '\203\63\235\188\1\163\110\46\178', 0.8667 },
+  { 'float64, negative', '\203\192\4\0\0\0\0\0\0', -2.5 },
+  { 'float64, large', '\203\126\55\228\60\136\0\117\156', 1e300 },
+  { 'float64, subnormal', '\203\0\0\0\0\0\0\0\1', 5e-324 },
+  { 'float64, zero', '\203\0\0\0\0\0\0\0\0', 0 },
+  { 'float32', '\202\63\192\0\0', 1.5 },
+  { 'float32, negative', '\202\190\128\0\0', -0.25 },
+  { 'fixstr', '\163abc', 'abc' },
+  { 'fixstr, empty', '\160', '' },
+  { 'str8', '\217\3abc', 'abc' },
+  { 'str16', '\218\0\3abc', 'abc' },
+  { 'str32', '\219\0\0\0\3abc', 'abc' },
+  { 'bin8', '\196\2\0\1', '\0\1' },
+  { 'true', '\195', true },
+  { 'false', '\194', false },
+  { 'fixarray', '\146\1\2', { 1, 2 } },
+  { 'array16', '\220\0\2\1\2', { 1, 2 } },
+  { 'array32', '\221\0\0\0\1\163abc', { 'abc' } },
+  { 'fixmap', '\129\161a\1', { a = 1 } },
+  { 'map16', '\222\0\1\161a\145\195', { a = { true } } },
+  { 'map32', '\223\0\0\0\1\161a\192', {} },
+  { 'a map keyed by a number', '\129\1\161x', { [1] = 'x' } },
+}
+
+for _, case in ipairs(VALUES) do
+  local read, value = lib.msgpack(case[2])
+  check(case[1], read and same(value, case[3]), read and ucl.to_format({ value }, 'json-compact') or value)
+end
+
+check('nil', select(1, lib.msgpack('\192')) == true and select(2, lib.msgpack('\192')) == nil)
+
+-- { id, the bytes, what the error says }
+local ERRORS = {
+  { 'empty', '', 'truncated' },
+  { 'fixstr cut short', '\163ab', 'truncated' },
+  { 'str8 without its length', '\217', 'truncated' },
+  { 'str16 longer than the rest', '\218\1\0abc', 'truncated' },
+  { 'float64 cut short', '\203\63\240', 'truncated' },
+  { 'uint32 cut short', '\206\0\1', 'truncated' },
+  { 'array missing an element', '\146\1', 'truncated' },
+  { 'map missing a value', '\129\161a', 'truncated' },
+  { 'array32 claiming 4 billion elements', '\221\255\255\255\255\1', 'truncated' },
+  { 'unused type 0xc1', '\193\193', 'no such type 0xc1' },
+  { 'fixext 1', '\212\1\0', 'no such type 0xd4' },
+  { 'ext 8', '\199\1\1\0', 'no such type 0xc7' },
+  { 'a map keyed by an array', '\129\144\1', 'neither a string nor a number' },
+  { 'a map keyed by nil', '\129\192\1', 'neither a string nor a number' },
+  { 'bytes after the value', '\1\2', 'bytes after the value' },
+  { 'nested 17 deep', string.rep('\145', 17) .. '\1', 'nested too deep' },
+}
+
+for _, case in ipairs(ERRORS) do
+  local read, err = lib.msgpack(case[2])
+  check(case[1], not read and type(err) == 'string' and err:find(case[3], 1, true) ~= nil, err)
+end
+
+local ok16 = lib.msgpack(string.rep('\145', 16) .. '\1')
+check('nested 16 deep is read', ok16)
+
+-- What ucl writes (a slim reply as the worker shapes it) reads back the same.
+local slim = {
+  symbols = { { 'REGCHECK_QR1_ALLOW', 1.0, { 'id12.test', '198.18.0.0/15' } },
+              { 'REGCHECK_RATING_HIGH', 0.8667, { 'id12.test', 'ratings=S1:A,M2:A,H1:B' } } },
+  milter = { add_headers = { ['X-Regcheck'] = '198.18.0.12 id12.test QR1 pass' },
+             remove_headers = { ['X-Regcheck'] = 0 } },
+  enforce = { action = 'reject', message = '550 5.7.1 ' .. string.rep('x', 300) },
+  rcpt = true,
+  max_age = 3599,
+}
+local read_back, back = lib.msgpack(ucl.to_format(slim, 'msgpack'))
+check('a slim reply written by ucl', read_back and same(back, slim), back)
+
+-- lib.decode reads msgpack with it and keeps its error wording.
+local okd, slim_obj = lib.decode(ucl.to_format(slim, 'msgpack'), 'application/msgpack; charset=binary')
+check('decode: msgpack', okd and slim_obj.max_age == 3599 and slim_obj.symbols[2][2] == 0.8667, slim_obj)
+local okb, err = lib.decode('\163ab', 'application/msgpack')
+check('decode: truncated msgpack', not okb and err == 'undecodable msgpack reply: truncated', err)
+check('decode: a msgpack array', not lib.decode('\145\1', 'application/msgpack'))
+
 print(string.format('%d passed, %d failed', passed, failed))
 if failed > 0 then os.exit(1) end
