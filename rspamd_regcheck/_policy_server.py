@@ -18,6 +18,12 @@ and request timeouts close a connection.
 Answers that need no waiting (a transaction already checked, a result the
 checker can reuse) are written from ``data_received``; a check that must ask
 the DNS runs in a task, and the requests behind it wait their turn.
+
+A warm sender's next transaction is the common request and the cheap one:
+the first answer of a transaction is kept (`Answer`) under the attributes it
+follows from, and a later request with the same ones, while the check's
+result holds, takes it without building an envelope or asking the checker;
+it is counted and logged as a reused check all the same.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ._check import CheckResult, Envelope, parse_ip
-from ._enforce import enforce
+from ._check import Checker, CheckResult, Envelope, parse_ip
+from ._enforce import Enforcement, enforce
 from ._http import App
 from ._log import CHECK_LOGGER
 from ._lru import TwoGenerationLRU
@@ -54,17 +60,45 @@ from ._types import Verdict
 log = logging.getLogger("rspamd_regcheck.policy")
 _CHECK_LOGGER = logging.getLogger(CHECK_LOGGER)
 METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
+PROTOCOL = "policy"  # and in regcheck_checks_total{protocol=...}, regcheck_check_seconds{protocol=...}
 MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
 BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
+ANSWERS = 4096  # first answers kept per worker (`Answer`)
+# What the first answer of a transaction follows from, besides the configuration and the check's
+# result; the check's own inputs (`_check._result_key`) are among them.
+ANSWER_KEY = (
+    "protocol_state",
+    "client_address",
+    "helo_name",
+    "sender",
+    "sasl_username",
+    "recipient",
+    "recipient_count",
+)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """One Postfix transaction: its verdict and the headers still to prepend."""
 
     verdict: Verdict
     state: str  # the protocol_state at which the check ran
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The first answer of a transaction, kept for the next transaction with the same `ANSWER_KEY`
+    attributes: while *result* holds and *checker* is the worker's, it is the same answer."""
+
+    checker: Checker
+    result: CheckResult
+    reply: Reply
+    state: str
+    headers: tuple[tuple[str, str], ...]  # still to prepend after *reply*
+    env: Envelope  # for the log line (its fixed part: IP, HELO)
+    mode: str
+    enforcement: Enforcement
 
 
 class PolicyServer:
@@ -78,6 +112,7 @@ class PolicyServer:
         self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
             self.settings.transactions
         )
+        self._answers: TwoGenerationLRU[tuple[str | None, ...], Answer] = TwoGenerationLRU(ANSWERS)
 
     @property
     def settings(self) -> PolicySettings:
@@ -129,23 +164,25 @@ class PolicyServer:
         return (a.get("instance", ""), a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
 
     def _answer_now(self, r: PolicyRequest) -> Reply | None:
-        settings = self.settings
         a = r.attrs
-        state = a.get("protocol_state", "").strip().upper()
         key = self._transaction_key(a)
         txn = self._transactions.get(key) if key[0] else None
         if txn is None:
-            if state_rank(state) < state_rank(settings.state):
+            started = time.perf_counter()
+            kept = self._answers.get(tuple(map(a.get, ANSWER_KEY)))
+            if kept is not None and kept.checker is self.app.checker and kept.result.valid_until > time.monotonic():
+                return self._reuse(kept, key, a.get("queue_id"), started)
+            state = a.get("protocol_state", "").strip().upper()
+            if state_rank(state) < state_rank(self.settings.state):
                 return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
             env = self._envelope(r)
             if env is None:
                 return DUNNO
-            started = time.perf_counter()
             result = self.app.checker.reused(env)
             if result is None:
                 return None
-            txn = self._checked(key, env, result, time.perf_counter() - started, state)
-        return self._reply(r, txn, state)
+            return self._first(r, key, env, result, time.perf_counter() - started, state)
+        return self._reply(r, txn, a.get("protocol_state", "").strip().upper())
 
     async def _answer_checked(self, r: PolicyRequest) -> Reply:
         state = r.get("protocol_state").strip().upper()
@@ -153,8 +190,36 @@ class PolicyServer:
         assert env is not None  # _answer_now answered DUNNO otherwise
         started = time.perf_counter()
         result = await self.app.checker.check(env)
-        txn = self._checked(self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
-        return self._reply(r, txn, state)
+        return self._first(r, self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
+
+    def _first(
+        self, r: PolicyRequest, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+    ) -> Reply:
+        """The first answer of a transaction, from its check's *result*; kept for reuse while it holds."""
+        checker = self.app.checker
+        enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)  # for the log line
+        txn = self._checked(key, env, result, seconds, state, enforcement)
+        reply = self._reply(r, txn, state)
+        if result.valid_until > time.monotonic():
+            kept = Answer(checker, result, reply, state, tuple(txn.headers), env, self._mode(), enforcement)
+            self._answers.put(tuple(map(r.attrs.get, ANSWER_KEY)), kept)
+        return reply
+
+    def _reuse(self, kept: Answer, key: tuple[str, ...], queue_id: str | None, started: float) -> Reply:
+        """A new transaction answered as a kept one was: counted and logged as a reused check."""
+        app = self.app
+        checker = kept.checker
+        checker.result_hits += 1  # as Checker.reused counts
+        verdict = kept.result.verdict
+        if key[0]:
+            self._transactions.put(key, Transaction(verdict, kept.state, list(kept.headers)))
+        seconds = time.perf_counter() - started
+        app.metrics.check(verdict, seconds, checker, PROTOCOL)
+        if _CHECK_LOGGER.isEnabledFor(logging.INFO):
+            app.check_log.check(
+                kept.env, kept.result, seconds, kept.mode, app.log_mask, kept.enforcement, queue_id or "-"
+            )
+        return kept.reply
 
     def _mode(self) -> str:
         return self.settings.mode or self.app.checker.config.mode
@@ -211,15 +276,20 @@ class PolicyServer:
         )
 
     def _checked(
-        self, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+        self,
+        key: tuple[str, ...],
+        env: Envelope,
+        result: CheckResult,
+        seconds: float,
+        state: str,
+        enforcement: Enforcement,
     ) -> Transaction:
-        """Count and log a check (as the HTTP listener does) and remember its transaction."""
+        """Count and log a check (as the HTTP listener does) and remember its transaction.
+        *enforcement*: the decision for this request's recipient, logged as enforce= (as HTTP does)."""
         app = self.app
         checker = app.checker
-        app.metrics.check(result.verdict, seconds, checker)
+        app.metrics.check(result.verdict, seconds, checker, PROTOCOL)
         if _CHECK_LOGGER.isEnabledFor(logging.INFO):  # CheckLog.enabled, without getLogger's lock per check
-            # enforce=: the decision for this request's recipient, as the HTTP listener logs it
-            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
             app.check_log.check(env, result, seconds, self._mode(), app.log_mask, enforcement)
         txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
         if key[0]:
@@ -291,7 +361,7 @@ class PolicyProtocol(asyncio.Protocol):
             if self.task is None and not self.queue:
                 reply = self.server.answer_now(item)
                 if reply is not None:  # no waiting: answered here, without a task
-                    self._write(item, reply)
+                    self._write(item, reply, now)
                     continue
             self.queue.append(item)
         if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
@@ -310,15 +380,16 @@ class PolicyProtocol(asyncio.Protocol):
         else:
             self.request_started = None
 
-    def _write(self, request: PolicyRequest | BadRequest, reply: Reply) -> None:
-        status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
-        self.server.app.metrics.request(METRIC_PATH, status)
-        if self.transport is None or self.transport.is_closing():
+    def _write(self, request: PolicyRequest | BadRequest, reply: Reply, now: float | None = None) -> None:
+        app = self.server.app
+        app.metrics.request(METRIC_PATH, "bad" if request.__class__ is BadRequest else reply.status)
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        self.transport.write(reply.line())
-        self.last_activity = self.loop.time()
-        if self.server.app.draining and not self.queue:
-            self.transport.close()
+        transport.write(reply.wire)
+        self.last_activity = self.loop.time() if now is None else now
+        if app.draining and not self.queue:
+            transport.close()
 
     async def _serve(self) -> None:
         try:
