@@ -109,7 +109,8 @@ class PolicyServer:
         self.connections: set[PolicyProtocol] = set()
         self._bad_logged = -BAD_LOG_SECONDS
         self._bad_unlogged = 0
-        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
+        # Postfix instance -> its transaction; an Answer stands for a transaction begun from it
+        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction | Answer] = TwoGenerationLRU(
             self.settings.transactions
         )
         self._answers: TwoGenerationLRU[tuple[str | None, ...], Answer] = TwoGenerationLRU(ANSWERS)
@@ -160,16 +161,19 @@ class PolicyServer:
             log.exception("policy request failed for client=%s", request.get("client_address")[:64])
             return DUNNO
 
-    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:
+    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:  # as _answer_now makes it
         return (a.get("instance", ""), a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
 
     def _answer_now(self, r: PolicyRequest) -> Reply | None:
         a = r.attrs
-        key = self._transaction_key(a)
+        get = a.get
+        key = (get("instance", ""), get("client_address", ""), get("helo_name", ""), get("sender", ""))
         txn = self._transactions.get(key) if key[0] else None
+        if txn.__class__ is Answer:  # a transaction answered from a kept answer: its second request
+            txn = self._transaction_of(key, cast(Answer, txn))
         if txn is None:
             started = time.perf_counter()
-            kept = self._answers.get(tuple(map(a.get, ANSWER_KEY)))
+            kept = self._answers.get(tuple(map(get, ANSWER_KEY)))
             if kept is not None and kept.checker is self.app.checker and kept.result.valid_until > time.monotonic():
                 return self._reuse(kept, key, a.get("queue_id"), started)
             state = a.get("protocol_state", "").strip().upper()
@@ -182,7 +186,13 @@ class PolicyServer:
             if result is None:
                 return None
             return self._first(r, key, env, result, time.perf_counter() - started, state)
-        return self._reply(r, txn, a.get("protocol_state", "").strip().upper())
+        return self._reply(r, cast(Transaction, txn), get("protocol_state", "").strip().upper())
+
+    def _transaction_of(self, key: tuple[str, ...], kept: Answer) -> Transaction:
+        """The transaction a kept answer began (made only when a second request of it comes)."""
+        txn = Transaction(kept.result.verdict, kept.state, list(kept.headers))
+        self._transactions.put(key, txn)
+        return txn
 
     async def _answer_checked(self, r: PolicyRequest) -> Reply:
         state = r.get("protocol_state").strip().upper()
@@ -212,7 +222,7 @@ class PolicyServer:
         checker.result_hits += 1  # as Checker.reused counts
         verdict = kept.result.verdict
         if key[0]:
-            self._transactions.put(key, Transaction(verdict, kept.state, list(kept.headers)))
+            self._transactions.put(key, kept)  # the transaction, until it has a second request
         seconds = time.perf_counter() - started
         app.metrics.check(verdict, seconds, checker, PROTOCOL)
         if _CHECK_LOGGER.isEnabledFor(logging.INFO):
