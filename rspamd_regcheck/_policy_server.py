@@ -147,9 +147,10 @@ class PolicyServer:
             log.exception("policy request failed for client=%s", request.get("client_address")[:64])
             return DUNNO
 
-    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
-        """The reply to one request, running the check when it must (never raises but for cancellation)."""
-        reply = self.answer_now(request)
+    async def answer(self, request: PolicyRequest | BadRequest, tried: bool = False) -> Reply:
+        """The reply to one request, running the check when it must (never raises but for cancellation).
+        *tried*: `answer_now` said None for it a moment ago (no need to ask it again)."""
+        reply = None if tried else self.answer_now(request)
         if reply is not None:
             return reply
         assert isinstance(request, PolicyRequest)  # a bad request is answered at once
@@ -316,6 +317,7 @@ class PolicyProtocol(asyncio.Protocol):
         self.settings = settings
         self.reader = RequestReader(settings.max_line, settings.max_attributes)
         self.queue: deque[PolicyRequest | BadRequest] = deque()
+        self.tried: PolicyRequest | BadRequest | None = None  # the queue's head, when answer_now said None
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -373,6 +375,7 @@ class PolicyProtocol(asyncio.Protocol):
                 if reply is not None:  # no waiting: answered here, without a task
                     self._write(item, reply, now)
                     continue
+                self.tried = item
             self.queue.append(item)
         if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
             self.paused = True
@@ -405,7 +408,8 @@ class PolicyProtocol(asyncio.Protocol):
         try:
             while self.queue and self.transport is not None and not self.transport.is_closing():
                 request = self.queue.popleft()
-                self._write(request, await self.server.answer(request))
+                tried, self.tried = request is self.tried, None
+                self._write(request, await self.server.answer(request, tried))
                 if self.paused and len(self.queue) < MAX_QUEUED // 2:
                     self.paused = False
                     self.transport.resume_reading()
