@@ -30,7 +30,7 @@ FLUSH_SECONDS = 1.0
 # The front ends, as regcheck_checks_total{protocol} and regcheck_check_seconds{protocol} name them:
 # rspamd's HTTP protocol, its legacy RSPAMC and SpamAssassin's SPAMC (`_legacy`), Postfix's policy service.
 PROTOCOLS = ("http", "rspamc", "spamc", "policy")
-MAX_VERDICT_KEYS = 4096  # verdicts whose counter keys are kept (a reused result's verdict is the same object)
+MAX_VERDICT_KEYS = 1024  # verdicts counted between two flushes (a reused result's verdict is the same object)
 
 _instruments: dict[str, Any] = {}  # one set per process: prometheus_client refuses duplicates
 
@@ -65,7 +65,8 @@ class Metrics:
         # protocol -> the bucket counts, then the sum of the seconds (the list's last item)
         self._latency: dict[str, list[float]] = {}
         # (id(verdict), protocol) -> [verdict, the tally keys one check of it adds 1 to, checks not
-        # yet added]: a check is one increment; the flush adds them up per key (`_fold`)
+        # yet added]: a check is one increment; the flush adds them up per key and lets the
+        # verdicts go (`_fold`), so no verdict is held longer than a second
         self._checks: dict[tuple[int, str], list[Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._dns_source: Any = None  # where the DNS counters are read at the next flush
@@ -142,6 +143,7 @@ class Metrics:
             return
         self._dns_deltas()
         self._fold()
+        self._checks.clear()
         m = self._m
         for (kind, a, b), n in self._tally.items():
             if kind == "requests":

@@ -63,7 +63,7 @@ METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=.
 PROTOCOL = "policy"  # and in regcheck_checks_total{protocol=...}, regcheck_check_seconds{protocol=...}
 MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
 BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
-ANSWERS = 4096  # first answers kept per worker (`Answer`)
+ANSWERS = 2048  # first answers kept per worker (`Answer`; each holds a check result)
 # What the first answer of a transaction follows from, besides the configuration and the check's
 # result; the check's own inputs (`_check._result_key`) are among them.
 ANSWER_KEY = (

@@ -133,3 +133,22 @@ def test_counts_survive_many_verdicts() -> None:
     asyncio.run(count())
     assert registry.get_sample_value("regcheck_checks_total", {"protocol": "policy", "verdict": "ACCEPT"}) == n
     assert registry.get_sample_value("regcheck_check_seconds_count", {"protocol": "policy"}) == n
+
+
+def test_no_verdict_is_held_after_a_flush() -> None:
+    """The per-verdict counts hold their verdicts only until the flush (a soak with ever new
+    verdicts must not grow the worker's memory)."""
+    import gc
+    import weakref
+
+    m, _ = metrics()
+
+    async def count() -> weakref.ref[Verdict]:
+        v = verdict(Action.ACCEPT, "REGCHECK_QR1_ALLOW")
+        m.check(v, 0.0, NO_DNS, "http")
+        m.flush()
+        return weakref.ref(v)
+
+    ref = asyncio.run(count())
+    gc.collect()
+    assert ref() is None
