@@ -83,7 +83,8 @@ class Metrics:
     def request(self, path: str, status: int | str) -> None:
         if self.enabled:
             self._tally["requests", path, str(status)] += 1
-            self._soon()
+            if self._timer is None:
+                self._soon()
 
     def legacy(self, protocol: str, command: str, code: int) -> None:
         """Count a request of the legacy text protocols (`_legacy`), by its reply's sysexits code."""
