@@ -23,6 +23,11 @@ before (in that process).  Warm: a pool of 100 domains asked once untimed,
 then again and again.  "one" is one connection; "many" is C connections
 (C processes for policyd-spf).  Start-up is never timed.
 
+Beside each rate, the CPU time the answering processes spent per request
+(from /proc/PID/task/*/schedstat: our worker processes, policyd-spf's
+processes, the floor's server; not the driver's, not knot's): it moves
+less with the load of a shared machine than a rate does.
+
 It also measures the case docs/postfix.md describes: rspamd asking the
 worker (over HTTP, as the plugin does) about a message Postfix's policy
 request already checked: how many DNS questions that second check asks, and
@@ -102,6 +107,7 @@ class Channel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter | asyncio.StreamWriter, expect: str):
         self.reader, self.writer, self.expect = reader, writer, expect
         self.sent = 0
+        self.pids: list[int] = []  # the processes answering it (policyd-spf's), for its CPU time
 
     async def ask(self, domain: str) -> None:
         self.sent += 1
@@ -141,6 +147,7 @@ async def policyd_channel(
     )
     assert proc.stdin is not None and proc.stdout is not None
     channel = Channel(proc.stdout, proc.stdin, "Received-SPF: Pass")
+    channel.pids = [proc.pid]
 
     async def close() -> None:
         assert proc.stdin is not None
@@ -163,6 +170,31 @@ async def drive(channels: list[Channel], work: list[list[str]]) -> float:
     t0 = time.perf_counter()
     await asyncio.gather(*(one(ch, w) for ch, w in zip(channels, work, strict=True)))
     return sum(len(w) for w in work) / (time.perf_counter() - t0)
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time the processes *pids* have run, all their threads, in nanoseconds."""
+    total = 0
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                total += int(stat.read_text().split()[0])
+            except (OSError, ValueError, IndexError):  # a thread that just ended
+                pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def timed(
+    out: dict[str, float], name: str, channels: list[Channel], work: list[list[str]], pids: list[int]
+) -> None:
+    """Drive *work* and record its rate as *name*, and the CPU time *pids* spent per request as *name* cpu."""
+    before = cpu_ns(pids)
+    out[name] = await drive(channels, work)
+    out[f"{name} cpu"] = (cpu_ns(pids) - before) / 1000 / sum(len(w) for w in work)
 
 
 def names(lo: int, hi: int) -> list[str]:
@@ -249,10 +281,10 @@ async def measure(
                 break
             except OSError:
                 await asyncio.sleep(0.1)
-        out["floor one"] = await drive([ch], [pool * warm_reps_ours])
+        await timed(out, "floor one", [ch], [pool * warm_reps_ours], [bare.pid])
         await close()
         pairs = [await ours_channel(port) for _ in range(MANY)]
-        out["floor many"] = await drive([c for c, _ in pairs], [pool * warm_reps_ours] * MANY)
+        await timed(out, "floor many", [c for c, _ in pairs], [pool * warm_reps_ours] * MANY, [bare.pid])
         for _, close in pairs:
             await close()
     finally:
@@ -262,15 +294,16 @@ async def measure(
     worker = Worker(work, kport)
     try:
         ch, close = await ours_channel(worker.port)
-        out["ours cold one"] = await drive([ch], [take(cold_one)])
+        pids = children(worker.proc.pid)  # the worker processes
+        await timed(out, "ours cold one", [ch], [take(cold_one)], pids)
         await drive([ch], [pool])  # fill the caches
-        out["ours warm one"] = await drive([ch], [pool * warm_reps_ours])
+        await timed(out, "ours warm one", [ch], [pool * warm_reps_ours], pids)
         await close()
         pairs = [await ours_channel(worker.port) for _ in range(MANY)]
         chans = [c for c, _ in pairs]
-        out["ours cold many"] = await drive(chans, split(take(cold_many), MANY))
+        await timed(out, "ours cold many", chans, split(take(cold_many), MANY), pids)
         await drive(chans, [pool] * MANY)  # every worker process's caches, untimed
-        out["ours warm many"] = await drive(chans, [pool * warm_reps_ours] * MANY)
+        await timed(out, "ours warm many", chans, [pool * warm_reps_ours] * MANY, pids)
         for _, close in pairs:
             await close()
     finally:
@@ -299,6 +332,11 @@ async def measure(
         first, second = check_times(worker.log_path.read_text())
         out["policy check ms (first, cold)"] = first
         out["rspamd check ms (second)"] = second
+        # the warm run again with the check log on (log.level = "info", the default; above: "warning")
+        ch, close = await ours_channel(worker.port)
+        await drive([ch], [pool])
+        await timed(out, "ours warm one logged", [ch], [pool * warm_reps_ours], children(worker.proc.pid))
+        await close()
     finally:
         worker.stop()
 
@@ -310,17 +348,18 @@ async def measure(
             ch, close = await policyd_channel(python, kport, cache, fd)
             if cache:
                 await drive([ch], [pool])
-                out[f"policyd-spf {label} one"] = await drive([ch], [pool * warm_reps_peer])
+                await timed(out, f"policyd-spf {label} one", [ch], [pool * warm_reps_peer], ch.pids)
             else:
-                out[f"policyd-spf {label} one"] = await drive([ch], [take(peer_one)])
+                await timed(out, f"policyd-spf {label} one", [ch], [take(peer_one)], ch.pids)
             await close()
             pairs = [await policyd_channel(python, kport, cache, fd) for _ in range(MANY)]
             chans = [c for c, _ in pairs]
+            pids = [pid for c in chans for pid in c.pids]
             if cache:
                 await drive(chans, [pool] * MANY)
-                out[f"policyd-spf {label} many"] = await drive(chans, [pool * warm_reps_peer] * MANY)
+                await timed(out, f"policyd-spf {label} many", chans, [pool * warm_reps_peer] * MANY, pids)
             else:
-                out[f"policyd-spf {label} many"] = await drive(chans, split(take(peer_many), MANY))
+                await timed(out, f"policyd-spf {label} many", chans, split(take(peer_many), MANY), pids)
             for _, close in pairs:
                 await close()
     return out
@@ -369,6 +408,25 @@ def report(rounds: list[dict[str, float]], started: str, seconds: float) -> str:
             label = f"{temp}, {'1 connection' if conns == 'one' else f'{MANY} connections'}"
             lines.append(f"| {label} | {rng(ours)} | {rng(peer)} | {ratio:.1f}x | >= {target:.0f}x | {verdict} |")
     lines += [
+        "",
+        "CPU time per request, in microseconds, of the processes that answer (median of the rounds; not the",
+        "driver's, not knot's): it moves less with the machine's load than the rates above.",
+        "",
+        "| run | rspamd-regcheck | policyd-spf | ratio | the floor's server |",
+        "|---|---|---|---|---|",
+    ]
+    for temp in ("warm", "cold"):
+        for conns in ("one", "many"):
+            ours, peer = f"ours {temp} {conns} cpu", f"policyd-spf {temp} {conns} cpu"
+            label = f"{temp}, {'1 connection' if conns == 'one' else f'{MANY} connections'}"
+            floor = f"{med(f'floor {conns} cpu'):.1f}" if temp == "warm" else ""
+            lines.append(f"| {label} | {med(ours):.1f} | {med(peer):.1f} | {times(peer, ours)}x | {floor} |")
+    lines += [
+        "",
+        'Our worker runs with `log.level = "warning"` above: no line per check. With the default, "info", every',
+        "check (a reused one too) writes its line (batched, to a file here): warm on 1 connection that gives"
+        f" {rng('ours warm one logged')} requests/s at {med('ours warm one logged cpu'):.1f} us of CPU per request"
+        f" ({times('ours warm one logged', 'policyd-spf warm one')}x policyd-spf's warm rate).",
         "",
         "Warm does not mean the same work (shared peer-perf notes the same): ours reuses the check's result while",
         "every DNS answer it rests on is cached; policyd-spf's dnspython cache answers every lookup, but it",

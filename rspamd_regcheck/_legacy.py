@@ -573,7 +573,7 @@ class LegacyProtocol(asyncio.Protocol):
             enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)  # RSPAMC sends Rcpt
             reply = build_reply(result.verdict, checker.config, result.queries, enforcement)
             seconds = time.perf_counter() - started
-            self.app.metrics.check(result.verdict, seconds, checker)
+            self.app.metrics.check(result.verdict, seconds, checker, self.proto.value.lower())
             if self.app.check_log.enabled:
                 self.app.check_log.check(env, result, seconds, checker.config.mode, self.app.log_mask, enforcement)
             if request.line.proto is Proto.RSPAMC:

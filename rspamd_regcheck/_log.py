@@ -117,9 +117,11 @@ class CheckLog:
         mode: str,
         mask: bool,
         enforcement: Enforcement = NO_ACTION,
+        queue_id: str | None = None,
     ) -> None:
         """Log one check.  The part that only depends on the result is rendered once per result
-        (a reused result has the same IP, HELO and verdict): the queue id and the time vary."""
+        (a reused result has the same IP, HELO and verdict): the queue id and the time vary.
+        *queue_id*, when given, is logged instead of *env*'s (a kept envelope, another message)."""
         entry = self._static.get(id(result))
         if entry is None or entry[0] is not result:
             if _format == "json":
@@ -140,7 +142,7 @@ class CheckLog:
             self._static[id(result)] = entry  # holding the result keeps its id from being reused
             if len(self._static) > MAX_STATIC:
                 self._static.popitem(last=False)
-        qid, ms = env.queue_id or "-", round(seconds * 1000, 3)
+        qid, ms = (queue_id if queue_id is not None else env.queue_id) or "-", round(seconds * 1000, 3)
         action = enforcement.action.value
         if _format == "json":
             self.write({"event": "check", "qid": qid, **entry[1], "enforce": action, "ms": ms})

@@ -27,6 +27,10 @@ from ._types import Verdict
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FLUSH_SECONDS = 1.0
+# The front ends, as regcheck_checks_total{protocol} and regcheck_check_seconds{protocol} name them:
+# rspamd's HTTP protocol, its legacy RSPAMC and SpamAssassin's SPAMC (`_legacy`), Postfix's policy service.
+PROTOCOLS = ("http", "rspamc", "spamc", "policy")
+MAX_VERDICT_KEYS = 1024  # verdicts counted between two flushes (a reused result's verdict is the same object)
 
 _instruments: dict[str, Any] = {}  # one set per process: prometheus_client refuses duplicates
 
@@ -37,9 +41,11 @@ def _make_instruments() -> dict[str, Any]:
 
         _instruments.update(
             requests=Counter("regcheck_requests", "HTTP requests answered", ["path", "status"]),
-            checks=Counter("regcheck_checks", "Checks by seed verdict", ["verdict"]),
+            checks=Counter("regcheck_checks", "Checks by front end and seed verdict", ["protocol", "verdict"]),
             symbols=Counter("regcheck_symbols", "Symbols given", ["symbol"]),
-            latency=Histogram("regcheck_check_seconds", "Time to answer a check", buckets=LATENCY_BUCKETS),
+            latency=Histogram(
+                "regcheck_check_seconds", "Time to answer a check", ["protocol"], buckets=LATENCY_BUCKETS
+            ),
             dns=Counter("regcheck_dns", "DNS events: questions sent, cache hits and misses, failures", ["event"]),
             budget=Counter("regcheck_budget_stops", "Checks with a method or the check stopped by a query budget"),
             legacy=Counter(
@@ -56,8 +62,12 @@ class Metrics:
         self.enabled = enabled and bool(os.environ.get(ENV))
         self._last: dict[str, int] = {}
         self._tally: Tally[tuple[str, str, str]] = Tally()  # (instrument, label 1, label 2) -> count
-        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
+        # protocol -> the bucket counts, then the sum of the seconds (the list's last item)
+        self._latency: dict[str, list[float]] = {}
+        # (id(verdict), protocol) -> [verdict, the tally keys one check of it adds 1 to, checks not
+        # yet added]: a check is one increment; the flush adds them up per key and lets the
+        # verdicts go (`_fold`), so no verdict is held longer than a second
+        self._checks: dict[tuple[int, str], list[Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._dns_source: Any = None  # where the DNS counters are read at the next flush
         if self.enabled:
@@ -73,7 +83,8 @@ class Metrics:
     def request(self, path: str, status: int | str) -> None:
         if self.enabled:
             self._tally["requests", path, str(status)] += 1
-            self._soon()
+            if self._timer is None:
+                self._soon()
 
     def legacy(self, protocol: str, command: str, code: int) -> None:
         """Count a request of the legacy text protocols (`_legacy`), by its reply's sysexits code."""
@@ -81,23 +92,38 @@ class Metrics:
             self._tally["legacy", f"{protocol}\0{command}", str(code)] += 1
             self._soon()
 
-    def check(self, verdict: Verdict, seconds: float, dns_source: Any) -> None:
-        """Count one check.  *dns_source* (a Checker: ``resolver``, ``result_hits``) is read at the
-        next flush: its counters are cumulative, so reading them once a second loses nothing."""
+    def check(self, verdict: Verdict, seconds: float, dns_source: Any, protocol: str = "http") -> None:
+        """Count one check, asked in *protocol* (one of `PROTOCOLS`).  *dns_source* (a Checker:
+        ``resolver``, ``result_hits``) is read at the next flush: its counters are cumulative, so
+        reading them once a second loses nothing."""
         if not self.enabled:
             return
         self._dns_source = dns_source
+        entry = self._checks.get((id(verdict), protocol))
+        if entry is None:
+            if len(self._checks) >= MAX_VERDICT_KEYS:
+                self._fold()
+                self._checks.clear()
+            # holding the verdict keeps its id from being another's
+            entry = self._checks[id(verdict), protocol] = [verdict, verdict_keys(verdict, protocol), 0]
+        entry[2] += 1
+        latency = self._latency.get(protocol)
+        if latency is None:
+            latency = self._latency[protocol] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
+        if self._timer is None:
+            self._soon()
+
+    def _fold(self) -> None:
+        """Add the checks counted per verdict to the tally of each of their keys."""
         tally = self._tally
-        tally["checks", verdict.seed.action.value, ""] += 1
-        self._latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self._latency_sum += seconds
-        budget = False
-        for hit in verdict.symbols:
-            tally["symbols", hit.name, ""] += 1
-            budget = budget or hit.name == "REGCHECK_BUDGET"
-        if budget:
-            tally["budget", "", ""] += 1
-        self._soon()
+        for entry in self._checks.values():
+            n = entry[2]
+            if n:
+                for key in entry[1]:
+                    tally[key] += n
+                entry[2] = 0
 
     def _dns_deltas(self) -> None:
         source, self._dns_source = self._dns_source, None
@@ -117,6 +143,8 @@ class Metrics:
         if not self.enabled:
             return
         self._dns_deltas()
+        self._fold()
+        self._checks.clear()
         m = self._m
         for (kind, a, b), n in self._tally.items():
             if kind == "requests":
@@ -125,13 +153,14 @@ class Metrics:
                 m["budget"].inc(n)
             elif kind == "legacy":
                 m["legacy"].labels(*a.split("\0"), b).inc(n)
+            elif kind == "checks":
+                m["checks"].labels(a, b).inc(n)
             else:
                 m[kind].labels(a).inc(n)
         self._tally.clear()
-        if any(self._latency):
-            _add_to_histogram(m["latency"], self._latency, self._latency_sum)
-            self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
-            self._latency_sum = 0.0
+        for protocol, latency in self._latency.items():
+            _add_to_histogram(m["latency"].labels(protocol), [int(n) for n in latency[:-1]], latency[-1])
+        self._latency.clear()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format of every worker's metrics added up."""
@@ -141,6 +170,15 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def verdict_keys(verdict: Verdict, protocol: str) -> tuple[tuple[str, str, str], ...]:
+    """The tally keys one check with *verdict* adds 1 to: its verdict, its symbols, a budget stop."""
+    keys = [("checks", protocol, verdict.seed.action.value)]
+    keys += [("symbols", hit.name, "") for hit in verdict.symbols]
+    if any(hit.name == "REGCHECK_BUDGET" for hit in verdict.symbols):
+        keys.append(("budget", "", ""))
+    return tuple(keys)
 
 
 def _add_to_histogram(histogram: Any, counts: list[int], total: float) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -111,7 +112,10 @@ class BadRequest:
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_LINE = re.compile(r"^[ \t]*([A-Za-z0-9_.\-]{1,64})[ \t]*=([^\r\n]*)$", re.M)  # a good line, as _line reads it
+_NAMES = re.compile(r"[A-Za-z0-9_.\-]{1,64}(?:\n[A-Za-z0-9_.\-]{1,64})*")  # good names, one a line
+_SPLIT_ONCE = operator.methodcaller("split", "=", 1)  # "name=value" -> ["name", "value"] (no Python frame)
+_GOOD_NAMES: set[str] = set()  # names _NAMES took already (a set lookup is cheaper than the match)
+MAX_GOOD_NAMES = 1024
 
 
 class RequestReader:
@@ -133,6 +137,11 @@ class RequestReader:
         return self._started
 
     def feed(self, data: bytes) -> list[PolicyRequest | BadRequest]:
+        if not self._started and data[-2:] == b"\n\n" and data.find(b"\n\n") == len(data) - 2:
+            # Postfix's usual read: one whole request, nothing before it: read it in place
+            whole = self._block(data[:-2])
+            if whole is not None:
+                return [whole]
         out: list[PolicyRequest | BadRequest] = []
         if data:
             self._started = True
@@ -172,18 +181,37 @@ class RequestReader:
         CRLF line ends); that path then reads the same bytes and decides.
         """
         end = self._buf.find(b"\n\n")
-        if end <= 0 or end > self.max_line * self.max_attributes:
+        if end <= 0:
             return None
-        block = bytes(self._buf[:end])
+        whole = self._block(bytes(self._buf[:end]))
+        if whole is not None:
+            del self._buf[: end + 2]
+        return whole
+
+    def _block(self, block: bytes) -> PolicyRequest | BadRequest | None:
+        """The request of *block* (its lines without the empty one) when every line is a good one
+        within the limits; None when the line-by-line path must read it (and name what is wrong)."""
+        if not block or len(block) > self.max_line * self.max_attributes:
+            return None
         text = block.decode("utf-8", "replace")
-        pairs = _LINE.findall(text)
-        if len(pairs) != text.count("\n") + 1 or len(pairs) > self.max_attributes:
+        if "\r" in text:
+            return None  # CRLF line ends
+        try:
+            attrs = dict(map(_SPLIT_ONCE, text.split("\n")))
+        except ValueError:  # a line without '='
             return None
-        if end > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
+        if len(attrs) > self.max_attributes:
             return None
-        del self._buf[: end + 2]
-        self._attrs = dict(pairs)
-        return self._finish()
+        if not attrs.keys() <= _GOOD_NAMES:  # Postfix sends the same few dozen names every time
+            if _NAMES.fullmatch("\n".join(attrs)) is None:
+                return None
+            if len(_GOOD_NAMES) < MAX_GOOD_NAMES:
+                _GOOD_NAMES.update(attrs)
+        if len(block) > self.max_line and max(map(len, block.split(b"\n"))) > self.max_line:
+            return None
+        if attrs.get("request") != "smtpd_access_policy":
+            return None
+        return PolicyRequest(attrs)
 
     def _fail(self, reason: str) -> None:
         if self._error is None:
@@ -254,15 +282,26 @@ def policy_action(
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer: the action and its text (the header for PREPEND)."""
+    """One answer: the action and its text (the header for PREPEND).
+
+    Its bytes on the wire (`line`) and its status label for the request
+    metrics are made once, when it is made: a reply kept for reuse is
+    written as it is.
+    """
 
     kind: Kind
     text: str = ""
+    wire: bytes = field(init=False, repr=False, compare=False)
+    status: str = field(init=False, repr=False, compare=False)  # regcheck_requests_total{status}
+
+    def __post_init__(self) -> None:
+        text = f"action={self.kind.value}" if not self.text else self._with_text()
+        object.__setattr__(self, "wire", text.encode("ascii")[:MAX_ACTION_LINE] + b"\n\n")
+        object.__setattr__(self, "status", self.kind.value.lower())
 
     def line(self) -> bytes:
         """The reply on the wire: ``action=...`` and the empty line."""
-        text = f"action={self.kind.value}" if not self.text else self._with_text()
-        return text.encode("ascii")[:MAX_ACTION_LINE] + b"\n\n"
+        return self.wire
 
     def _with_text(self) -> str:
         if self.kind is Kind.REJECT:

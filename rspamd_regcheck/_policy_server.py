@@ -18,6 +18,12 @@ and request timeouts close a connection.
 Answers that need no waiting (a transaction already checked, a result the
 checker can reuse) are written from ``data_received``; a check that must ask
 the DNS runs in a task, and the requests behind it wait their turn.
+
+A warm sender's next transaction is the common request and the cheap one:
+the first answer of a transaction is kept (`Answer`) under the attributes it
+follows from, and a later request with the same ones, while the check's
+result holds, takes it without building an envelope or asking the checker;
+it is counted and logged as a reused check all the same.
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ._check import CheckResult, Envelope, parse_ip
-from ._enforce import enforce
+from ._check import Checker, CheckResult, Envelope, parse_ip
+from ._enforce import Enforcement, enforce
 from ._http import App
 from ._log import CHECK_LOGGER
 from ._lru import TwoGenerationLRU
@@ -54,17 +60,45 @@ from ._types import Verdict
 log = logging.getLogger("rspamd_regcheck.policy")
 _CHECK_LOGGER = logging.getLogger(CHECK_LOGGER)
 METRIC_PATH = "policy"  # the protocol's label in regcheck_requests_total{path=...}
+PROTOCOL = "policy"  # and in regcheck_checks_total{protocol=...}, regcheck_check_seconds{protocol=...}
 MAX_QUEUED = 16  # requests read ahead of their answers; past it, reading pauses
 BAD_LOG_SECONDS = 1.0  # at most one "bad policy request" line a second per worker
+ANSWERS = 2048  # first answers kept per worker (`Answer`; each holds a check result)
+# What the first answer of a transaction follows from, besides the configuration and the check's
+# result; the check's own inputs (`_check._result_key`) are among them.
+ANSWER_KEY = (
+    "protocol_state",
+    "client_address",
+    "helo_name",
+    "sender",
+    "sasl_username",
+    "recipient",
+    "recipient_count",
+)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """One Postfix transaction: its verdict and the headers still to prepend."""
 
     verdict: Verdict
     state: str  # the protocol_state at which the check ran
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The first answer of a transaction, kept for the next transaction with the same `ANSWER_KEY`
+    attributes: while *result* holds and *checker* is the worker's, it is the same answer."""
+
+    checker: Checker
+    result: CheckResult
+    reply: Reply
+    state: str
+    headers: tuple[tuple[str, str], ...]  # still to prepend after *reply*
+    env: Envelope  # for the log line (its fixed part: IP, HELO)
+    mode: str
+    enforcement: Enforcement
 
 
 class PolicyServer:
@@ -75,9 +109,11 @@ class PolicyServer:
         self.connections: set[PolicyProtocol] = set()
         self._bad_logged = -BAD_LOG_SECONDS
         self._bad_unlogged = 0
-        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction] = TwoGenerationLRU(
+        # Postfix instance -> its transaction; an Answer stands for a transaction begun from it
+        self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction | Answer] = TwoGenerationLRU(
             self.settings.transactions
         )
+        self._answers: TwoGenerationLRU[tuple[str | None, ...], Answer] = TwoGenerationLRU(ANSWERS)
 
     @property
     def settings(self) -> PolicySettings:
@@ -111,9 +147,10 @@ class PolicyServer:
             log.exception("policy request failed for client=%s", request.get("client_address")[:64])
             return DUNNO
 
-    async def answer(self, request: PolicyRequest | BadRequest) -> Reply:
-        """The reply to one request, running the check when it must (never raises but for cancellation)."""
-        reply = self.answer_now(request)
+    async def answer(self, request: PolicyRequest | BadRequest, tried: bool = False) -> Reply:
+        """The reply to one request, running the check when it must (never raises but for cancellation).
+        *tried*: `answer_now` said None for it a moment ago (no need to ask it again)."""
+        reply = None if tried else self.answer_now(request)
         if reply is not None:
             return reply
         assert isinstance(request, PolicyRequest)  # a bad request is answered at once
@@ -125,27 +162,38 @@ class PolicyServer:
             log.exception("policy request failed for client=%s", request.get("client_address")[:64])
             return DUNNO
 
-    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:
+    def _transaction_key(self, a: Mapping[str, str]) -> tuple[str, ...]:  # as _answer_now makes it
         return (a.get("instance", ""), a.get("client_address", ""), a.get("helo_name", ""), a.get("sender", ""))
 
     def _answer_now(self, r: PolicyRequest) -> Reply | None:
-        settings = self.settings
         a = r.attrs
-        state = a.get("protocol_state", "").strip().upper()
-        key = self._transaction_key(a)
+        get = a.get
+        key = (get("instance", ""), get("client_address", ""), get("helo_name", ""), get("sender", ""))
         txn = self._transactions.get(key) if key[0] else None
+        if txn.__class__ is Answer:  # a transaction answered from a kept answer: its second request
+            txn = self._transaction_of(key, cast(Answer, txn))
         if txn is None:
-            if state_rank(state) < state_rank(settings.state):
+            started = time.perf_counter()
+            kept = self._answers.get(tuple(map(get, ANSWER_KEY)))
+            if kept is not None and kept.checker is self.app.checker and kept.result.valid_until > time.monotonic():
+                return self._reuse(kept, key, a.get("queue_id"), started)
+            state = a.get("protocol_state", "").strip().upper()
+            if state_rank(state) < state_rank(self.settings.state):
                 return DUNNO  # not yet the state the check runs at (or VRFY, ETRN)
             env = self._envelope(r)
             if env is None:
                 return DUNNO
-            started = time.perf_counter()
             result = self.app.checker.reused(env)
             if result is None:
                 return None
-            txn = self._checked(key, env, result, time.perf_counter() - started, state)
-        return self._reply(r, txn, state)
+            return self._first(r, key, env, result, time.perf_counter() - started, state)
+        return self._reply(r, cast(Transaction, txn), get("protocol_state", "").strip().upper())
+
+    def _transaction_of(self, key: tuple[str, ...], kept: Answer) -> Transaction:
+        """The transaction a kept answer began (made only when a second request of it comes)."""
+        txn = Transaction(kept.result.verdict, kept.state, list(kept.headers))
+        self._transactions.put(key, txn)
+        return txn
 
     async def _answer_checked(self, r: PolicyRequest) -> Reply:
         state = r.get("protocol_state").strip().upper()
@@ -153,8 +201,36 @@ class PolicyServer:
         assert env is not None  # _answer_now answered DUNNO otherwise
         started = time.perf_counter()
         result = await self.app.checker.check(env)
-        txn = self._checked(self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
-        return self._reply(r, txn, state)
+        return self._first(r, self._transaction_key(r.attrs), env, result, time.perf_counter() - started, state)
+
+    def _first(
+        self, r: PolicyRequest, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+    ) -> Reply:
+        """The first answer of a transaction, from its check's *result*; kept for reuse while it holds."""
+        checker = self.app.checker
+        enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)  # for the log line
+        txn = self._checked(key, env, result, seconds, state, enforcement)
+        reply = self._reply(r, txn, state)
+        if result.valid_until > time.monotonic():
+            kept = Answer(checker, result, reply, state, tuple(txn.headers), env, self._mode(), enforcement)
+            self._answers.put(tuple(map(r.attrs.get, ANSWER_KEY)), kept)
+        return reply
+
+    def _reuse(self, kept: Answer, key: tuple[str, ...], queue_id: str | None, started: float) -> Reply:
+        """A new transaction answered as a kept one was: counted and logged as a reused check."""
+        app = self.app
+        checker = kept.checker
+        checker.result_hits += 1  # as Checker.reused counts
+        verdict = kept.result.verdict
+        if key[0]:
+            self._transactions.put(key, kept)  # the transaction, until it has a second request
+        seconds = time.perf_counter() - started
+        app.metrics.check(verdict, seconds, checker, PROTOCOL)
+        if _CHECK_LOGGER.isEnabledFor(logging.INFO):
+            app.check_log.check(
+                kept.env, kept.result, seconds, kept.mode, app.log_mask, kept.enforcement, queue_id or "-"
+            )
+        return kept.reply
 
     def _mode(self) -> str:
         return self.settings.mode or self.app.checker.config.mode
@@ -211,15 +287,20 @@ class PolicyServer:
         )
 
     def _checked(
-        self, key: tuple[str, ...], env: Envelope, result: CheckResult, seconds: float, state: str
+        self,
+        key: tuple[str, ...],
+        env: Envelope,
+        result: CheckResult,
+        seconds: float,
+        state: str,
+        enforcement: Enforcement,
     ) -> Transaction:
-        """Count and log a check (as the HTTP listener does) and remember its transaction."""
+        """Count and log a check (as the HTTP listener does) and remember its transaction.
+        *enforcement*: the decision for this request's recipient, logged as enforce= (as HTTP does)."""
         app = self.app
         checker = app.checker
-        app.metrics.check(result.verdict, seconds, checker)
+        app.metrics.check(result.verdict, seconds, checker, PROTOCOL)
         if _CHECK_LOGGER.isEnabledFor(logging.INFO):  # CheckLog.enabled, without getLogger's lock per check
-            # enforce=: the decision for this request's recipient, as the HTTP listener logs it
-            enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)
             app.check_log.check(env, result, seconds, self._mode(), app.log_mask, enforcement)
         txn = Transaction(result.verdict, state, list(result.verdict.add_headers))
         if key[0]:
@@ -236,6 +317,7 @@ class PolicyProtocol(asyncio.Protocol):
         self.settings = settings
         self.reader = RequestReader(settings.max_line, settings.max_attributes)
         self.queue: deque[PolicyRequest | BadRequest] = deque()
+        self.tried: PolicyRequest | BadRequest | None = None  # the queue's head, when answer_now said None
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -291,8 +373,9 @@ class PolicyProtocol(asyncio.Protocol):
             if self.task is None and not self.queue:
                 reply = self.server.answer_now(item)
                 if reply is not None:  # no waiting: answered here, without a task
-                    self._write(item, reply)
+                    self._write(item, reply, now)
                     continue
+                self.tried = item
             self.queue.append(item)
         if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
             self.paused = True
@@ -310,21 +393,23 @@ class PolicyProtocol(asyncio.Protocol):
         else:
             self.request_started = None
 
-    def _write(self, request: PolicyRequest | BadRequest, reply: Reply) -> None:
-        status = "bad" if isinstance(request, BadRequest) else reply.kind.value.lower()
-        self.server.app.metrics.request(METRIC_PATH, status)
-        if self.transport is None or self.transport.is_closing():
+    def _write(self, request: PolicyRequest | BadRequest, reply: Reply, now: float | None = None) -> None:
+        app = self.server.app
+        app.metrics.request(METRIC_PATH, "bad" if request.__class__ is BadRequest else reply.status)
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        self.transport.write(reply.line())
-        self.last_activity = self.loop.time()
-        if self.server.app.draining and not self.queue:
-            self.transport.close()
+        transport.write(reply.wire)
+        self.last_activity = self.loop.time() if now is None else now
+        if app.draining and not self.queue:
+            transport.close()
 
     async def _serve(self) -> None:
         try:
             while self.queue and self.transport is not None and not self.transport.is_closing():
                 request = self.queue.popleft()
-                self._write(request, await self.server.answer(request))
+                tried, self.tried = request is self.tried, None
+                self._write(request, await self.server.answer(request, tried))
                 if self.paused and len(self.queue) < MAX_QUEUED // 2:
                     self.paused = False
                     self.transport.resume_reading()

@@ -98,5 +98,8 @@ def test_event_values_are_ones_the_worker_counts():
 
 
 def test_parse_exposition():
-    text = '# HELP x y\nregcheck_checks_total{verdict="ACCEPT"} 3.0\nregcheck_budget_stops_total 0.0\n'
-    assert parse_exposition(text) == {"regcheck_checks_total": {"verdict"}, "regcheck_budget_stops_total": set()}
+    text = '# HELP x y\nregcheck_checks_total{protocol="http",verdict="ACCEPT"} 3.0\nregcheck_budget_stops_total 0.0\n'
+    assert parse_exposition(text) == {
+        "regcheck_checks_total": {"protocol", "verdict"},
+        "regcheck_budget_stops_total": set(),
+    }

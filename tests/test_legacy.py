@@ -578,17 +578,20 @@ def test_slow_request_gets_a_timeout_answer(worker):
 
 
 def test_http_still_served_and_legacy_counted_and_logged(worker):
-    before = metric(worker.metrics(), "regcheck_legacy_requests_total", '{code="0",command="CHECK",protocol="RSPAMC"}')
+    text = worker.metrics()
+    before = metric(text, "regcheck_legacy_requests_total", '{code="0",command="CHECK",protocol="RSPAMC"}')
+    checks_before = metric(text, "regcheck_checks_total", '{protocol="rspamc",verdict="ACCEPT"}')
     exchange(worker, exim_rspamd_request("208.20.133.17", "mailout17.heaven.net"))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        after = metric(
-            worker.metrics(), "regcheck_legacy_requests_total", '{code="0",command="CHECK",protocol="RSPAMC"}'
-        )
+        text = worker.metrics()
+        after = metric(text, "regcheck_legacy_requests_total", '{code="0",command="CHECK",protocol="RSPAMC"}')
         if after > before:
             break
         time.sleep(0.2)
     assert after == before + 1
+    # the check counts under its front end's protocol label (the request counter's flush is the same)
+    assert metric(text, "regcheck_checks_total", '{protocol="rspamc",verdict="ACCEPT"}') == checks_before + 1
     exchange(worker, b"TELL SPAMC/1.5\r\n\r\n", half_close=True)
     text = worker.metrics()
     assert metric(text, "regcheck_legacy_requests_total", '{code="64",command="TELL",protocol="SPAMC"}') >= 1

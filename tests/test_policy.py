@@ -79,6 +79,40 @@ def test_reader(chunks: list[bytes], expected: list[str]) -> None:
     assert _kinds(out) == expected
 
 
+# A whole request in one read is taken in place (`RequestReader._block`); the same bytes fed so that
+# no read holds the empty line go line by line (`_line`).  Both must read every request the same.
+SAME_EITHER_WAY = [
+    pytest.param(REQ, id="plain"),
+    pytest.param(b"request=smtpd_access_policy\nsender= a=b=c \n\n", id="equals-in-value"),
+    pytest.param(b"request=smtpd_access_policy\nsender=x\nsender=y\n\n", id="repeated-name-last-wins"),
+    pytest.param(b"request=smtpd_access_policy\n  helo_name = h \n\n", id="spaces-around-name"),
+    pytest.param(b"request=smtpd_access_policy\nhelo_name=\xff\xfe\n\n", id="not-utf8"),
+    pytest.param(b"request=smtpd_access_policy\nhelo_name=a\x00b\n\n", id="nul-in-value"),
+    pytest.param(b"request=smtpd_access_policy\r\nsender=x\r\n\n", id="crlf"),
+    pytest.param(b"request=smtpd_access_policy\nno equals sign\n\n", id="line-without-equals"),
+    pytest.param(b"request=smtpd_access_policy\nbad name=x\n\n", id="space-in-name"),
+    pytest.param(b"request=smtpd_access_policy\n" + b"n" * 65 + b"=x\n\n", id="name-too-long"),
+    pytest.param(b"request=smtpd_access_policy\n=x\n\n", id="empty-name"),
+    pytest.param(b"request=other\nsender=x\n\n", id="not-smtpd-access-policy"),
+    pytest.param(b"sender=x\n\n", id="no-request-attribute"),
+    pytest.param(b"request=smtpd_access_policy\nsender=" + b"a" * 3000 + b"\n\n", id="line-too-long"),
+    pytest.param(
+        b"request=smtpd_access_policy\n" + b"".join(b"x%d=y\n" % i for i in range(120)) + b"\n", id="too-many"
+    ),
+    pytest.param(b"request=smtpd_access_policy\n" + b"x=y\n" * 120 + b"\n", id="many-lines-one-name"),
+    pytest.param(b"\nrequest=smtpd_access_policy\n\n", id="empty-line-first"),
+]
+
+
+@pytest.mark.parametrize("data", SAME_EITHER_WAY)
+def test_reader_whole_request_in_place_or_line_by_line(data: bytes) -> None:
+    at_once = RequestReader(max_line=2048, max_attributes=100).feed(data)
+    slow = RequestReader(max_line=2048, max_attributes=100)
+    line_by_line = slow.feed(data[:-1]) + slow.feed(data[-1:])
+    assert at_once == line_by_line
+    assert not slow.in_request
+
+
 def test_reader_values_and_state() -> None:
     reader = RequestReader()
     assert not reader.in_request
@@ -296,6 +330,29 @@ def test_long_reason_through_respond_fits() -> None:
     reply = respond(Kind.REJECT, decision, header=None, address="u@d.test")
     assert len(reply.text) < SMTP_REPLY_LINE
     assert Reply(Kind.DUNNO).line() == b"action=DUNNO\n\n"
+
+
+WIRE = [
+    pytest.param(Reply(Kind.DUNNO), b"action=DUNNO\n\n", "dunno", id="dunno"),
+    pytest.param(Reply(Kind.PREPEND, "X-A: b"), b"action=PREPEND X-A: b\n\n", "prepend", id="prepend"),
+    pytest.param(Reply(Kind.REJECT, "550 5.7.1 no"), b"action=550 5.7.1 no\n\n", "reject", id="reject-code-is-action"),
+    pytest.param(
+        Reply(Kind.DEFER_IF_PERMIT, "4.7.1 later"),
+        b"action=DEFER_IF_PERMIT 4.7.1 later\n\n",
+        "defer_if_permit",
+        id="defer-if-permit",
+    ),
+    pytest.param(
+        Reply(Kind.PREPEND, "X: " + "y" * 3000), b"action=PREPEND X: " + b"y" * 1982 + b"\n\n", "prepend", id="cut"
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "wire", "status"), WIRE)
+def test_reply_bytes_and_status_made_once(reply: Reply, wire: bytes, status: str) -> None:
+    assert reply.line() == reply.wire == wire
+    assert reply.status == status
+    assert reply == Reply(reply.kind, reply.text)  # equal by kind and text, as before
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from rspamd_procs import Proc, start_worker
 REG = "id.regcheck.test"
 
 
-def policy_config(knot, port: int, extra: str = "", mode: str = "enforce", policy: str = "") -> str:  # type: ignore[no-untyped-def]
+def policy_config(knot, port: int, extra: str = "", mode: str = "enforce", policy: str = "", dns: str = "") -> str:  # type: ignore[no-untyped-def]
     return (
         f'[registry]\nzones = ["{REG}"]\n'
-        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
+        f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n{dns}'
         f"[policy]\nlocal_networks = []\n{policy}"
         f'[policy_server]\nlisten = "127.0.0.1:{port}"\nmode = "{mode}"\n{extra}'
     )
@@ -35,10 +35,11 @@ def policy_config(knot, port: int, extra: str = "", mode: str = "enforce", polic
 class Worker:
     """A worker with the policy listener, and helpers to play Postfix."""
 
-    def __init__(self, base: Path, knot, extra: str = "", mode: str = "enforce", policy: str = ""):  # type: ignore[no-untyped-def]
+    def __init__(self, base: Path, knot, extra: str = "", mode: str = "enforce", policy: str = "", dns: str = ""):  # type: ignore[no-untyped-def]
         self.port, self.http_port = free_port(), free_port()
+        self.config_path = base / f"policy-{self.port}.toml"
         self.proc = start_worker(
-            base, f"policy-{self.port}", policy_config(knot, self.port, extra, mode, policy), self.http_port
+            base, f"policy-{self.port}", policy_config(knot, self.port, extra, mode, policy, dns), self.http_port
         )
         wait_port(self.port, self.proc)
 
@@ -95,8 +96,8 @@ def other(knot, tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
     """Start a worker with its own [policy_server] lines (and mode, and [policy] lines)."""
     started: list[Proc] = []
 
-    def start(extra: str = "", mode: str = "enforce", policy: str = "") -> Worker:
-        w = Worker(tmp_path, knot, extra, mode, policy)
+    def start(extra: str = "", mode: str = "enforce", policy: str = "", dns: str = "") -> Worker:
+        w = Worker(tmp_path, knot, extra, mode, policy, dns)
         started.append(w.proc)
         return w
 
@@ -195,7 +196,119 @@ def test_metrics_carry_the_protocol(worker: Worker) -> None:
             break
         time.sleep(0.3)  # a worker hands its counts over once a second
     assert re.search(r'regcheck_requests_total\{path="policy",status="reject"\} [1-9]', text)
-    assert re.search(r'regcheck_checks_total\{verdict="REJECT"\} [1-9]', text)
+    assert re.search(r'regcheck_checks_total\{protocol="policy",verdict="REJECT"\} [1-9]', text)
+
+
+def count(text: str, series: str) -> float:
+    """The value of one series (name and labels as the exposition writes them), 0 when absent."""
+    m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_policy_and_http_checks_count_under_their_protocols(worker: Worker) -> None:
+    """The same worker, the same checker: a check asked by Postfix counts under protocol="policy",
+    one asked over HTTP (rspamd's plugin) under protocol="http", and neither under the other."""
+    series = {
+        (proto, verdict): f'regcheck_checks_total{{protocol="{proto}",verdict="{verdict}"}}'
+        for proto in ("policy", "http")
+        for verdict in ("REJECT", "ACCEPT")
+    }
+    latency = {proto: f'regcheck_check_seconds_count{{protocol="{proto}"}}' for proto in ("policy", "http")}
+    text = worker.metrics()
+    before = {k: count(text, v) for k, v in {**series, **latency}.items()}
+    with worker.connect() as s:
+        (answer,) = ask(s, request(**REJECTED, instance="proto-1", recipient="u@d.test"))
+    assert answer == REJECT_TEXT
+    with socket.create_connection(("127.0.0.1", worker.http_port), timeout=10) as h:
+        h.sendall(
+            b"POST /checkv2 HTTP/1.1\r\nIP: 208.20.133.17\r\nHelo: mailout17.heaven.net\r\nContent-Length: 0\r\n\r\n"
+        )
+        status, _, reply = read_reply(h)
+    assert status == 200 and b"REGCHECK_QR1_ALLOW" in reply
+    expected = {("policy", "REJECT"): 1, ("http", "ACCEPT"): 1, ("policy", "ACCEPT"): 0, ("http", "REJECT"): 0}
+    deadline = time.monotonic() + 5
+    while True:
+        text = worker.metrics()
+        got = {k: count(text, v) - before[k] for k, v in {**series, **latency}.items()}
+        if all(got[k] == n for k, n in expected.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)  # a worker hands its counts over once a second
+    assert {k: got[k] for k in expected} == expected
+    assert got["policy"] == 1 and got["http"] == 1  # the latency histogram, by protocol too
+
+
+# A new transaction of a sender checked moments ago takes the first answer kept from the last one
+# (_policy_server.Answer): only while the check's result holds, for the same recipient, state and
+# configuration.  Each step: (instance, sender's envelope, extra attributes, expected answer).
+KEPT = [
+    pytest.param(
+        [
+            ("k1", REJECTED, {"recipient": "u@d.test"}, REJECT_TEXT),
+            ("k2", REJECTED, {"recipient": "postmaster@d.test"}, FAIL_HEADER),
+            ("k3", REJECTED, {"recipient": "u@d.test"}, REJECT_TEXT),
+            ("k2", REJECTED, {"recipient": "v@d.test"}, REJECT_TEXT),
+        ],
+        id="the-recipient-decides-as-in-a-fresh-check",
+    ),
+    pytest.param(
+        [
+            ("k1", ACCEPTED, {"recipient": "u@d.test"}, PASS_HEADER),
+            ("k2", ACCEPTED, {"recipient": "u@d.test"}, PASS_HEADER),
+            ("k2", ACCEPTED, {"recipient": "v@d.test"}, "action=DUNNO"),  # the one header went already
+            ("k3", ACCEPTED, {"recipient": "v@d.test"}, PASS_HEADER),
+        ],
+        id="each-transaction-prepends-its-own-header",
+    ),
+    pytest.param(
+        [
+            ("k1", ACCEPTED, {"recipient": "u@d.test", "protocol_state": "MAIL"}, "action=DUNNO"),
+            ("k2", ACCEPTED, {"recipient": "u@d.test", "protocol_state": "MAIL"}, "action=DUNNO"),
+            ("k2", ACCEPTED, {"recipient": "u@d.test"}, PASS_HEADER),
+            ("k3", ACCEPTED, {"recipient": "u@d.test", "protocol_state": "MAIL"}, "action=DUNNO"),
+            ("k4", ACCEPTED, {"recipient": "u@d.test", "protocol_state": "END-OF-MESSAGE"}, "action=DUNNO"),
+        ],
+        id="a-state-before-the-check-is-not-a-check",
+    ),
+]
+
+
+@pytest.mark.parametrize("steps", KEPT)
+def test_kept_first_answers(other, steps) -> None:  # type: ignore[no-untyped-def]
+    w = other()
+    with w.connect() as s:
+        got = [ask(s, request(**env, **attrs, instance=i))[0] for i, env, attrs, _ in steps]
+    assert got == [expected for *_, expected in steps]
+    helo = steps[0][1]["helo_name"]
+    checked = {i for i, _, attrs, _ in steps if attrs.get("protocol_state") != "MAIL"}  # the check runs at RCPT
+    assert w.checks(helo) == len(checked)  # one check line per transaction checked, reused or not
+
+
+def test_kept_answer_lasts_only_while_the_dns_answers_do(knot, other) -> None:  # type: ignore[no-untyped-def]
+    w = other(dns="max_ttl = 1\n")
+    with w.connect() as s:
+        first = ask(s, request(**ACCEPTED, instance="e1", recipient="u@d.test"))
+        asked = knot.queries()
+        second = ask(s, request(**ACCEPTED, instance="e2", recipient="u@d.test"))
+        assert knot.queries() == asked  # taken from the last transaction: no DNS
+        time.sleep(1.5)  # every answer the check rests on has expired (max_ttl = 1)
+        third = ask(s, request(**ACCEPTED, instance="e3", recipient="u@d.test"))
+        assert knot.queries() > asked  # checked afresh
+    assert first == second == third == [PASS_HEADER]
+
+
+def test_kept_answer_is_not_given_after_a_reload(other) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    w = other()
+    with w.connect() as s:
+        assert ask(s, request(**REJECTED, instance="r1", recipient="u@d.test")) == [REJECT_TEXT]
+        w.config_path.write_text(w.config_path.read_text().replace('mode = "enforce"', 'mode = "score"'))
+        os.kill(w.proc.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while w.proc.log_path.read_text().count("configuration reloaded") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the supervisor's line, then the worker's
+        assert ask(s, request(**REJECTED, instance="r2", recipient="u@d.test")) == [FAIL_HEADER]
 
 
 def test_skipped_sessions_get_dunno(worker: Worker) -> None:

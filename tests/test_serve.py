@@ -156,7 +156,7 @@ def test_metrics_add_up_across_workers(knot, start):
     # workers hand their counts over at least once a second; their log lines at most 0.25 s late
     server.wait_until(
         lambda: (
-            metric(server.metrics(), "regcheck_checks_total", '{verdict="ACCEPT"}') == 30
+            metric(server.metrics(), "regcheck_checks_total", '{protocol="http",verdict="ACCEPT"}') == 30
             and server.log_path.read_text().count("event=check") == 30
         ),
         "the counts and the log lines",
@@ -166,10 +166,10 @@ def test_metrics_add_up_across_workers(knot, start):
     assert len(pids) == 2, "both workers answered checks"
     for _ in range(6):  # every scrape, whichever worker answers it, sees all 30
         text = server.metrics()
-        assert metric(text, "regcheck_checks_total", '{verdict="ACCEPT"}') == 30
+        assert metric(text, "regcheck_checks_total", '{protocol="http",verdict="ACCEPT"}') == 30
         assert metric(text, "regcheck_requests_total", '{path="/checkv2",status="200"}') == 30
         assert metric(text, "regcheck_symbols_total", '{symbol="REGCHECK_QR1_ALLOW"}') == 30
-        assert metric(text, "regcheck_check_seconds_count") == 30
+        assert metric(text, "regcheck_check_seconds_count", '{protocol="http"}') == 30
         assert metric(text, "regcheck_dns_total", '{event="question"}') >= 2  # one per worker, then cached
         assert metric(text, "regcheck_dns_total", '{event="result_reused"}') >= 28  # same envelope: reused
 
