@@ -240,9 +240,8 @@ def main() -> int:
     names = ["this checkout"] + ([str(args.against)] if args.against is not None else [])
     with knot(bench.zones(sizes)) as (_, kport, _):
         workers = []
-        (work / "bare.py").write_text(cost.BARE)
         bare_port = bench.free_port()
-        bare = subprocess.Popen([sys.executable, str(work / "bare.py"), str(bare_port)])
+        bare = subprocess.Popen([sys.executable, str(HERE / "_bare.py"), str(bare_port), "none"])
         try:
             for n, tree in enumerate(trees):
                 workers.append(start_worker(work, f"worker{n}", kport, args.dns, tree))
