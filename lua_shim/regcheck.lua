@@ -474,6 +474,9 @@ function lib.prepare(obj, settings)
     entry.max_age = math.max(0, math.floor(tonumber(obj.max_age) or 0))
     entry.pra = obj.pra == true -- the result rests on the message's PRA too (Sender ID ran)
     entry.rcpt = obj.rcpt == true -- the enforce decision rests on the recipients too
+    if type(obj.config) == 'string' then
+      entry.config = obj.config -- the worker's configuration it was decided under
+    end
   end
   if settings.mode == 'enforce' then
     local view = slim and { regcheck = { enforce = obj.enforce } } or obj
@@ -565,7 +568,7 @@ end
 --- An entry as stored in Redis (JSON, with its absolute expiry), and back.
 function lib.encode_entry(entry, expires)
   return ucl.to_format({ s = entry.symbols, m = entry.milter, a = entry.action, t = entry.message, e = expires,
-                         p = entry.pra or nil, r = entry.rcpt or nil }, 'json-compact')
+                         p = entry.pra or nil, r = entry.rcpt or nil, c = entry.config }, 'json-compact')
 end
 
 function lib.decode_entry(text, prefix)
@@ -592,7 +595,7 @@ function lib.decode_entry(text, prefix)
   local entry = { symbols = symbols, milter = type(obj.m) == 'table' and obj.m or nil,
                   action = type(obj.a) == 'string' and obj.a or nil,
                   message = type(obj.t) == 'string' and obj.t or nil, pra = obj.p == true,
-                  rcpt = obj.r == true }
+                  rcpt = obj.r == true, config = type(obj.c) == 'string' and obj.c or nil }
   return true, entry, obj.e
 end
 
@@ -743,8 +746,28 @@ local function header_material(task)
   return table.concat(parts, '\n')
 end
 
+-- The worker configuration (its fingerprint) the results kept here were decided under: the
+-- last one a reply carried.  An entry in Redis says which it was decided under, and one from
+-- another is not used once this process knows its workers' (entries kept before a reload).
+local worker_config
+
 local function redis_key(key)
   return settings.redis_prefix .. rspamd_hash.create(redis_salt .. '\0' .. key):base32():sub(1, 32)
+end
+
+--- A reply decided under another worker configuration than the last one (the
+--- worker was reloaded, or a zone file or local list it reads changed): what
+--- this process kept rests on the old one, so it goes.
+local function note_config(task, fingerprint)
+  if not fingerprint or fingerprint == worker_config then
+    return
+  end
+  if worker_config ~= nil and local_cache then
+    local_cache = lib.cache_new(settings.cache_size)
+    rspamd_logger.infox(task, 'regcheck: the worker configuration changed (%s -> %s): kept results dropped',
+        worker_config, fingerprint)
+  end
+  worker_config = fingerprint
 end
 
 --- Whether a (cached or new) entry rests on more than the session: the PRA
@@ -810,7 +833,9 @@ local function redis_lookup(task, key, done)
       rspamd_logger.infox(task, 'regcheck: redis cache lookup failed: %s', err)
     elseif type(data) == 'string' then -- a missing key comes as a null userdata
       local ok, entry, expires = lib.decode_entry(data, settings.symbol_prefix)
-      if ok and expires > rspamd_util.get_time() then
+      if ok and worker_config and entry.config and entry.config ~= worker_config then
+        lua_util.debugm(N, task, 'redis cache entry decided under another worker configuration: not used')
+      elseif ok and expires > rspamd_util.get_time() then
         if local_cache then
           lib.cache_put(local_cache, key, entry, expires)
         end
@@ -895,6 +920,7 @@ local function ask_worker(task, env, key)
       end
       local entry = apply(task, obj)
       if entry then
+        note_config(task, entry.config)
         remember(task, env, key, entry)
       end
     end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import ipaddress
 import math
 import time
@@ -218,6 +219,28 @@ class Checker:
         )
         self.result_hits = 0
         self.services = Services(config.rating_services, config.ratings)
+        digest = hashlib.sha256(config.to_toml().encode())
+        for path in config.zone_files:  # as loaded now (a changed file is read again on reload)
+            try:
+                with open(path, "rb") as f:
+                    digest.update(hashlib.sha256(f.read()).digest())
+            except OSError:
+                digest.update(b"unreadable")
+        self._config_digest = digest.digest()
+        self._fingerprint: tuple[str, tuple[int, ...]] = ("", ())
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of what results rest on besides DNS: the effective configuration, the zone
+        files' contents and the local lists as loaded.  The same in every worker process with
+        the same files; the plugin empties its result cache when it changes (a reload)."""
+        versions = tuple(lst.generation for lst in self.services.local)
+        if not self._fingerprint[0] or self._fingerprint[1] != versions:
+            digest = hashlib.sha256(self._config_digest)
+            for lst in self.services.local:
+                digest.update(repr(lst.entries).encode())
+            self._fingerprint = (digest.hexdigest()[:16], versions)
+        return self._fingerprint[0]
 
     def _service_headers(self, env: Envelope) -> tuple[tuple[str, str], ...]:
         """The header fields the rating services read (VBR-Info): parsed only when one reads them."""

@@ -160,7 +160,9 @@ class App:
 
     @staticmethod
     def _slim_reply(checker: Checker, result: CheckResult, enforcement: Enforcement) -> dict[str, Any]:
-        return build_slim(result.verdict, enforcement, rests_on_rcpts(result.verdict, checker.enforce_policy))
+        return build_slim(
+            result.verdict, enforcement, rests_on_rcpts(result.verdict, checker.enforce_policy), checker.fingerprint
+        )
 
     def _remember(
         self, key: tuple[int, int, bool | None, Enforcement], result: CheckResult, body: bytes, count: int = 0

@@ -10,6 +10,7 @@ it.  A request with the header ``Regcheck-Reply: slim`` gets instead::
      "enforce": {"action", "message"},   # the worker's enforce decision, as regcheck.enforce
      "pra": true,                        # only when Sender ID read the headers
      "rcpt": true,                       # only when the enforce decision rests on the recipients
+     "config": fingerprint,              # the worker's configuration, as Checker.fingerprint
      "max_age": seconds}
 
 ``max_age`` is how long the plugin may reuse the result: until the first DNS
@@ -21,7 +22,9 @@ mode's decision is a reject or soft reject that mail to a ``never_reject``
 local part turns into add header (`_enforce.rests_on_rcpts`); the plugin then
 reuses it only for the same recipients' local parts.  ``enforce`` is the
 decision of `_enforce.enforce` for this message, applied by the plugin as
-given (``message`` only for reject and soft reject).
+given (``message`` only for reject and soft reject).  ``config`` changes when
+the worker's configuration does (a reload, an edited zone file or local
+list): the plugin then drops the results it kept, which rest on the old one.
 """
 
 from __future__ import annotations
@@ -47,9 +50,12 @@ def wants_slim(headers: Iterable[tuple[str, str]]) -> bool:
     return any(n.lower() == SLIM_HEADER and v.strip().lower() == "slim" for n, v in headers)
 
 
-def build_slim(verdict: Verdict, enforcement: Enforcement, rests_on_rcpts: bool = False) -> dict[str, Any]:
+def build_slim(
+    verdict: Verdict, enforcement: Enforcement, rests_on_rcpts: bool = False, fingerprint: str | None = None
+) -> dict[str, Any]:
     """The slim reply for *verdict* and its *enforcement*, without ``max_age`` (that changes as time
-    passes); *rests_on_rcpts*: the decision would differ for other recipients."""
+    passes); *rests_on_rcpts*: the decision would differ for other recipients; *fingerprint*: the
+    worker's configuration (`Checker.fingerprint`)."""
     reply: dict[str, Any] = {
         "symbols": [
             [hit.name, hit.weight, [o if o.isascii() else safe(o) for o in hit.options]]
@@ -71,6 +77,8 @@ def build_slim(verdict: Verdict, enforcement: Enforcement, rests_on_rcpts: bool 
     if enforcement.message is not None:
         decision["message"] = safe(enforcement.message)
     reply["enforce"] = decision
+    if fingerprint is not None:
+        reply["config"] = fingerprint
     return reply
 
 
@@ -83,7 +91,7 @@ def max_age(valid_until: float, now: float, ceiling: int) -> int:
 
 def encode_slim(reply: dict[str, Any]) -> bytes:
     """*reply* (from `build_slim`) as msgpack, ready for `with_max_age`: the map without its last entry."""
-    if len(reply) >= 15:  # a fixmap holds 15 entries; the form has at most 5
+    if len(reply) >= 15:  # a fixmap holds 15 entries; the form has at most 6
         raise ValueError("slim reply too large for a fixmap")
     return msgpack.packb(reply)[1:]  # drop the fixmap's header byte: with_max_age writes it
 

@@ -8,8 +8,10 @@ B scan that shows A's symbols and did not reach B's worker came from Redis.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -233,3 +235,42 @@ def test_enforce_decisions_are_keyed_on_the_recipients_only_when_they_rest_on_th
     finally:
         proc.stop()
         worker.stop()
+
+
+def test_a_worker_reload_drops_what_the_plugin_kept(knot, tmp_path):
+    """Kept results rest on the worker's configuration: after a reload (here: the sender's network
+    made local, so it is no longer checked) the first reply under the new one drops them, and a
+    sender kept a moment ago is asked again instead of being answered from the old decision."""
+    port = free_port()
+    worker = start_worker(tmp_path, "reloading", worker_config(knot), port)
+    block = f'regcheck {{ servers = "127.0.0.1:{port}"; timeout = 1.5s; use_redis = false; }}'
+    proc, rport = start_rspamd(tmp_path, "reload-cache", block, knot.port)
+    env = [*HEAVEN, "-F", "kept@heaven.net"]
+    try:
+        before = checks_answered(port)
+        first = scan(rport, setup_message(tmp_path), *env)
+        assert scan(rport, setup_message(tmp_path), *env) == first and "REGCHECK_QR1_ALLOW" in first[0]
+        assert checks_answered(port) - before == 1
+        conf = tmp_path / "reloading.toml"
+        conf.write_text(conf.read_text().replace("local_networks = []", 'local_networks = ["208.20.133.0/24"]'))
+        os.kill(worker.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while not any(line.rstrip().endswith("configuration reloaded")
+                      for line in worker.log_path.read_text().splitlines()):
+            assert time.monotonic() < deadline, worker.log_path.read_text()
+            time.sleep(0.05)
+        scan(rport, setup_message(tmp_path), *HEAVEN, "-F", "new@heaven.net")  # a new key: its reply says so
+        before = checks_answered(port)
+        again = scan(rport, setup_message(tmp_path), *env)
+        assert checks_answered(port) - before == 1  # asked again, not answered from the old decision
+        assert "REGCHECK_QR1_ALLOW" not in again[0]
+    finally:
+        proc.stop()
+        worker.stop()
+
+
+def setup_message(tmp_path):
+    path = tmp_path / "reload.eml"
+    if not path.exists():
+        path.write_bytes(b"From: a@heaven.net\r\nTo: ann@receiver.test\r\nSubject: x\r\n\r\nbody\r\n")
+    return path

@@ -205,3 +205,41 @@ def test_real_worker_slim_no_rcpt_flag_when_recipients_cannot_matter(knot):
     )
     assert first["enforce"] == to_abuse["enforce"] == {"action": "no action"}
     assert "rcpt" not in first and "rcpt" not in to_abuse
+
+
+def test_real_worker_slim_carries_the_configuration_fingerprint(knot):
+    first, again = asyncio.run(_ask(config_for(knot), b"IP: 208.20.133.17\r\nHelo: mailout17.heaven.net\r\n"))
+    assert first["config"] == again["config"] == Checker(config_for(knot)).fingerprint
+
+
+@pytest.mark.parametrize(
+    "change,same",
+    [
+        pytest.param({}, True, id="same-config-same-fingerprint"),  # every worker process agrees
+        pytest.param({"dns_timeout": 1.5}, False, id="another-setting"),
+        pytest.param({"enforce_no_record": True}, False, id="enforce-setting"),
+    ],
+)
+def test_fingerprint_follows_the_configuration(knot, change, same):
+    base = Checker(config_for(knot))
+    other = Checker(config_for(knot, **change))
+    try:
+        assert len(base.fingerprint) == 16
+        assert (other.fingerprint == base.fingerprint) is same
+    finally:
+        base.close()
+        other.close()
+
+
+def test_fingerprint_follows_a_zone_file_s_contents(tmp_path):
+    zone = tmp_path / "reg.zone"
+    zone.write_text(f"$ORIGIN {REG}.\n$TTL 300\n@ SOA ns. host. 1 60 60 60 60\nheaven.net TXT \"v=QR1\"\n")
+    config = replace(Config(), registry_zones=(REG,), zone_files=(str(zone),), local_networks=())
+    before = Checker(config)
+    zone.write_text(zone.read_text().replace("v=QR1", "v=QR1 stop=all"))
+    after = Checker(config)
+    try:
+        assert before.fingerprint != after.fingerprint  # the same config, the file edited: a reload tells
+    finally:
+        before.close()
+        after.close()
