@@ -1,9 +1,10 @@
 """The plugin's result cache in a real rspamd 3.4, per process and shared through a real Redis.
 
-Two rspamd instances share one Redis (Debian's redis-server on a private
-loopback port): A asks a worker that answers from knot, B a worker whose DNS
-never answers (every check of its own is REGCHECK_DNSFAIL, max-age 0).  So a
-B scan that shows A's symbols and did not reach B's worker came from Redis.
+Three rspamd instances share one Redis (Debian's redis-server on a private
+loopback port): A and B ask a worker that answers from knot, C a worker whose
+DNS never answers (every check of its own is REGCHECK_DNSFAIL, max-age 0).  So
+a B scan of a sender A just scanned that did not reach the worker came from
+Redis; and C, whose worker has another configuration, does not use A's.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def setup(knot, tmp_path_factory):
     procs = [good, dead]
     try:
         ports = {}
-        for name, wport in (("a", good_port), ("b", dead_port)):
+        for name, wport in (("a", good_port), ("b", good_port), ("c", dead_port)):
             block = (
                 f'regcheck {{ servers = "127.0.0.1:{wport}"; timeout = 1.5s; cache_expire = {CACHE_EXPIRE}s; '
                 f'redis {{ servers = "127.0.0.1:{redis.port}"; }} }}'
@@ -90,7 +91,7 @@ def setup(knot, tmp_path_factory):
             b"From: Tom <tway@optsw.com>\r\nTo: Ann <ann@receiver.test>\r\nSubject: hello\r\n"
             b"Message-ID: <1@optsw.com>\r\n\r\nhello\r\n"
         )
-        yield {"redis": redis, "a": ports["a"], "b": ports["b"], "good": good_port, "dead": dead_port, "eml": eml}
+        yield {"redis": redis, **ports, "good": good_port, "dead": dead_port, "eml": eml}
     finally:
         for p in procs:
             p.stop()
@@ -137,10 +138,10 @@ def test_another_mail_from_is_another_key(setup):
 def test_results_are_shared_through_redis(setup):
     env = [*HEAVEN, "-F", "shared@heaven.net"]
     first = scan(setup["a"], setup["eml"], *env)
-    dead_before = checks_answered(setup["dead"])
+    before = checks_answered(setup["good"])
     other_host = scan(setup["b"], setup["eml"], *env)
-    assert other_host == first  # B's own worker would have said REGCHECK_DNSFAIL
-    assert checks_answered(setup["dead"]) == dead_before
+    assert other_host == first
+    assert checks_answered(setup["good"]) == before  # B did not ask: it read A's result
     ttls = [int(setup["redis"].command("TTL", k)) for k in setup["redis"].cached_keys()]
     assert ttls and all(0 < t <= CACHE_EXPIRE for t in ttls)  # capped by cache_expire (the TTL is 300)
 
@@ -149,11 +150,22 @@ def test_dns_failures_are_not_cached(setup):
     env = ["-i", "192.0.2.77", "--helo", "mx.nocache.heaven.net"]
     keys = set(setup["redis"].cached_keys())
     before = checks_answered(setup["dead"])
-    first = scan(setup["b"], setup["eml"], *env)
-    second = scan(setup["b"], setup["eml"], *env)
+    first = scan(setup["c"], setup["eml"], *env)
+    second = scan(setup["c"], setup["eml"], *env)
     assert "REGCHECK_DNSFAIL" in first[0] and second[0] == first[0]
     assert checks_answered(setup["dead"]) - before == 2
     assert set(setup["redis"].cached_keys()) == keys
+
+
+def test_redis_entries_of_another_worker_configuration_are_not_used(setup):
+    """C's worker has another configuration than A's: once C knows its own (from any reply), what
+    A kept in Redis is not C's to use, and C asks its worker."""
+    scan(setup["c"], setup["eml"], "-i", "192.0.2.78", "--helo", "mx.learn.heaven.net")
+    env = [*HEAVEN, "-F", "not-shared@heaven.net"]
+    assert "REGCHECK_QR1_ALLOW" in scan(setup["a"], setup["eml"], *env)[0]
+    before = checks_answered(setup["dead"])
+    assert "REGCHECK_DNSFAIL" in scan(setup["c"], setup["eml"], *env)[0]
+    assert checks_answered(setup["dead"]) - before == 1
 
 
 def test_redis_holds_prepared_symbols_not_the_reply(setup):
