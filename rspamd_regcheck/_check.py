@@ -199,6 +199,31 @@ async def lookup_record(
     return RegistryFacts(RegistryStatus.NO_RECORD)
 
 
+# Settings of `Config.to_toml` that change no result: how the worker listens, logs and asks
+# DNS, and the Postfix listener's own.  Workers that differ only in these (another port,
+# another host name in spf.receiver's default) must give one fingerprint, or a plugin asking
+# them in turn would drop its cache at every reply.
+_NOT_DECIDING = ("server", "log", "policy_server")
+_DNS_DECIDING = ("zone_files", "trusted_validators", "max_queries")
+
+
+def deciding_settings(toml: str) -> list[str]:
+    """The lines of *toml* (as `Config.to_toml` writes it) that can change a check's result."""
+    kept: list[str] = []
+    section = ""
+    for line in toml.splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ")
+        key = line.partition("=")[0].strip()
+        top = section.partition(".")[0]
+        if top in _NOT_DECIDING or (section, key) == ("spf", "receiver"):
+            continue
+        if section == "dns" and not line.startswith("[") and key not in _DNS_DECIDING:
+            continue
+        kept.append(line)
+    return kept
+
+
 class Checker:
     """Runs checks with one configuration and one shared DNS layer."""
 
@@ -219,7 +244,7 @@ class Checker:
         )
         self.result_hits = 0
         self.services = Services(config.rating_services, config.ratings)
-        digest = hashlib.sha256(config.to_toml().encode())
+        digest = hashlib.sha256("\n".join(deciding_settings(config.to_toml())).encode())
         for path in config.zone_files:  # as loaded now (a changed file is read again on reload)
             try:
                 with open(path, "rb") as f:
@@ -237,8 +262,8 @@ class Checker:
         versions = tuple(lst.generation for lst in self.services.local)
         if not self._fingerprint[0] or self._fingerprint[1] != versions:
             digest = hashlib.sha256(self._config_digest)
-            for lst in self.services.local:
-                digest.update(repr(lst.entries).encode())
+            for lst in self.services.local:  # what the list says, not where (a comment moves lines)
+                digest.update(repr([(e.rating, e.ident, str(e.network)) for e in lst.entries]).encode())
             self._fingerprint = (digest.hexdigest()[:16], versions)
         return self._fingerprint[0]
 

@@ -313,7 +313,11 @@ def configtest(confdir: Path, rspamadm: str = "rspamadm") -> ConfigTest | None:
     ok = proc.returncode == 0 and "syntax OK" in proc.stdout.splitlines()
     hint = ""
     errors = [x for x in output.splitlines() if "error" in x or "failed" in x or "cannot" in x]
-    if not ok and errors and all(_FUZZY.search(x) or re.fullmatch(r"\d+ errors? found", x) for x in errors):
+    # only when nothing of ours is named: the plugin's own complaints ("regcheck: invalid settings")
+    # carry none of the words above, and a fuzzy_check failure beside them is not the cause
+    ours = "regcheck" in output.lower()
+    only_fuzzy = all(_FUZZY.search(x) or re.fullmatch(r"\d+ errors? found", x) for x in errors)
+    if not ok and not ours and errors and only_fuzzy:
         hint = (
             "only rspamd's own fuzzy_check failed: it resolves fuzzy1.rspamd.com when the config loads, "
             "which fails without DNS; give this host a resolver, or disable the module with "

@@ -99,6 +99,7 @@ class Answer:
     env: Envelope  # for the log line (its fixed part: IP, HELO)
     mode: str
     enforcement: Enforcement
+    lists: tuple[object, ...]  # the local lists' versions it rests on (`Services.key`)
 
 
 class PolicyServer:
@@ -114,6 +115,7 @@ class PolicyServer:
             self.settings.transactions
         )
         self._answers: TwoGenerationLRU[tuple[str | None, ...], Answer] = TwoGenerationLRU(ANSWERS)
+        self._answers_of = app.checker  # the checker the kept answers came from: a reload drops them
 
     @property
     def settings(self) -> PolicySettings:
@@ -174,8 +176,16 @@ class PolicyServer:
             txn = self._transaction_of(key, cast(Answer, txn))
         if txn is None:
             started = time.perf_counter()
+            checker = self.app.checker
+            if checker is not self._answers_of:  # reloaded: what was kept was decided by the old one
+                self._answers = TwoGenerationLRU(ANSWERS)
+                self._answers_of = checker
             kept = self._answers.get(tuple(map(get, ANSWER_KEY)))
-            if kept is not None and kept.checker is self.app.checker and kept.result.valid_until > time.monotonic():
+            if (
+                kept is not None
+                and kept.result.valid_until > time.monotonic()
+                and kept.lists == checker.services.key(())  # a local list reloaded since: check again
+            ):
                 return self._reuse(kept, key, a.get("queue_id"), started)
             state = a.get("protocol_state", "").strip().upper()
             if state_rank(state) < state_rank(self.settings.state):
@@ -211,9 +221,11 @@ class PolicyServer:
         enforcement = enforce(result.verdict, checker.enforce_policy, env.rcpts)  # for the log line
         txn = self._checked(key, env, result, seconds, state, enforcement)
         reply = self._reply(r, txn, state)
-        if result.valid_until > time.monotonic():
-            kept = Answer(checker, result, reply, state, tuple(txn.headers), env, self._mode(), enforcement)
-            self._answers.put(tuple(map(r.attrs.get, ANSWER_KEY)), kept)
+        if checker.config.result_cache_size and result.valid_until > time.monotonic():  # 0: reuse nothing
+            lists = checker.services.key(())
+            kept = Answer(checker, result, reply, state, tuple(txn.headers), env, self._mode(), enforcement, lists)
+            if checker is self._answers_of:
+                self._answers.put(tuple(map(r.attrs.get, ANSWER_KEY)), kept)
         return reply
 
     def _reuse(self, kept: Answer, key: tuple[str, ...], queue_id: str | None, started: float) -> Reply:

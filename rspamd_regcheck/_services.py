@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import re
 import time
@@ -96,6 +97,9 @@ class LocalService:
     code: str
     path: str
     entries: tuple[LocalEntry, ...] = field(default=(), compare=False)  # as read when the config was loaded
+    # the file's (mtime, size, inode) just before *entries* were read: a worker started later
+    # compares the file with this, not with what it finds when it starts
+    signature: tuple[int, int, int] | None = field(default=None, compare=False)
 
 
 ServiceSpec = DnsService | VbrService | LocalService
@@ -148,6 +152,15 @@ def read_local_list(path: str, ratings: Mapping[str, float]) -> tuple[LocalEntry
     return parse_local_list(text, path, ratings)
 
 
+def local_service(code: str, path: str, ratings: Mapping[str, float]) -> LocalService:
+    """A local list as the configuration loads it: read now, with the file's signature from before.
+
+    :raises ConfigError: as `read_local_list`.
+    """
+    signature = _signature(path)
+    return LocalService(code, path, read_local_list(path, ratings), signature)
+
+
 def _signature(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
@@ -164,8 +177,8 @@ class LocalList:
         self._ratings = ratings
         self.entries = spec.entries
         self.generation = 0  # changes with every successful reload: cached results depend on it
-        self._seen = _signature(spec.path)
-        self._looked = time.monotonic()
+        self._seen = spec.signature
+        self._looked = -math.inf  # the first check looks: the file may have changed since the load
 
     def refresh(self, now: float) -> None:
         """Look at the file at most every `RELOAD_CHECK_INTERVAL` seconds; load it again if it changed."""

@@ -22,7 +22,7 @@ from ._enforce import EnforceAction
 from ._policy import CHECK_STATES, DEFAULT_ACTIONS, REFUSABLE, Kind, PolicySettings
 from ._prescreen import CodeRange, DnsblZone, parse_code_range
 from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, parse_code_pattern
-from ._services import ASK_MODES, DnsService, LocalService, ServiceSpec, VbrService, read_local_list
+from ._services import ASK_MODES, DnsService, ServiceSpec, VbrService, local_service
 from ._spf import ALIGNMENTS
 from ._types import IPNetwork, Method, hostport
 from .errors import ConfigError
@@ -777,7 +777,7 @@ def _answering(
         return VbrService(code, vouchers)
     if "file" in table:
         path = os.path.normpath(os.path.join(base_dir, _str(table["file"], f"{key}.file")))
-        return LocalService(code, path, read_local_list(path, scores))
+        return local_service(code, path, scores)
     return None
 
 

@@ -236,6 +236,29 @@ def test_configtest_judges_status_and_stdout(tmp_path, verdict, status, ok):
     assert result is not None and result.ok is ok and "a warning on stderr" in result.output
 
 
+FUZZY_LINE = "cannot read servers definition for fuzzy_check"  # as rspamd 3.4 says it offline
+
+
+@pytest.mark.parametrize(
+    "lines,hint",
+    [
+        pytest.param([FUZZY_LINE, "1 error found"], True, id="fuzzy-only"),
+        pytest.param(
+            [FUZZY_LINE, "regcheck: invalid settings: field mode must be one of", "2 errors found"],
+            False, id="fuzzy-and-ours",
+        ),
+        pytest.param(["regcheck: invalid settings: field mode", "1 error found"], False, id="ours-only"),
+    ],
+)
+def test_configtest_blames_fuzzy_check_only_when_nothing_of_ours_failed(tmp_path, lines, hint):
+    fake = tmp_path / "rspamadm"
+    fake.write_text("#!/bin/sh\n" + "".join(f"echo '{x}'\n" for x in lines) + "echo 'syntax BAD'\nexit 1\n")
+    fake.chmod(0o755)
+    result = _install.configtest(tmp_path, rspamadm=str(fake))
+    assert result is not None and not result.ok
+    assert bool(result.hint) is hint, result
+
+
 # -- the wheel carries the plugin and the rules -------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Three rspamd instances share one Redis (Debian's redis-server on a private
 loopback port): A and B ask a worker that answers from knot, C a worker whose
-DNS never answers (every check of its own is REGCHECK_DNSFAIL, max-age 0).  So
+DNS never answers (every check of its own is REGCHECK_DNSFAIL, max-age 0) and
+whose configuration differs in a setting that can change a result (max_queries).  So
 a B scan of a sender A just scanned that did not reach the worker came from
 Redis; and C, whose worker has another configuration, does not use A's.
 """
@@ -75,7 +76,8 @@ def setup(knot, tmp_path_factory):
     silent.bind(("127.0.0.1", 0))
     good = start_worker(base, "good", worker_config(knot), good_port)
     dead_dns = type(knot)(knot.host, silent.getsockname()[1], knot.zones, knot.conf)
-    dead = start_worker(base, "dead", worker_config(dead_dns, "timeout = 0.3\ntries = 1\n"), dead_port)
+    dead_config = worker_config(dead_dns, "timeout = 0.3\ntries = 1\nmax_queries = 99\n")
+    dead = start_worker(base, "dead", dead_config, dead_port)
     procs = [good, dead]
     try:
         ports = {}
@@ -286,3 +288,25 @@ def setup_message(tmp_path):
     if not path.exists():
         path.write_bytes(b"From: a@heaven.net\r\nTo: ann@receiver.test\r\nSubject: x\r\n\r\nbody\r\n")
     return path
+
+
+def test_workers_asked_in_turn_with_one_configuration_keep_the_cache(knot, tmp_path):
+    """Two workers with the same file on two ports (or hosts), asked round robin: one
+    configuration, so no reply drops what the plugin kept (the port once made them differ)."""
+    p1, p2 = free_port(), free_port()
+    workers = [start_worker(tmp_path, f"w{n}", worker_config(knot), p) for n, p in enumerate((p1, p2))]
+    block = f'regcheck {{ servers = "127.0.0.1:{p1},127.0.0.1:{p2}"; timeout = 1.5s; use_redis = false; }}'
+    proc, rport = start_rspamd(tmp_path, "round-robin", block, knot.port)
+    eml = setup_message(tmp_path)
+    env = [*HEAVEN, "-F", "x@heaven.net"]
+    try:
+        scan(rport, eml, *env)
+        for other in ("y1", "y2", "y3"):  # replies from both workers
+            scan(rport, eml, *HEAVEN, "-F", f"{other}@heaven.net")
+        before = checks_answered(p1) + checks_answered(p2)
+        scan(rport, eml, *env)
+        assert checks_answered(p1) + checks_answered(p2) == before  # still kept
+    finally:
+        proc.stop()
+        for w in workers:
+            w.stop()

@@ -311,6 +311,36 @@ def test_kept_answer_is_not_given_after_a_reload(other) -> None:  # type: ignore
         assert ask(s, request(**REJECTED, instance="r2", recipient="u@d.test")) == [FAIL_HEADER]
 
 
+def test_kept_answer_follows_a_local_list_reload(other, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The list is read again when its file changes; a transaction after that is checked against
+    the new list, not answered as the last one was (the kept answer once outlived the list)."""
+    import os
+
+    lst = tmp_path / "ratings.txt"
+    lst.write_text("heaven.net A\n")
+    w = other(policy=f'[services.LOCAL]\nweight = 20\nratings = {{ A = 9, B = 7, C = 5, D = 0 }}\nfile = "{lst}"\n')
+    with w.connect() as s:
+        first = ask(s, request(**ACCEPTED, instance="l1", recipient="u@d.test"))
+        stamp = lst.stat().st_mtime_ns + 1_000_000_000
+        lst.write_text("heaven.net D\n")
+        os.utime(lst, ns=(stamp, stamp))
+        time.sleep(1.5)  # the file is looked at at most once a second
+        second = ask(s, request(**ACCEPTED, instance="l2", recipient="u@d.test"))
+    assert "LOCAL:A" in first[0] and first[0].startswith("action=PREPEND")
+    assert second[0].startswith("action=550 5.7.1") and "LOCAL:D" in second[0], second
+
+
+def test_result_cache_off_reuses_no_answer(other) -> None:  # type: ignore[no-untyped-def]
+    """dns.result_cache_size = 0 turns reuse off for the policy listener too: each transaction
+    is checked (from the DNS cache), none is answered as the last one was."""
+    w = other(dns="result_cache_size = 0\n")
+    with w.connect() as s:
+        answers = [ask(s, request(**ACCEPTED, instance=f"n{i}", recipient="u@d.test"))[0] for i in range(3)]
+    assert answers == [PASS_HEADER] * 3
+    reused = re.search(r'regcheck_dns_total\{event="result_reused"\} ([\d.]+)', w.metrics())
+    assert reused is None or float(reused.group(1)) == 0, reused
+
+
 def test_skipped_sessions_get_dunno(worker: Worker) -> None:
     with worker.connect() as s:
         authed = ask(s, request(**REJECTED, instance="s1", recipient="u@d.test", sasl_username="alice"))

@@ -353,6 +353,38 @@ def test_local_list_reloads_when_the_file_changes(knot, tmp_path, monkeypatch, c
     assert f"{path}:1: rating 'Q'" in caplog.text
 
 
+def test_a_checker_made_after_the_list_changed_reads_the_new_one(knot, tmp_path):
+    """A worker started (or restarted) after the file changed, from a config loaded before: it
+    must not take the old entries for the file it finds (it once kept them for good)."""
+    path = tmp_path / "ratings.txt"
+    path.write_text("new.zz A\n")
+    cfg = make_config(knot, {"LOCAL": {"ratings": SCALE, "file": str(path)}}, base_dir=str(tmp_path))
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    path.write_text("new.zz D\n")
+    os.utime(path, ns=(stamp, stamp))
+    env = Envelope(ip=ipaddress.ip_address("192.0.2.1"), helo="mx.new.zz", mail_from="a@new.zz")
+
+    async def run():
+        checker = Checker(cfg)
+        try:
+            return (await checker.check(env)).verdict.ratings.text
+        finally:
+            checker.close()
+
+    assert asyncio.run(run()) == "LOCAL:D"
+
+
+def test_fingerprint_ignores_where_a_list_s_lines_are(knot, tmp_path):
+    path = tmp_path / "ratings.txt"
+    fingerprints = []
+    for text in ("new.zz A\n", "# a comment moves the line\nnew.zz A\n", "new.zz D\n"):
+        path.write_text(text)
+        checker = Checker(make_config(knot, {"LOCAL": {"ratings": SCALE, "file": str(path)}}, base_dir=str(tmp_path)))
+        fingerprints.append(checker.fingerprint)
+        checker.close()
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2]
+
+
 def test_local_list_error_names_the_line(tmp_path):
     from rspamd_regcheck import ConfigError
 

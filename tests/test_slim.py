@@ -216,8 +216,13 @@ def test_real_worker_slim_carries_the_configuration_fingerprint(knot):
     "change,same",
     [
         pytest.param({}, True, id="same-config-same-fingerprint"),  # every worker process agrees
-        pytest.param({"dns_timeout": 1.5}, False, id="another-setting"),
+        # what changes no result: two workers that differ only so are asked in turn by one plugin
+        pytest.param({"listen": ("127.0.0.1", 11472)}, True, id="another-port"),
+        pytest.param({"spf_receiver": "other-host"}, True, id="another-host-name"),
+        pytest.param({"dns_timeout": 1.5, "workers": 4}, True, id="timeouts-and-workers"),
         pytest.param({"enforce_no_record": True}, False, id="enforce-setting"),
+        pytest.param({"max_queries": 20}, False, id="dns-budget"),
+        pytest.param({"spf_alignment": "strict"}, False, id="spf-alignment"),
     ],
 )
 def test_fingerprint_follows_the_configuration(knot, change, same):
