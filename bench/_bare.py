@@ -31,6 +31,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from typing import cast
 
 import msgpack
 import uvloop
@@ -160,7 +161,7 @@ class Http(asyncio.Protocol):
     asker: Asker | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.t = transport
+        self.t = cast(asyncio.Transport, transport)  # a stream server's (uvloop's is no subclass)
         self.buf = b""
         self.waiting = 0
 
@@ -181,7 +182,7 @@ class Http(asyncio.Protocol):
                 return
             self.buf = self.buf[end + 4 + length :]
             if self.asker is None:
-                self.t.write(ANSWER)  # type: ignore[attr-defined]
+                self.t.write(ANSWER)
                 continue
             ident = header(head, b"helo:").split(".", 1)[-1]  # mx.idN.test -> idN.test
             ip = header(head, b"ip:").split(".")
@@ -193,7 +194,7 @@ class Http(asyncio.Protocol):
     def answered(self) -> None:
         self.waiting -= 1
         if not self.waiting:
-            self.t.write(ANSWER)  # type: ignore[attr-defined]
+            self.t.write(ANSWER)
             if self.buf:
                 self.next()
 
