@@ -332,6 +332,29 @@ def test_both_worker_processes_serve_the_one_socket(unix_worker: UnixWorker) -> 
     assert answered == [pids[1], pids[0]]
 
 
+def test_a_restarted_worker_process_serves_the_socket(knot, tmp_path, short_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The supervisor keeps the listening socket: a worker started in place of a dead one accepts on it."""
+    w = UnixWorker(tmp_path, knot, short_dir / "policy.sock")
+    try:
+        dead, survivor = w.pids()
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while len(w.pids()) < 3:
+            assert time.monotonic() < deadline, w.proc.log_path.read_text()
+            time.sleep(0.1)
+        replacement = w.pids()[2]
+        os.kill(survivor, signal.SIGSTOP)  # only the replacement can answer now
+        try:
+            qid = "UNIXR" + os.urandom(3).hex().upper()
+            with connect(w.path) as s:
+                assert ask(s, request(**REJECTED, instance=qid, queue_id=qid, recipient="u@d.test")) == [REJECT_TEXT]
+        finally:
+            os.kill(survivor, signal.SIGCONT)
+        assert w.pid_that_answered(qid) == replacement
+    finally:
+        w.proc.stop()
+
+
 @pytest.mark.parametrize(("attack", "expected"), HOSTILE)
 def test_hostile_requests_over_the_socket(unix_worker: UnixWorker, attack: bytes, expected: str) -> None:
     with connect(unix_worker.path) as s:
