@@ -217,6 +217,36 @@ def test_mode_and_group_applied_whatever_the_umask(short_dir: Path, mode: int, g
         listener.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_group_the_user_is_not_in_stops_the_start(short_dir: Path) -> None:
+    """chown(2) to a group the worker's user is not a member of: refused, no socket file left behind."""
+    short_dir.chmod(0o777)
+    path = short_dir / "p.sock"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody, who is not in GROUP
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                UnixListener.bind(UnixAddress(str(path)), 0o660, GROUP).close()
+                os.write(write, b"bound")
+            except ListenError as exc:
+                os.write(write, str(exc).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as fh:
+        said = fh.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0
+    assert said == f"cannot listen on unix:{path}: Operation not permitted (giving it mode 0660, group {GROUP})"
+    assert not path.exists()
+
+
 def test_close_removes_only_its_own_file(short_dir: Path) -> None:
     path = short_dir / "p.sock"
     UnixListener.bind(UnixAddress(str(path)), DEFAULT_MODE, None).close()
