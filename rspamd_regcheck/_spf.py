@@ -1,32 +1,40 @@
 """SPF (RFC 7208) with pyspf, its DNS answered by our DNS layer without blocking the loop.
 
 pyspf is synchronous: every lookup goes through the module-level function
-``spf.DNSLookup``.  We point it at a dispatcher that answers from the
-current check's answers, or from the shared cache (a synchronous look), and
-otherwise raises `_Need`.  The coroutine then asks the question through the
-check's DNS session (cache, coalescing, budget, deadline) and runs pyspf
-again from the start; pyspf's own work is about 0.1 ms, the questions are
-the cost.  ``check()`` never awaits, so one event loop thread can run many
-checks this way; no thread pool, no second resolver.
+``spf.DNSLookup``.  Each evaluation runs pyspf's ``check()`` once, in a
+greenlet of its own (`_Evaluation`) whose parent is the greenlet the event
+loop runs in.  ``spf.DNSLookup`` points at a dispatcher that finds the
+evaluation by the greenlet running it (never a global "current check": many
+evaluations are suspended on one loop at once) and answers from that
+evaluation's answers, or from the shared cache (a synchronous look).  When
+neither has the answer, the lookup switches to the parent with the question;
+the coroutine asks it through the check's DNS session (cache, coalescing,
+budget, deadline) and switches back with the answer, which the lookup
+returns to pyspf as if it had been there all along.  pyspf's own work is
+about 0.1 ms; the questions are the cost.  No thread pool, no second
+resolver, and pyspf never sees an exception for a question not yet answered.
+
+A suspended evaluation is never left for the garbage collector: when the
+coroutine stops waiting for it (cancelled by the check's deadline or a
+client that went away, an error while asking, too many suspensions) it
+throws `_Abandoned` into the greenlet.  pyspf swallows every exception in
+two places (fetching the ``exp=`` text, and PTR checks in its "harsh" mode,
+which we do not use), so every later lookup of an abandoned evaluation
+raises it again at once, without switching, and pyspf ends in a few steps.
 
 RFC 7208 5.5/7: a DNS error on the A/AAAA lookup of a name found by PTR
 (the ``ptr`` mechanism, the ``%{p}`` macro) skips that name; pyspf only does
 so for the CNAME loops it follows itself, so the dispatcher answers such a
 failure with "no address" for names the evaluation got from a PTR answer.
-
-pyspf swallows any exception in two places (fetching the ``exp=`` text, and
-PTR checks in its "harsh" mode, which we do not use).  The dispatcher
-therefore also remembers the question it could not answer, and the driver
-asks it and runs again even when pyspf returned normally.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import greenlet
 import spf
 
 from ._answer import DnsAnswer, DnsStatus
@@ -35,15 +43,7 @@ from ._identity import BadHelo, normalise_helo
 from ._types import IPAddress, Method, MethodOutcome, Record, Result
 from ._wire import RType
 
-MAX_ROUNDS = 64  # pyspf runs per check; each round adds one answer, so budgets end it sooner
-
-
-class _Need(Exception):
-    """The current pyspf run needs a DNS answer we do not have yet."""
-
-    def __init__(self, key: tuple[str, str]):
-        super().__init__(key)
-        self.key = key
+MAX_SUSPENSIONS = 64  # DNS waits per evaluation; each asks one question, so budgets end it sooner
 
 
 class _BudgetSpent(Exception):
@@ -52,6 +52,13 @@ class _BudgetSpent(Exception):
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+
+class _Abandoned(BaseException):
+    """Thrown into a suspended evaluation the coroutine no longer waits for.
+
+    A BaseException, so pyspf's handlers (TempError, PermError) let it through.
+    """
 
 
 _PYSPF_TYPES = {"A": RType.A, "AAAA": RType.AAAA, "MX": RType.MX, "PTR": RType.PTR, "TXT": RType.TXT}
@@ -70,17 +77,26 @@ def _pyspf_records(name: str, qtype: str, answer: DnsAnswer) -> list[tuple[tuple
     raise spf.TempError(f"DNS {answer.detail or answer.status.value} for {name} {qtype}")
 
 
-class _Lookups:
-    """The answers one SPF evaluation has seen, shared by its pyspf runs."""
+class _Evaluation(greenlet.greenlet):
+    """One pyspf ``check()``, suspended (switched to its parent) while a question is asked."""
 
-    def __init__(self, session: Session, budget: Budget):
+    def __init__(self, q: spf.query, record: str | None, session: Session, budget: Budget):
+        super().__init__(parent=greenlet.getcurrent())
+        self.q = q
+        self.record = record
         self.session = session
         self.budget = budget
         self.answers: dict[tuple[str, str], DnsAnswer] = {}
-        self.missing: tuple[str, str] | None = None
         self.ptr_names: set[str] = set()
+        self.abandoned = False
 
-    def lookup(self, name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
+    def run(self) -> tuple[str, int, str]:
+        result: tuple[str, int, str] = self.q.check(spf=self.record)
+        return result
+
+    def lookup(self, name: str, qtype: str) -> Any:
+        if self.abandoned:
+            raise _Abandoned  # pyspf swallowed the first one: end without asking anything more
         key = (name.rstrip(".").lower(), qtype)
         answer = self.answers.get(key)
         if answer is None:
@@ -89,8 +105,7 @@ class _Lookups:
                 return []  # type 99 and other types RFC 7208 no longer asks for
             answer = self.session.cached(key[0], rtype, self.budget)
             if answer is None:
-                self.missing = key
-                raise _Need(key)
+                answer = self.parent.switch(key)  # check_host asks, and switches back with the answer
             self.answers[key] = answer
         if qtype == "PTR" and answer.status is DnsStatus.OK:
             self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
@@ -98,30 +113,22 @@ class _Lookups:
             return []  # RFC 7208 5.5/7: skip this PTR name
         return _pyspf_records(key[0], qtype, answer)
 
-    async def fetch(self, key: tuple[str, str]) -> None:
-        self.answers[key] = await self.session.query(key[0], key[1], self.budget)
-
-
-_current: _Lookups | None = None
+    def abandon(self) -> None:
+        """End a suspended evaluation now, whatever pyspf does with `_Abandoned`."""
+        self.abandoned = True
+        with contextlib.suppress(_Abandoned):
+            self.throw(_Abandoned)
+        # If pyspf swallowed it, its next lookup raised it again, or it returned: either way it is over.
 
 
 def _dispatch(name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
-    if _current is None:
+    evaluation = greenlet.getcurrent()
+    if not isinstance(evaluation, _Evaluation):
         raise spf.TempError("DNS lookup outside a regcheck SPF evaluation")
-    return _current.lookup(name, qtype, strict, timeout)
+    return evaluation.lookup(name, qtype)
 
 
 spf.DNSLookup = _dispatch  # every pyspf lookup in this process goes through our DNS layer
-
-
-@contextlib.contextmanager
-def _using(lookups: _Lookups) -> Iterator[None]:
-    global _current
-    previous, _current = _current, lookups
-    try:
-        yield
-    finally:
-        _current = previous
 
 
 @dataclass(frozen=True)
@@ -161,26 +168,28 @@ async def check_host(
     RFC 7208's limits (10 lookups, 2 void lookups) are pyspf's; the *budget*
     (questions, cache hits included) is ours.
     """
-    lookups = _Lookups(session, budget)
-    for _ in range(MAX_ROUNDS):
-        q = spf.query(i=str(ip), s=sender, h=helo, receiver=receiver, strict=True, querytime=0)
-        if default_explanation is not None:
-            q.set_default_explanation(default_explanation)
-        lookups.missing = None
-        try:
-            with _using(lookups):
-                result, _code, explanation = q.check(spf=record)
-        except _Need as need:
-            key = need.key
-        except _BudgetSpent as spent:
-            return SpfEvaluation(None, "", "", q.ident, q.d, detail=spent.detail)
-        else:
-            if lookups.missing is None or lookups.missing in lookups.answers:
-                header = q.get_header(result, receiver)
-                return SpfEvaluation(result, explanation, header, q.ident, q.d, q.mechanism)
-            key = lookups.missing  # asked inside one of pyspf's catch-alls: ask it and run again
-        await lookups.fetch(key)
-    return SpfEvaluation("temperror", "too many DNS rounds", "", "mailfrom", "", detail="too many DNS rounds")
+    q = spf.query(i=str(ip), s=sender, h=helo, receiver=receiver, strict=True, querytime=0)
+    if default_explanation is not None:
+        q.set_default_explanation(default_explanation)
+    evaluation = _Evaluation(q, record, session, budget)
+    try:
+        step = evaluation.switch()  # a question pyspf waits for, or (once it has ended) its result
+        waits = 0
+        while not evaluation.dead:
+            if waits == MAX_SUSPENSIONS:  # a hostile record cannot keep it waiting for ever
+                detail = f"more than {MAX_SUSPENSIONS} DNS waits in one evaluation"
+                return SpfEvaluation("temperror", detail, "", q.ident, q.d, detail=detail)
+            waits += 1
+            name, qtype = step
+            step = evaluation.switch(await session.query(name, qtype, budget))
+    except _BudgetSpent as spent:
+        return SpfEvaluation(None, "", "", q.ident, q.d, detail=spent.detail)
+    finally:
+        if not evaluation.dead:
+            evaluation.abandon()  # cancelled or failed while it waited: never left to the collector
+    result, _code, explanation = step
+    header = q.get_header(result, receiver)
+    return SpfEvaluation(result, explanation, header, q.ident, q.d, q.mechanism)
 
 
 ALIGNMENTS = ("relaxed", "none")
