@@ -2,25 +2,29 @@
 
 pyspf is synchronous: every lookup goes through the module-level function
 ``spf.DNSLookup``.  Each evaluation runs pyspf's ``check()`` once, in a
-greenlet of its own (`_Evaluation`) whose parent is the greenlet the event
-loop runs in.  ``spf.DNSLookup`` points at a dispatcher that finds the
-evaluation by the greenlet running it (never a global "current check": many
-evaluations are suspended on one loop at once) and answers from that
-evaluation's answers, or from the shared cache (a synchronous look).  When
-neither has the answer, the lookup switches to the parent with the question;
-the coroutine asks it through the check's DNS session (cache, coalescing,
-budget, deadline) and switches back with the answer, which the lookup
-returns to pyspf as if it had been there all along.  pyspf's own work is
-about 0.1 ms; the questions are the cost.  No thread pool, no second
-resolver, and pyspf never sees an exception for a question not yet answered.
+greenlet (a `_Runner`) whose parent is the greenlet the event loop runs in.
+``spf.DNSLookup`` points at a dispatcher that finds the evaluation by the
+greenlet running it (never a global "current check": many evaluations are
+suspended on one loop at once) and answers from that evaluation's answers,
+or from the shared cache (a synchronous look).  When neither has the
+answer, the lookup switches to the parent with the question; the coroutine
+asks it through the check's DNS session (cache, coalescing, budget,
+deadline) and switches back with the answer, which the lookup returns to
+pyspf as if it had been there all along.  pyspf's own work is about 0.1 ms;
+the questions are the cost.  No thread pool, no second resolver, and pyspf
+never sees an exception for a question not yet answered.
 
 A suspended evaluation is never left for the garbage collector: when the
 coroutine stops waiting for it (cancelled by the check's deadline or a
 client that went away, an error while asking, too many suspensions) it
-throws `_Abandoned` into the greenlet.  pyspf swallows every exception in
-two places (fetching the ``exp=`` text, and PTR checks in its "harsh" mode,
+throws `_Abandoned` into the runner.  pyspf swallows every exception in two
+places (fetching the ``exp=`` text, and PTR checks in its "harsh" mode,
 which we do not use), so every later lookup of an abandoned evaluation
 raises it again at once, without switching, and pyspf ends in a few steps.
+
+Starting a greenlet costs about 10 us and switching into a live one about
+0.5 us, so a runner that has ended its evaluation waits, idle, for the next
+one (up to `MAX_IDLE_RUNNERS` per thread; more are ended at once).
 
 RFC 7208 5.5/7: a DNS error on the A/AAAA lookup of a name found by PTR
 (the ``ptr`` mechanism, the ``%{p}`` macro) skips that name; pyspf only does
@@ -30,7 +34,7 @@ failure with "no address" for names the evaluation got from a PTR answer.
 
 from __future__ import annotations
 
-import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +48,7 @@ from ._types import IPAddress, Method, MethodOutcome, Record, Result
 from ._wire import RType
 
 MAX_SUSPENSIONS = 64  # DNS waits per evaluation; each asks one question, so budgets end it sooner
+MAX_IDLE_RUNNERS = 64  # per thread: a few tens of kB each, kept for the evaluations to come
 
 
 class _BudgetSpent(Exception):
@@ -77,11 +82,10 @@ def _pyspf_records(name: str, qtype: str, answer: DnsAnswer) -> list[tuple[tuple
     raise spf.TempError(f"DNS {answer.detail or answer.status.value} for {name} {qtype}")
 
 
-class _Evaluation(greenlet.greenlet):
-    """One pyspf ``check()``, suspended (switched to its parent) while a question is asked."""
+class _Evaluation:
+    """One pyspf ``check()``: what it asks with, the answers it has seen."""
 
     def __init__(self, q: spf.query, record: str | None, session: Session, budget: Budget):
-        super().__init__(parent=greenlet.getcurrent())
         self.q = q
         self.record = record
         self.session = session
@@ -90,11 +94,7 @@ class _Evaluation(greenlet.greenlet):
         self.ptr_names: set[str] = set()
         self.abandoned = False
 
-    def run(self) -> tuple[str, int, str]:
-        result: tuple[str, int, str] = self.q.check(spf=self.record)
-        return result
-
-    def lookup(self, name: str, qtype: str) -> Any:
+    def lookup(self, runner: _Runner, name: str, qtype: str) -> Any:
         if self.abandoned:
             raise _Abandoned  # pyspf swallowed the first one: end without asking anything more
         key = (name.rstrip(".").lower(), qtype)
@@ -105,7 +105,7 @@ class _Evaluation(greenlet.greenlet):
                 return []  # type 99 and other types RFC 7208 no longer asks for
             answer = self.session.cached(key[0], rtype, self.budget)
             if answer is None:
-                answer = self.parent.switch(key)  # check_host asks, and switches back with the answer
+                answer = runner.parent.switch(key)  # check_host asks, and switches back with the answer
             self.answers[key] = answer
         if qtype == "PTR" and answer.status is DnsStatus.OK:
             self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
@@ -113,19 +113,72 @@ class _Evaluation(greenlet.greenlet):
             return []  # RFC 7208 5.5/7: skip this PTR name
         return _pyspf_records(key[0], qtype, answer)
 
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """What a runner switches back with when pyspf's ``check()`` has returned or raised."""
+
+    result: tuple[str, int, str] | None
+    error: BaseException | None = None
+
+
+class _Runner(greenlet.greenlet):
+    """Runs evaluations one after another; switched with None, it ends."""
+
+    def __init__(self, parent: greenlet.greenlet):
+        super().__init__(parent=parent)
+        self.evaluation: _Evaluation | None = None
+
+    def run(self, evaluation: _Evaluation | None) -> None:
+        while evaluation is not None:
+            self.evaluation = evaluation
+            try:
+                ended = _Ended(evaluation.q.check(spf=evaluation.record))
+            except greenlet.GreenletExit:
+                raise
+            except BaseException as exc:  # carried to check_host, which raises what it does not handle
+                ended = _Ended(None, exc)
+            self.evaluation = None
+            evaluation = self.parent.switch(ended)
+
     def abandon(self) -> None:
-        """End a suspended evaluation now, whatever pyspf does with `_Abandoned`."""
-        self.abandoned = True
-        with contextlib.suppress(_Abandoned):
-            self.throw(_Abandoned)
+        """End the suspended evaluation now, whatever pyspf does with `_Abandoned`."""
+        assert self.evaluation is not None
+        self.evaluation.abandoned = True
+        ended = self.throw(_Abandoned)
         # If pyspf swallowed it, its next lookup raised it again, or it returned: either way it is over.
+        assert isinstance(ended, _Ended), ended
+
+
+_threads = threading.local()  # greenlets switch only within their thread: idle runners are kept per thread
+
+
+def _runner() -> _Runner:
+    """An idle runner whose parent is the current greenlet."""
+    here = greenlet.getcurrent()
+    idle: list[_Runner] | None = getattr(_threads, "idle", None)
+    if not idle:
+        return _Runner(here)
+    runner = idle.pop()
+    if runner.parent is not here:
+        runner.parent = here
+    return runner
+
+
+def _done(runner: _Runner) -> None:
+    """Keep an idle runner for the next evaluation, or end it."""
+    idle: list[_Runner] = _threads.__dict__.setdefault("idle", [])
+    if len(idle) < MAX_IDLE_RUNNERS:
+        idle.append(runner)
+    else:
+        runner.switch(None)
 
 
 def _dispatch(name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
-    evaluation = greenlet.getcurrent()
-    if not isinstance(evaluation, _Evaluation):
+    runner = greenlet.getcurrent()
+    if not isinstance(runner, _Runner) or runner.evaluation is None:
         raise spf.TempError("DNS lookup outside a regcheck SPF evaluation")
-    return evaluation.lookup(name, qtype)
+    return runner.evaluation.lookup(runner, name, qtype)
 
 
 spf.DNSLookup = _dispatch  # every pyspf lookup in this process goes through our DNS layer
@@ -171,23 +224,27 @@ async def check_host(
     q = spf.query(i=str(ip), s=sender, h=helo, receiver=receiver, strict=True, querytime=0)
     if default_explanation is not None:
         q.set_default_explanation(default_explanation)
-    evaluation = _Evaluation(q, record, session, budget)
+    runner = _runner()
+    step = runner.switch(_Evaluation(q, record, session, budget))  # a question pyspf waits for, or _Ended
     try:
-        step = evaluation.switch()  # a question pyspf waits for, or (once it has ended) its result
         waits = 0
-        while not evaluation.dead:
+        while not isinstance(step, _Ended):
             if waits == MAX_SUSPENSIONS:  # a hostile record cannot keep it waiting for ever
                 detail = f"more than {MAX_SUSPENSIONS} DNS waits in one evaluation"
                 return SpfEvaluation("temperror", detail, "", q.ident, q.d, detail=detail)
             waits += 1
             name, qtype = step
-            step = evaluation.switch(await session.query(name, qtype, budget))
-    except _BudgetSpent as spent:
-        return SpfEvaluation(None, "", "", q.ident, q.d, detail=spent.detail)
+            step = runner.switch(await session.query(name, qtype, budget))
     finally:
-        if not evaluation.dead:
-            evaluation.abandon()  # cancelled or failed while it waited: never left to the collector
-    result, _code, explanation = step
+        if not isinstance(step, _Ended):
+            runner.abandon()  # cancelled or failed while it waited: never left to the collector
+        _done(runner)
+    if isinstance(step.error, _BudgetSpent):
+        return SpfEvaluation(None, "", "", q.ident, q.d, detail=step.error.detail)
+    if step.error is not None:
+        raise step.error
+    assert step.result is not None
+    result, _code, explanation = step.result
     header = q.get_header(result, receiver)
     return SpfEvaluation(result, explanation, header, q.ident, q.d, q.mechanism)
 

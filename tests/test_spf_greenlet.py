@@ -9,8 +9,8 @@ demand), so a test can stop a check while pyspf waits inside a lookup.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
+import threading
 from collections.abc import Iterator
 
 import greenlet
@@ -59,9 +59,30 @@ def session_for(transport: TableTransport, cap: int = 100, deadline: float | Non
     return Session(Resolver(transport, Cache()), cap=cap, deadline=deadline)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def own_runners(monkeypatch) -> None:
+    """A pool of idle runners for this test alone."""
+    monkeypatch.setattr(_spf, "_threads", threading.local())
+
+
+def in_pyspf(runners: list[greenlet.greenlet]) -> list[greenlet.greenlet]:
+    """Those of *runners* suspended inside pyspf: evaluations not ended."""
+    found = []
+    for g in runners:
+        frame = g.gr_frame
+        while frame is not None and frame.f_code.co_filename != spf.__file__:
+            frame = frame.f_back
+        if frame is not None:
+            found.append(g)
+    return found
+
+
 @pytest.fixture
 def runs(monkeypatch) -> Iterator[list[greenlet.greenlet]]:
-    """The greenlet each pyspf ``check()`` ran in, one entry per call."""
+    """The greenlet each pyspf ``check()`` ran in, one entry per call.
+
+    Held here, so the garbage collector cannot end one the code left suspended.
+    """
     seen: list[greenlet.greenlet] = []
     real = spf.query.check
 
@@ -154,7 +175,7 @@ def test_pyspf_runs_once_per_evaluation(runs, table, result, questions):
     assert ev.result == result
     assert len(transport.asked) == questions  # each one a suspension, not a run of pyspf from the start
     assert len(runs) == 1
-    assert runs[0].dead
+    assert not in_pyspf(runs)
 
 
 def test_the_exp_text_is_asked_where_pyspf_asks_it(lookups):
@@ -214,7 +235,8 @@ def test_interleaved_checks_each_get_their_own_answers(runs):
         assert (mine.result, mine.mechanism) == ("pass", "include:inc.s.example"), i
         assert (by_mx.result, by_mx.mechanism) == ("pass", "mx"), i
         assert count == 3 + 5, i  # s TXT, inc TXT, h A; then those again (cached), s MX and mx A
-    assert len(runs) == 2 * n and all(g.dead for g in runs)
+    assert len(runs) == 2 * n and not in_pyspf(runs)
+    assert len(set(runs)) <= most  # a runner is used again once its evaluation has ended
 
 
 # -- ending a suspended evaluation --------------------------------------------------------
@@ -268,14 +290,10 @@ def test_a_check_stopped_while_pyspf_waits_ends_its_greenlet(runs, session_class
         async with asyncio.timeout(BOUND):
             await how(task, transport)
 
-    gc.disable()  # ended by check_host itself, not by a collection
-    try:
-        with pytest.raises(raised):
-            asyncio.run(go())
-        assert len(runs) == 1 and runs[0].dead and runs[0].gr_frame is None
-        assert not [g for g in gc.get_objects() if isinstance(g, _spf._Evaluation) and not g.dead]
-    finally:
-        gc.enable()
+    with pytest.raises(raised):
+        asyncio.run(go())
+    assert len(runs) == 1 and runs[0].evaluation is None  # idle, kept for the next evaluation
+    assert not in_pyspf(runs)
     assert ("after.example", "A") not in transport.asked
 
 
@@ -294,7 +312,7 @@ def test_a_catch_all_that_swallows_the_kill_still_ends_at_once(runs, lookups):
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(go())
-    assert runs[0].dead
+    assert not in_pyspf(runs)
     assert lookups == [("s.example", "TXT"), ("why.s.example", "TXT"), ("after.example", "A")]
     assert transport.asked == [("s.example", "TXT"), ("why.s.example", "TXT")]  # after.example: not asked
 
@@ -305,7 +323,7 @@ def test_too_many_waits_end_the_evaluation(runs, monkeypatch):
     ev = evaluate(transport, "a@s.example")
     assert (ev.result, ev.detail, ev.domain) == ("temperror", "more than 2 DNS waits in one evaluation", "s.example")
     assert len(transport.asked) == 2
-    assert runs[0].dead
+    assert not in_pyspf(runs)
 
 
 def test_the_budget_spent_while_suspended(runs):
@@ -313,7 +331,7 @@ def test_the_budget_spent_while_suspended(runs):
     ev = evaluate(transport, "a@s.example", budget=2)
     assert (ev.result, ev.detail) == (None, "method budget of 2 queries spent")
     assert len(transport.asked) == 2
-    assert len(runs) == 1 and runs[0].dead
+    assert len(runs) == 1 and not in_pyspf(runs)
 
 
 def test_the_deadline_passing_while_suspended_is_a_temperror(runs):
@@ -328,4 +346,24 @@ def test_the_deadline_passing_while_suspended_is_a_temperror(runs):
 
     ev = asyncio.run(go())
     assert ev.result == "temperror" and "check deadline passed" in ev.explanation
-    assert len(runs) == 1 and runs[0].dead
+    assert len(runs) == 1 and not in_pyspf(runs)
+
+
+def test_idle_runners_beyond_the_limit_are_ended(runs, monkeypatch):
+    monkeypatch.setattr(_spf, "MAX_IDLE_RUNNERS", 2)
+    table = SHAPES[0].values[0]
+
+    async def go() -> list[SpfEvaluation]:
+        async with asyncio.timeout(BOUND):
+            return await asyncio.gather(
+                *(
+                    check_host(session_for(TableTransport(table, delay=0.001)), Budget(30), CLIENT, "a@s.example", "mx")
+                    for _ in range(6)
+                )
+            )
+
+    assert [ev.result for ev in asyncio.run(go())] == ["pass"] * 6
+    runners = set(runs)
+    assert len(runners) == 6  # all six were suspended at once
+    assert sorted(r.dead for r in runners) == [False, False, True, True, True, True]
+    assert set(_spf._threads.idle) == {r for r in runners if not r.dead}
