@@ -116,38 +116,56 @@ class _Evaluation:
 
 @dataclass(frozen=True, slots=True)
 class _Ended:
-    """What a runner switches back with when pyspf's ``check()`` has returned or raised."""
+    """What pyspf's ``check()`` returned or raised."""
 
     result: tuple[str, int, str] | None
     error: BaseException | None = None
 
 
 class _Runner(greenlet.greenlet):
-    """Runs evaluations one after another; switched with None, it ends."""
+    """Runs evaluations one after another, each handed over in `evaluation`.
+
+    Switched into with an evaluation, it switches back with a question while
+    one is asked, and with None once the evaluation has ended (the outcome in
+    `ended`); switched into without one, it ends.  An idle runner refers to
+    nothing of the evaluations it ran.
+    """
 
     def __init__(self, parent: greenlet.greenlet):
         super().__init__(parent=parent)
         self.evaluation: _Evaluation | None = None
+        self.ended: _Ended | None = None
 
-    def run(self, evaluation: _Evaluation | None) -> None:
-        while evaluation is not None:
-            self.evaluation = evaluation
+    def run(self) -> None:
+        while self.evaluation is not None:
             try:
-                ended = _Ended(evaluation.q.check(spf=evaluation.record))
+                self.ended = _Ended(self.evaluation.q.check(spf=self.evaluation.record))
             except greenlet.GreenletExit:
                 raise
             except BaseException as exc:  # carried to check_host, which raises what it does not handle
-                ended = _Ended(None, exc)
+                self.ended = _Ended(None, exc)
             self.evaluation = None
-            evaluation = self.parent.switch(ended)
+            self.parent.switch(None)
+
+    def start(self, evaluation: _Evaluation) -> tuple[str, str] | None:
+        """Run *evaluation* until it waits for a question (returned) or ends (None)."""
+        self.evaluation = evaluation
+        need: tuple[str, str] | None = self.switch()
+        return need
 
     def abandon(self) -> None:
         """End the suspended evaluation now, whatever pyspf does with `_Abandoned`."""
         assert self.evaluation is not None
         self.evaluation.abandoned = True
-        ended = self.throw(_Abandoned)
+        need = self.throw(_Abandoned)
         # If pyspf swallowed it, its next lookup raised it again, or it returned: either way it is over.
-        assert isinstance(ended, _Ended), ended
+        assert need is None and self.evaluation is None, need
+
+    def outcome(self) -> _Ended:
+        """What the evaluation that has just ended gave; the runner keeps nothing of it."""
+        ended, self.ended = self.ended, None
+        assert ended is not None
+        return ended
 
 
 _threads = threading.local()  # greenlets switch only within their thread: idle runners are kept per thread
@@ -225,19 +243,19 @@ async def check_host(
     if default_explanation is not None:
         q.set_default_explanation(default_explanation)
     runner = _runner()
-    step = runner.switch(_Evaluation(q, record, session, budget))  # a question pyspf waits for, or _Ended
+    need = runner.start(_Evaluation(q, record, session, budget))
     try:
         waits = 0
-        while not isinstance(step, _Ended):
+        while need is not None:
             if waits == MAX_SUSPENSIONS:  # a hostile record cannot keep it waiting for ever
                 detail = f"more than {MAX_SUSPENSIONS} DNS waits in one evaluation"
                 return SpfEvaluation("temperror", detail, "", q.ident, q.d, detail=detail)
             waits += 1
-            name, qtype = step
-            step = runner.switch(await session.query(name, qtype, budget))
+            need = runner.switch(await session.query(need[0], need[1], budget))
     finally:
-        if not isinstance(step, _Ended):
+        if need is not None:
             runner.abandon()  # cancelled or failed while it waited: never left to the collector
+        step = runner.outcome()
         _done(runner)
     if isinstance(step.error, _BudgetSpent):
         return SpfEvaluation(None, "", "", q.ident, q.d, detail=step.error.detail)

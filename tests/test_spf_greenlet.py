@@ -9,8 +9,10 @@ demand), so a test can stop a check while pyspf waits inside a lookup.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import threading
+import weakref
 from collections.abc import Iterator
 
 import greenlet
@@ -367,3 +369,18 @@ def test_idle_runners_beyond_the_limit_are_ended(runs, monkeypatch):
     assert len(runners) == 6  # all six were suspended at once
     assert sorted(r.dead for r in runners) == [False, False, True, True, True, True]
     assert set(_spf._threads.idle) == {r for r in runners if not r.dead}
+
+
+@pytest.mark.parametrize("budget", [pytest.param(30, id="returned"), pytest.param(2, id="raised")])
+def test_an_idle_runner_keeps_nothing_of_the_evaluation_it_ran(budget):
+    transport = TableTransport(SHAPES[0].values[0])
+
+    async def go() -> weakref.ref[Session]:
+        session = session_for(transport)
+        await check_host(session, Budget(budget), CLIENT, "a@s.example", "mx")
+        return weakref.ref(session)
+
+    kept = asyncio.run(go())
+    gc.collect()
+    assert len(_spf._threads.idle) == 1
+    assert kept() is None
