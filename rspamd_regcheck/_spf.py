@@ -1,32 +1,44 @@
 """SPF (RFC 7208) with pyspf, its DNS answered by our DNS layer without blocking the loop.
 
 pyspf is synchronous: every lookup goes through the module-level function
-``spf.DNSLookup``.  We point it at a dispatcher that answers from the
-current check's answers, or from the shared cache (a synchronous look), and
-otherwise raises `_Need`.  The coroutine then asks the question through the
-check's DNS session (cache, coalescing, budget, deadline) and runs pyspf
-again from the start; pyspf's own work is about 0.1 ms, the questions are
-the cost.  ``check()`` never awaits, so one event loop thread can run many
-checks this way; no thread pool, no second resolver.
+``spf.DNSLookup``.  Each evaluation runs pyspf's ``check()`` once, in a
+greenlet (a `_Runner`) whose parent is the greenlet the event loop runs in.
+``spf.DNSLookup`` points at a dispatcher that finds the evaluation by the
+greenlet running it (never a global "current check": many evaluations are
+suspended on one loop at once) and answers from that evaluation's answers,
+or from the shared cache (a synchronous look).  When neither has the
+answer, the lookup switches to the parent with the question; the coroutine
+asks it through the check's DNS session (cache, coalescing, budget,
+deadline) and switches back with the answer, which the lookup returns to
+pyspf as if it had been there all along.  pyspf's own work is about 0.1 ms;
+the questions are the cost.  No thread pool, no second resolver, and pyspf
+never sees an exception for a question not yet answered.
+
+A suspended evaluation is never left for the garbage collector: when the
+coroutine stops waiting for it (cancelled by the check's deadline or a
+client that went away, an error while asking, too many suspensions) it
+throws `_Abandoned` into the runner.  pyspf swallows every exception in two
+places (fetching the ``exp=`` text, and PTR checks in its "harsh" mode,
+which we do not use), so every later lookup of an abandoned evaluation
+raises it again at once, without switching, and pyspf ends in a few steps.
+
+Starting a greenlet costs about 10 us and switching into a live one about
+0.5 us, so a runner that has ended its evaluation waits, idle, for the next
+one (up to `MAX_IDLE_RUNNERS` per thread; more are ended at once).
 
 RFC 7208 5.5/7: a DNS error on the A/AAAA lookup of a name found by PTR
 (the ``ptr`` mechanism, the ``%{p}`` macro) skips that name; pyspf only does
 so for the CNAME loops it follows itself, so the dispatcher answers such a
 failure with "no address" for names the evaluation got from a PTR answer.
-
-pyspf swallows any exception in two places (fetching the ``exp=`` text, and
-PTR checks in its "harsh" mode, which we do not use).  The dispatcher
-therefore also remembers the question it could not answer, and the driver
-asks it and runs again even when pyspf returned normally.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import threading
 from dataclasses import dataclass
 from typing import Any
 
+import greenlet
 import spf
 
 from ._answer import DnsAnswer, DnsStatus
@@ -35,15 +47,8 @@ from ._identity import BadHelo, normalise_helo
 from ._types import IPAddress, Method, MethodOutcome, Record, Result
 from ._wire import RType
 
-MAX_ROUNDS = 64  # pyspf runs per check; each round adds one answer, so budgets end it sooner
-
-
-class _Need(Exception):
-    """The current pyspf run needs a DNS answer we do not have yet."""
-
-    def __init__(self, key: tuple[str, str]):
-        super().__init__(key)
-        self.key = key
+MAX_SUSPENSIONS = 64  # DNS waits per evaluation; each asks one question, so budgets end it sooner
+MAX_IDLE_RUNNERS = 64  # per thread: a few tens of kB each, kept for the evaluations to come
 
 
 class _BudgetSpent(Exception):
@@ -52,6 +57,13 @@ class _BudgetSpent(Exception):
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+
+class _Abandoned(BaseException):
+    """Thrown into a suspended evaluation the coroutine no longer waits for.
+
+    A BaseException, so pyspf's handlers (TempError, PermError) let it through.
+    """
 
 
 _PYSPF_TYPES = {"A": RType.A, "AAAA": RType.AAAA, "MX": RType.MX, "PTR": RType.PTR, "TXT": RType.TXT}
@@ -70,17 +82,21 @@ def _pyspf_records(name: str, qtype: str, answer: DnsAnswer) -> list[tuple[tuple
     raise spf.TempError(f"DNS {answer.detail or answer.status.value} for {name} {qtype}")
 
 
-class _Lookups:
-    """The answers one SPF evaluation has seen, shared by its pyspf runs."""
+class _Evaluation:
+    """One pyspf ``check()``: what it asks with, the answers it has seen."""
 
-    def __init__(self, session: Session, budget: Budget):
+    def __init__(self, q: spf.query, record: str | None, session: Session, budget: Budget):
+        self.q = q
+        self.record = record
         self.session = session
         self.budget = budget
         self.answers: dict[tuple[str, str], DnsAnswer] = {}
-        self.missing: tuple[str, str] | None = None
         self.ptr_names: set[str] = set()
+        self.abandoned = False
 
-    def lookup(self, name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
+    def lookup(self, runner: _Runner, name: str, qtype: str) -> Any:
+        if self.abandoned:
+            raise _Abandoned  # pyspf swallowed the first one: end without asking anything more
         key = (name.rstrip(".").lower(), qtype)
         answer = self.answers.get(key)
         if answer is None:
@@ -89,8 +105,7 @@ class _Lookups:
                 return []  # type 99 and other types RFC 7208 no longer asks for
             answer = self.session.cached(key[0], rtype, self.budget)
             if answer is None:
-                self.missing = key
-                raise _Need(key)
+                answer = runner.parent.switch(key)  # check_host asks, and switches back with the answer
             self.answers[key] = answer
         if qtype == "PTR" and answer.status is DnsStatus.OK:
             self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
@@ -98,30 +113,93 @@ class _Lookups:
             return []  # RFC 7208 5.5/7: skip this PTR name
         return _pyspf_records(key[0], qtype, answer)
 
-    async def fetch(self, key: tuple[str, str]) -> None:
-        self.answers[key] = await self.session.query(key[0], key[1], self.budget)
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """What pyspf's ``check()`` returned or raised."""
+
+    result: tuple[str, int, str] | None
+    error: BaseException | None = None
 
 
-_current: _Lookups | None = None
+class _Runner(greenlet.greenlet):
+    """Runs evaluations one after another, each handed over in `evaluation`.
+
+    Switched into with an evaluation, it switches back with a question while
+    one is asked, and with None once the evaluation has ended (the outcome in
+    `ended`); switched into without one, it ends.  An idle runner refers to
+    nothing of the evaluations it ran.
+    """
+
+    def __init__(self, parent: greenlet.greenlet):
+        super().__init__(parent=parent)
+        self.evaluation: _Evaluation | None = None
+        self.ended: _Ended | None = None
+
+    def run(self) -> None:
+        while self.evaluation is not None:
+            try:
+                self.ended = _Ended(self.evaluation.q.check(spf=self.evaluation.record))
+            except greenlet.GreenletExit:
+                raise
+            except BaseException as exc:  # carried to check_host, which raises what it does not handle
+                self.ended = _Ended(None, exc)
+            self.evaluation = None
+            self.parent.switch(None)
+
+    def start(self, evaluation: _Evaluation) -> tuple[str, str] | None:
+        """Run *evaluation* until it waits for a question (returned) or ends (None)."""
+        self.evaluation = evaluation
+        need: tuple[str, str] | None = self.switch()
+        return need
+
+    def abandon(self) -> None:
+        """End the suspended evaluation now, whatever pyspf does with `_Abandoned`."""
+        assert self.evaluation is not None
+        self.evaluation.abandoned = True
+        need = self.throw(_Abandoned)
+        # If pyspf swallowed it, its next lookup raised it again, or it returned: either way it is over.
+        assert need is None and self.evaluation is None, need
+
+    def outcome(self) -> _Ended:
+        """What the evaluation that has just ended gave; the runner keeps nothing of it."""
+        ended, self.ended = self.ended, None
+        assert ended is not None
+        return ended
+
+
+_threads = threading.local()  # greenlets switch only within their thread: idle runners are kept per thread
+
+
+def _runner() -> _Runner:
+    """An idle runner whose parent is the current greenlet."""
+    here = greenlet.getcurrent()
+    idle: list[_Runner] | None = getattr(_threads, "idle", None)
+    if not idle:
+        return _Runner(here)
+    runner = idle.pop()
+    if runner.parent is not here:
+        runner.parent = here
+    return runner
+
+
+def _done(runner: _Runner) -> None:
+    """Keep an idle runner for the next evaluation, or end it."""
+    idle: list[_Runner] = _threads.__dict__.setdefault("idle", [])
+    if len(idle) < MAX_IDLE_RUNNERS:
+        idle.append(runner)
+    else:
+        runner.switch(None)
 
 
 def _dispatch(name: str, qtype: str, strict: object = True, timeout: object = None) -> Any:
-    if _current is None:
+    runner = greenlet.getcurrent()
+    if not isinstance(runner, _Runner) or runner.evaluation is None:
         raise spf.TempError("DNS lookup outside a regcheck SPF evaluation")
-    return _current.lookup(name, qtype, strict, timeout)
+    return runner.evaluation.lookup(runner, name, qtype)
 
 
 spf.DNSLookup = _dispatch  # every pyspf lookup in this process goes through our DNS layer
-
-
-@contextlib.contextmanager
-def _using(lookups: _Lookups) -> Iterator[None]:
-    global _current
-    previous, _current = _current, lookups
-    try:
-        yield
-    finally:
-        _current = previous
 
 
 @dataclass(frozen=True)
@@ -161,26 +239,32 @@ async def check_host(
     RFC 7208's limits (10 lookups, 2 void lookups) are pyspf's; the *budget*
     (questions, cache hits included) is ours.
     """
-    lookups = _Lookups(session, budget)
-    for _ in range(MAX_ROUNDS):
-        q = spf.query(i=str(ip), s=sender, h=helo, receiver=receiver, strict=True, querytime=0)
-        if default_explanation is not None:
-            q.set_default_explanation(default_explanation)
-        lookups.missing = None
-        try:
-            with _using(lookups):
-                result, _code, explanation = q.check(spf=record)
-        except _Need as need:
-            key = need.key
-        except _BudgetSpent as spent:
-            return SpfEvaluation(None, "", "", q.ident, q.d, detail=spent.detail)
-        else:
-            if lookups.missing is None or lookups.missing in lookups.answers:
-                header = q.get_header(result, receiver)
-                return SpfEvaluation(result, explanation, header, q.ident, q.d, q.mechanism)
-            key = lookups.missing  # asked inside one of pyspf's catch-alls: ask it and run again
-        await lookups.fetch(key)
-    return SpfEvaluation("temperror", "too many DNS rounds", "", "mailfrom", "", detail="too many DNS rounds")
+    q = spf.query(i=str(ip), s=sender, h=helo, receiver=receiver, strict=True, querytime=0)
+    if default_explanation is not None:
+        q.set_default_explanation(default_explanation)
+    runner = _runner()
+    need = runner.start(_Evaluation(q, record, session, budget))
+    try:
+        waits = 0
+        while need is not None:
+            if waits == MAX_SUSPENSIONS:  # a hostile record cannot keep it waiting for ever
+                detail = f"more than {MAX_SUSPENSIONS} DNS waits in one evaluation"
+                return SpfEvaluation("temperror", detail, "", q.ident, q.d, detail=detail)
+            waits += 1
+            need = runner.switch(await session.query(need[0], need[1], budget))
+    finally:
+        if need is not None:
+            runner.abandon()  # cancelled or failed while it waited: never left to the collector
+        step = runner.outcome()
+        _done(runner)
+    if isinstance(step.error, _BudgetSpent):
+        return SpfEvaluation(None, "", "", q.ident, q.d, detail=step.error.detail)
+    if step.error is not None:
+        raise step.error
+    assert step.result is not None
+    result, _code, explanation = step.result
+    header = q.get_header(result, receiver)
+    return SpfEvaluation(result, explanation, header, q.ident, q.d, q.mechanism)
 
 
 ALIGNMENTS = ("relaxed", "none")
