@@ -8,6 +8,7 @@ them, what it all means (`evaluate`).  No awaits, sockets or clocks here.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,17 @@ TEMPFAIL_DNS_X = "4.4.3"  # RFC 3463 3.5: directory server failure
 TEMPFAIL_OTHER_X = "4.7.0"  # RFC 3463 3.8: other security status
 OK_CODE, OK_X = 250, "2.0.0"
 ASSUMED = "record=assumed"  # option and Authent header word: no registry lists the ID (registry.fallback)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_value(text: str) -> str:
+    """A header value as it may go out: a control character (a CR or LF that would end the header
+    and start another, a NUL, a tab) becomes a space.  The values carry DNS text that the sender's
+    domain chose (an SPF record's terms in Received-SPF's ``problem=``), and they leave the worker
+    in rspamd's milter reply, where nothing else cleans them."""
+    return _CONTROL.sub(" ", text) if _CONTROL.search(text) else text
 
 
 class RegistryStatus(enum.Enum):
@@ -156,7 +168,10 @@ class _Evaluation:
             seed=SeedVerdict(action, code, xcode, message, detail),
             id=f.id,
             ratings=f.ratings,
-            add_headers=tuple(sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)),
+            add_headers=tuple(
+                (name, header_value(value))
+                for name, value in sorted(self.headers, key=lambda h: h[0] != self.p.authent_header)
+            ),
             # Headers we add are also removed from the message first, so a sender cannot forge them.
             remove_headers=()
             if f.skipped is not None

@@ -70,6 +70,19 @@ def post(worker, headers, body=b"", path="/checkv2", conn=None, version=11):
     return r, data, c
 
 
+def test_header_injection_through_an_spf_record_never_reaches_the_milter(worker):
+    """The attack over the wire: the sender's SPF record carries CR LF and a header of its own;
+    the milter's add_headers in the worker's reply (which rspamd hands to the MTA) keep one line."""
+    headers = {"IP": "192.0.2.10", "Helo": "mx.spf.example", "From": "<a@inject.spf.example>"}
+    r, data, c = post(worker, headers)
+    c.close()
+    assert r.status == 200, data
+    added = json.loads(data)["milter"]["add_headers"]
+    received = added["Received-SPF"]
+    assert "X-Injected: yes" in received, received
+    assert not any(c in received for c in "\r\n\t"), repr(received)
+
+
 SEED = [
     pytest.param({"IP": "208.20.133.17", "Helo": "mailout17.heaven.net"}, "ACCEPT", id="heaven-pass"),
     pytest.param({"IP": "208.20.133.32", "Helo": "mailout32.heaven.net"}, "REJECT", id="heaven-fail"),

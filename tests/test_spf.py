@@ -152,6 +152,16 @@ def test_spf_results(config, ip, mail_from, action, symbol, options):
         assert "REGCHECK_UNVERIFIED" in got
 
 
+def test_header_injection_through_an_spf_record_is_defused(config):
+    """An SPF record's bad term carrying CR LF and a header name: pyspf puts the term into
+    Received-SPF's problem=; it must reach the MTA as one line, not as a header of the sender's."""
+    result = check(config, "192.0.2.10", "mx.spf.example", "a@inject.spf.example")
+    received = dict(result.verdict.add_headers)["Received-SPF"]
+    assert received.startswith("PermError (mx.receiver.test: "), received
+    assert "X-Injected: yes" in received  # the text is kept, on the same line
+    assert not any(c in received for c in "\r\n\t\x00"), repr(received)
+
+
 def test_seed_wayforward_alignment_none(config):
     result = check(replace(config, spf_alignment="none"), "69.55.226.139", "mx1.wayforward.net", "tway@optsw.com")
     assert result.verdict.seed.action is Action.ACCEPT
