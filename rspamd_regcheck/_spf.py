@@ -26,10 +26,11 @@ Starting a greenlet costs about 10 us and switching into a live one about
 0.5 us, so a runner that has ended its evaluation waits, idle, for the next
 one (up to `MAX_IDLE_RUNNERS` per thread; more are ended at once).
 
-RFC 7208 5.5/7: a DNS error on the A/AAAA lookup of a name found by PTR
-(the ``ptr`` mechanism, the ``%{p}`` macro) skips that name; pyspf only does
-so for the CNAME loops it follows itself, so the dispatcher answers such a
-failure with "no address" for names the evaluation got from a PTR answer.
+RFC 7208 5.5/7: a DNS error on the PTR lookup (the ``ptr`` mechanism, the
+``%{p}`` macro) means no match and "unknown", and one on the A/AAAA lookup
+of a name found by PTR skips that name; pyspf would make either a
+temperror, so the dispatcher answers such a failure with "no records", and
+takes back the void lookup pyspf counts for it (a failure is not void).
 """
 
 from __future__ import annotations
@@ -107,11 +108,25 @@ class _Evaluation:
             if answer is None:
                 answer = runner.parent.switch(key)  # check_host asks, and switches back with the answer
             self.answers[key] = answer
-        if qtype == "PTR" and answer.status is DnsStatus.OK:
-            self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
+        if qtype == "PTR":
+            if answer.status is DnsStatus.OK:
+                self.ptr_names.update(str(name).rstrip(".").lower() for name in answer.records)
+            elif answer.status.failed:
+                return self._skip()  # RFC 7208 5.5: ptr does not match; 7.3: %{p} is "unknown"
         elif qtype in ("A", "AAAA") and answer.status.failed and key[0] in self.ptr_names:
-            return []  # RFC 7208 5.5/7: skip this PTR name
+            return self._skip()  # RFC 7208 5.5/7: skip this PTR name
         return _pyspf_records(key[0], qtype, answer)
+
+    def _skip(self) -> list[Any]:
+        """No records, for a lookup that failed and that RFC 7208 says to pass over.
+
+        pyspf counts every empty answer as a void lookup, but a failed lookup is none (RFC 7208
+        4.6.4 counts NXDOMAIN and empty answers only); the names a PTR answer lists are the
+        client's to choose, so counting their failures would let it turn a fail into a
+        permerror.  The count is taken back here, before pyspf adds it.
+        """
+        self.q.void_lookups -= 1
+        return []
 
 
 @dataclass(frozen=True, slots=True)
