@@ -48,7 +48,10 @@ from ._identity import BadHelo, normalise_helo
 from ._types import IPAddress, Method, MethodOutcome, Record, Result
 from ._wire import RType
 
-MAX_SUSPENSIONS = 64  # DNS waits per evaluation; each asks one question, so budgets end it sooner
+# DNS waits per evaluation.  Each asks one question, charged to the method's budget and the check's
+# (methods.limits <= 999, dns.max_queries <= 1000), so a budget ends an evaluation first; this is the
+# bound should one not.  A legal record may need 100 questions and more (ten mx terms of ten hosts).
+MAX_SUSPENSIONS = 1001
 MAX_IDLE_RUNNERS = 64  # per thread: a few tens of kB each, kept for the evaluations to come
 
 

@@ -113,7 +113,8 @@ def lookups(monkeypatch) -> list[tuple[str, str]]:
 def evaluate(transport: TableTransport, sender: str, **kw) -> SpfEvaluation:
     async def go() -> SpfEvaluation:
         async with asyncio.timeout(BOUND):
-            return await check_host(session_for(transport), Budget(kw.pop("budget", 30)), CLIENT, sender, "mx", **kw)
+            session = session_for(transport, cap=kw.pop("cap", 100))
+            return await check_host(session, Budget(kw.pop("budget", 30)), CLIENT, sender, "mx", **kw)
 
     return asyncio.run(go())
 
@@ -326,6 +327,23 @@ def test_too_many_waits_end_the_evaluation(runs, monkeypatch):
     assert (ev.result, ev.detail, ev.domain) == ("temperror", "more than 2 DNS waits in one evaluation", "s.example")
     assert len(transport.asked) == 2
     assert not in_pyspf(runs)
+
+
+def test_a_legal_record_may_wait_more_than_64_times(runs):
+    """Ten mx terms of ten hosts each: 111 questions, all within RFC 7208's limits; with a
+    budget that allows them, the evaluation reaches its answer (the old cap of 64 waits gave a
+    temperror, which defers the mail)."""
+    record = " ".join(["v=spf1", *(f"mx:m{i}.example" for i in range(10)), "-all"])
+    table: dict[tuple[str, str], tuple] = {("s.example", "TXT"): txt(record)}
+    for i in range(10):
+        table[(f"m{i}.example", "MX")] = tuple((10, f"h{j}.m{i}.example") for j in range(10))
+        for j in range(10):
+            table[(f"h{j}.m{i}.example", "A")] = ("198.51.100.1",)
+    transport = TableTransport(table)
+    ev = evaluate(transport, "a@s.example", budget=200, cap=300)
+    assert (ev.result, ev.detail) == ("fail", ""), (ev.result, ev.detail, ev.explanation)
+    assert len(transport.asked) == 111
+    assert len(runs) == 1 and not in_pyspf(runs)
 
 
 def test_the_budget_spent_while_suspended(runs):
