@@ -77,6 +77,25 @@ ANSWER_KEY = (
 )
 
 
+class _Throttled:
+    """A warning worth a line, written at most once every `BAD_LOG_SECONDS` with the count of
+    those left out: a client that repeats it by the thousand a second cannot flood the log."""
+
+    def __init__(self, form: str):
+        self.form = form
+        self.logged = -BAD_LOG_SECONDS
+        self.unlogged = 0
+
+    def log(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.logged < BAD_LOG_SECONDS:
+            self.unlogged += 1
+            return
+        more = f" (and {self.unlogged} more since the last line)" if self.unlogged else ""
+        log.warning(self.form + "%s", text, more)
+        self.logged, self.unlogged = now, 0
+
+
 @dataclass(slots=True)
 class Transaction:
     """One Postfix transaction: its verdict and the headers still to prepend."""
@@ -108,8 +127,8 @@ class PolicyServer:
     def __init__(self, app: App):
         self.app = app
         self.connections: set[PolicyProtocol] = set()
-        self._bad_logged = -BAD_LOG_SECONDS
-        self._bad_unlogged = 0
+        self._bad = _Throttled("bad policy request answered DUNNO: %s")
+        self._refused = _Throttled("policy connection %s")
         # Postfix instance -> its transaction; an Answer stands for a transaction begun from it
         self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction | Answer] = TwoGenerationLRU(
             self.settings.transactions
@@ -123,13 +142,11 @@ class PolicyServer:
 
     def _log_bad(self, reason: str) -> None:
         """Log a bad request; at most one line a second, so a flood cannot flood the log."""
-        now = time.monotonic()
-        if now - self._bad_logged < BAD_LOG_SECONDS:
-            self._bad_unlogged += 1
-            return
-        more = f" (and {self._bad_unlogged} more since the last line)" if self._bad_unlogged else ""
-        log.warning("bad policy request answered DUNNO: %s%s", reason, more)
-        self._bad_logged, self._bad_unlogged = now, 0
+        self._bad.log(reason)
+
+    def log_refused(self, why: str) -> None:
+        """Log a connection refused at once; at most one line a second, as `_log_bad`."""
+        self._refused.log(why)
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -343,11 +360,11 @@ class PolicyProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if not self._allowed(peer):
-            log.warning("policy connection from %s refused: not in policy_server.clients", peer and peer[0])
+            self.server.log_refused(f"from {peer and peer[0]} refused: not in policy_server.clients")
             self.transport.close()
             return
         if len(self.server.connections) >= self.server.app.limits.connections:
-            log.warning("policy connection refused: %d connections open", len(self.server.connections))
+            self.server.log_refused(f"refused: {len(self.server.connections)} connections open")
             self.transport.close()
             return
         self.server.connections.add(self)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from rspamd_regcheck._policy_server import BAD_LOG_SECONDS
+
 from conftest import free_port
 from helpers import read_reply
 from postfix_procs import wait_port
@@ -176,6 +178,21 @@ def test_bad_requests_are_logged_at_most_once_a_second(other) -> None:  # type: 
     assert len(lines) == 2, lines
     assert "not a name=value line: b'hello there'" in lines[0]
     assert "(and 49 more since the last line)" in lines[1]
+
+
+def test_refused_connections_are_logged_at_most_once_a_second(other) -> None:  # type: ignore[no-untyped-def]
+    """A client that is not served, connecting 200 times at once, gets no line each: a local user
+    (on a UNIX socket, anyone the directory lets in) could otherwise flood the log."""
+    w = other('clients = ["192.0.2.0/24"]\n')
+    started = time.monotonic()
+    for _ in range(200):
+        with w.connect() as s:
+            assert s.recv(100) == b""  # closed before a word
+    seconds = time.monotonic() - started
+    time.sleep(0.3)
+    lines = [line for line in w.proc.log_path.read_text().splitlines() if "policy connection from" in line]
+    assert 1 <= len(lines) <= int(seconds / BAD_LOG_SECONDS) + 2, (seconds, lines)  # one a second at most
+    assert "refused: not in policy_server.clients" in lines[0]
 
 
 def test_unfinished_request_times_out(worker: Worker) -> None:
