@@ -8,8 +8,9 @@ listening socket it inherits (`_serve`).
 What is found at the path when the supervisor starts:
 
 - nothing: the socket is bound there;
-- a socket nobody listens on (connecting is refused: left by a worker that
-  did not stop cleanly): it is removed and the socket bound again;
+- a socket nobody listens on (connecting is refused, and again a moment
+  later: left by a worker that did not stop cleanly, not bound by another
+  start about to listen): it is removed and the socket bound again;
 - a socket someone listens on: `ListenError`, "in use";
 - anything else (a regular file, a directory): `ListenError`; it is never removed.
 
@@ -27,6 +28,7 @@ import os
 import re
 import socket
 import stat
+import time
 from dataclasses import dataclass
 
 from .errors import ConfigError, ListenError
@@ -37,6 +39,7 @@ PREFIX = "unix:"  # as Postfix writes a UNIX socket in check_policy_service
 SUN_PATH_MAX = 108  # bytes of sockaddr_un.sun_path on Linux (unix(7)), the terminating NUL among them
 DEFAULT_MODE = 0o666  # as Postfix's own private sockets: the directory's permissions protect them
 BACKLOG = 1024  # as the TCP listeners (`_serve.listening_socket`)
+RECHECK_SECONDS = 0.1  # a refused socket is probed again after this, before it is taken for stale
 _MODE = re.compile(r"0?[0-7]{3}")
 
 
@@ -82,7 +85,12 @@ def parse_mode(key: str, text: str) -> int:
     """
     if not _MODE.fullmatch(text):
         raise ConfigError(key, f'{text!r} is not a permission mode in octal, such as "0666" or "0660"')
-    return int(text, 8)
+    mode = int(text, 8)
+    if not mode & stat.S_IWUSR:
+        # connecting takes write permission: without it the worker's next start could not tell
+        # the socket a crash left behind from a live one, and would refuse to start
+        raise ConfigError(key, f"{text!r} does not let the socket's owner (the worker) write to it: add 0200")
+    return mode
 
 
 def mode_text(mode: int) -> str:
@@ -117,6 +125,10 @@ class UnixListener:
             given the mode or given the group.
         """
         path = address.path
+        try:  # before bind: the moments between bind and listen must be few (`_clear_stale`)
+            gid = None if group is None else group_id("policy_server.socket_group", group)
+        except ConfigError as exc:
+            raise ListenError(address, f"{exc.why} (giving it group {group})") from exc
         _clear_stale(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -129,14 +141,15 @@ class UnixListener:
             try:
                 # before listen(): until then a client's connect is refused, never let in
                 os.chmod(path, mode)
-                if group is not None:
-                    os.chown(path, -1, group_id("policy_server.socket_group", group))
+                if gid is not None:
+                    os.chown(path, -1, gid)
                 sock.listen(BACKLOG)
-            except (OSError, ConfigError) as exc:
+            except OSError as exc:
                 _remove_if(path, ident)
-                why = exc.why if isinstance(exc, ConfigError) else _why(exc)
                 given = f"mode {mode_text(mode)}" + ("" if group is None else f", group {group}")
-                raise ListenError(address, f"{why} (giving it {given})") from exc
+                raise ListenError(address, f"{_why(exc)} (giving it {given})") from exc
+            if not _is(path, ident):  # another start took ours for stale before listen(), and has the path
+                raise ListenError(address, "in use: another process took the path as this one bound it")
         except BaseException:
             sock.close()
             raise
@@ -166,7 +179,16 @@ def _clear_stale(address: UnixAddress) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)  # a listener with a full backlog says EAGAIN instead of making us wait
     try:
-        probe.connect(path)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            # Nobody listens: left by a process gone, or bound a moment ago by another start
+            # that has yet to listen.  Ask again once that moment is surely over.
+            _pause()
+            probe.close()
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.setblocking(False)
+            probe.connect(path)
     except ConnectionRefusedError:  # a socket file nobody listens on: left by a process gone
         if _remove_if(path, (st.st_dev, st.st_ino)):
             log.warning("removed the stale socket %s (nothing listened on it)", path)
@@ -180,6 +202,19 @@ def _clear_stale(address: UnixAddress) -> None:
     finally:
         probe.close()
     raise ListenError(address, "in use: a process listens on it")
+
+
+def _pause() -> None:
+    time.sleep(RECHECK_SECONDS)
+
+
+def _is(path: str, ident: tuple[int, int]) -> bool:
+    """Whether *path* is still the file *ident* names."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
 
 
 def _remove_if(path: str, ident: tuple[int, int]) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 from test_policy_server import HOSTILE, REG, REJECT_TEXT, REJECTED, ask, request
 
+from rspamd_regcheck import _unixsock
 from rspamd_regcheck._unixsock import DEFAULT_MODE, UnixAddress, UnixListener
 from rspamd_regcheck.config import config_from_mapping
 from rspamd_regcheck.errors import ConfigError, ListenError
@@ -90,6 +91,12 @@ BAD_CONFIG = [
     pytest.param({"listen": "unix:/r/p", "socket_mode": "4777"}, "policy_server.socket_mode", "octal", id="setuid"),
     pytest.param({"listen": "unix:/r/p", "socket_mode": 438}, "policy_server.socket_mode", "string", id="a-number"),
     pytest.param(
+        {"listen": "unix:/r/p", "socket_mode": "0440"}, "policy_server.socket_mode", "add 0200", id="owner-cannot-write"
+    ),
+    pytest.param(
+        {"listen": "unix:/r/p", "socket_mode": "0066"}, "policy_server.socket_mode", "add 0200", id="others-only"
+    ),
+    pytest.param(
         {"listen": "unix:/r/p", "socket_group": "no-such-group-here"},
         "policy_server.socket_group",
         "no group 'no-such-group-here'",
@@ -147,6 +154,51 @@ def test_a_stale_socket_is_replaced(short_dir: Path, caplog: pytest.LogCaptureFi
         assert f"removed the stale socket {path}" in caplog.text
     finally:
         listener.close()
+
+
+def test_a_socket_another_start_is_about_to_listen_on_is_not_taken_for_stale(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts at once: the first has bound, and not yet listened, when the second looks.
+    The second asks again a moment later, finds it listening, and leaves it be."""
+    path = short_dir / "p.sock"
+    first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    first.bind(str(path))  # bound, not listening: connecting is refused, as to a stale socket
+    monkeypatch.setattr(_unixsock, "_pause", lambda: first.listen(1))  # the first start's listen()
+    try:
+        with pytest.raises(ListenError) as info:
+            UnixListener.bind(UnixAddress(str(path)), DEFAULT_MODE, None)
+        assert str(info.value) == f"cannot listen on unix:{path}: in use: a process listens on it"
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))  # still the first one's
+    finally:
+        first.close()
+
+
+def test_a_start_whose_socket_was_taken_before_it_listened_says_so(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side of the race: another start removed our socket, bound a moment ago and not
+    yet listening, and put its own there.  Ours must not go on to listen on a socket nobody can reach."""
+    path = short_dir / "p.sock"
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    chmod = os.chmod
+
+    def taken(where: str, mode: int) -> None:
+        chmod(where, mode)
+        os.unlink(where)
+        other.bind(where)
+        other.listen(1)
+
+    monkeypatch.setattr(_unixsock.os, "chmod", taken)
+    try:
+        with pytest.raises(ListenError) as info:
+            UnixListener.bind(UnixAddress(str(path)), DEFAULT_MODE, None)
+        assert "in use: another process took the path" in str(info.value)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))  # the other one keeps it
+    finally:
+        other.close()
 
 
 FOUND = [
