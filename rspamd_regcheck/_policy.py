@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from ._enforce import NO_ACTION, EnforceAction, Enforcement, EnforcePolicy, enforce
 from ._types import Action, IPNetwork, Verdict
+from ._unixsock import DEFAULT_MODE, UnixAddress
 
 # Postfix's own defaults: line_length_limit = 2048; a request carries about 40 attributes.
 MAX_LINE = 2048
@@ -78,7 +79,7 @@ REFUSABLE = (EnforceAction.REJECT, EnforceAction.SOFT_REJECT)
 class PolicySettings:
     """``[policy_server]``: the Postfix policy listener (off while ``listen`` is None)."""
 
-    listen: tuple[str, int] | None = None
+    listen: tuple[str, int] | UnixAddress | None = None  # (host, port), or a UNIX socket (`_unixsock`)
     state: str = "RCPT"  # the first protocol_state at which the check runs
     mode: str | None = None  # "score" or "enforce"; None follows policy.mode
     actions: Mapping[EnforceAction, Kind] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
@@ -88,6 +89,8 @@ class PolicySettings:
     request_timeout: float = 10.0  # seconds from a request's first byte to its empty line
     idle_timeout: float = 330.0  # above Postfix's smtpd_policy_service_max_idle (300 s)
     transactions: int = 10_000  # Postfix instances remembered per worker
+    socket_mode: int = DEFAULT_MODE  # a UNIX socket's permissions
+    socket_group: str | None = None  # and its group (a name); None: the worker's own
 
 
 # -- reading requests -------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The supervisor checks the configuration and the listen address, then forks
 ``server.workers`` workers.  Each worker listens on the same address with
 SO_REUSEPORT (the kernel spreads connections among them) and runs the
-asyncio server.  The supervisor:
+asyncio server.  A policy listener on a UNIX socket is the exception: the
+supervisor binds it once and every worker accepts on the socket it inherits
+(`_unixsock`); the supervisor removes its file when it stops.  The supervisor:
 
 - restarts a worker that dies (after a pause when workers die young, so a
   crash loop does not spin);
@@ -15,7 +17,7 @@ asyncio server.  The supervisor:
   as it was judged (`Published`: they do not read the file again, so they run
   exactly what the supervisor accepted); each reloads in place, its
   connections untouched, and the number of workers follows ``server.workers``.
-  A changed listen address needs a restart, and says so.
+  A changed listen address (or a UNIX socket's mode or group) needs a restart, and says so.
 
 With ``server.metrics_listen``, each worker also listens there for
 Prometheus: ``GET /metrics`` only, no secret asked (the address must be
@@ -48,6 +50,7 @@ from ._loop import run_loop
 from ._metrics import ENV as METRICS_ENV
 from ._metrics import mark_dead
 from ._policy_server import PolicyServer, start_policy_server
+from ._unixsock import UnixAddress, UnixListener
 from ._validate import Checked
 from .config import Config, hostport
 from .errors import ConfigError, ListenError, RegcheckError
@@ -122,8 +125,14 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG, middle, old)
 
 
-async def worker_main(load: Loader, config: Config, host: str, port: int) -> None:
-    """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the configuration in place."""
+async def worker_main(
+    load: Loader, config: Config, host: str, port: int, policy_sock: socket.socket | None = None
+) -> None:
+    """One worker: serve until SIGTERM/SIGINT; SIGHUP reloads the configuration in place.
+
+    *policy_sock*: the policy listener's UNIX socket, bound by the supervisor (`_unixsock`);
+    a TCP policy listener is made here, as the others are.
+    """
     loop = asyncio.get_running_loop()
     checker = Checker(config)
     app = App(checker, limits_of(config), metrics=True, log_mask=config.log_mask_clients)
@@ -135,7 +144,10 @@ async def worker_main(load: Loader, config: Config, host: str, port: int) -> Non
     policy = PolicyServer(app)  # Postfix's policy protocol: a second listener, off by default
     policy_listen = config.policy_server.listen
     policy_server = None
-    if policy_listen is not None:
+    if isinstance(policy_listen, UnixAddress):
+        assert policy_sock is not None, "the supervisor binds a UNIX socket"
+        policy_server = await start_policy_server(policy, policy_sock)
+    elif policy_listen is not None:
         policy_server = await start_policy_server(policy, listening_socket(*policy_listen))
     tune_gc()
     stop = asyncio.Event()
@@ -197,9 +209,9 @@ class Published:
             return Checked(pickle.load(fh))  # our own file, in our own 0700 directory: trusted
 
 
-def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
+def _run_worker(load: Loader, config: Config, host: str, port: int, policy_sock: socket.socket | None) -> int:
     try:
-        run_loop(worker_main(load, config, host, port))
+        run_loop(worker_main(load, config, host, port, policy_sock))
     except Exception:
         log.exception("worker failed")
         return 1
@@ -210,8 +222,17 @@ def _run_worker(load: Loader, config: Config, host: str, port: int) -> int:
 
 
 class Supervisor:
-    def __init__(self, load: Loader, config: Config, host: str, port: int, published: Published):
+    def __init__(
+        self,
+        load: Loader,
+        config: Config,
+        host: str,
+        port: int,
+        published: Published,
+        policy_sock: socket.socket | None = None,
+    ):
         self.load = load
+        self.policy_sock = policy_sock  # a UNIX policy listener's socket, which every worker inherits
         self.published = published
         self.config = config
         self.host, self.port = host, port
@@ -233,7 +254,7 @@ class Supervisor:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 _die_with_parent(supervisor)
-                code = _run_worker(self.published, self.config, self.host, self.port)
+                code = _run_worker(self.published, self.config, self.host, self.port, self.policy_sock)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -287,13 +308,21 @@ class Supervisor:
         if new.metrics_listen != self.config.metrics_listen:
             log.warning("server.metrics_listen changed: that takes a restart")
             new = replace(new, metrics_listen=self.config.metrics_listen)
-        if new.policy_server.listen != self.config.policy_server.listen:
-            kept = self.config.policy_server.listen
-            log.warning(
-                "policy_server.listen changed: that takes a restart; %s",
-                f"still listening on {hostport(*kept)}" if kept else "still not listening",
-            )
-            new = replace(new, policy_server=replace(new.policy_server, listen=self.config.policy_server.listen))
+        old_ps, new_ps = self.config.policy_server, new.policy_server
+        for key in ("listen", "socket_mode", "socket_group"):  # what was bound at the start
+            if getattr(new_ps, key) != getattr(old_ps, key):
+                kept = old_ps.listen
+                log.warning(
+                    "policy_server.%s changed: that takes a restart; %s",
+                    key,
+                    f"still listening on {address_text(kept)}" if kept else "still not listening",
+                )
+        new = replace(
+            new,
+            policy_server=replace(
+                new_ps, listen=old_ps.listen, socket_mode=old_ps.socket_mode, socket_group=old_ps.socket_group
+            ),
+        )
         self.config = new
         try:
             self.published.publish(new)
@@ -337,7 +366,7 @@ class Supervisor:
             self.config.workers,
             ", ".join(self.config.registry_zones),
             f"; metrics on {hostport(*metrics)}" if metrics else "",
-            f"; Postfix policy service on {hostport(*policy)}" if policy else "",
+            f"; Postfix policy service on {address_text(policy)}" if policy else "",
         )
         while True:
             received = signal.sigtimedwait(SIGNALS, 0.2)
@@ -350,6 +379,11 @@ class Supervisor:
                 self.reload()
             self.reap()
             self.start_due()
+
+
+def address_text(address: tuple[str, int] | UnixAddress) -> str:
+    """``host:port``, or ``unix:/path``."""
+    return str(address) if isinstance(address, UnixAddress) else hostport(*address)
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -388,20 +422,25 @@ def serve(load: Loader, config: Config) -> int:
     host, port = config.listen
     check_exposure(config, host)
     make_resolver(config).close()  # fail now, not in every worker, on a bad zone file
-    for address in (config.listen, config.metrics_listen, config.policy_server.listen):
-        if address is not None:
+    ps = config.policy_server
+    for address in (config.listen, config.metrics_listen, ps.listen):
+        if isinstance(address, tuple):
             try:  # fail now on an address in use or not ours
                 listening_socket(*address).close()
             except OSError as exc:
                 raise ListenError(address, exc.strerror or str(exc)) from exc
+    # a UNIX socket cannot be shared by SO_REUSEPORT: bound here, once, for every worker
+    unix = UnixListener.bind(ps.listen, ps.socket_mode, ps.socket_group) if isinstance(ps.listen, UnixAddress) else None
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
     run_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-run-")  # 0700: the accepted configuration
     os.environ[METRICS_ENV] = metrics_dir
     try:
         published = Published(run_dir)
         published.publish(config)
-        return Supervisor(load, config, host, port, published).run()
+        return Supervisor(load, config, host, port, published, None if unix is None else unix.sock).run()
     finally:
+        if unix is not None:
+            unix.close()  # the socket file goes, if it is still ours
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 

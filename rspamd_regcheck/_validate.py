@@ -78,7 +78,7 @@ def check_config(config: Config) -> tuple[str, ...]:
             )
         if mport == port:
             raise ConfigError("server.metrics_listen", f"port {mport} is server.listen's port too")
-    if config.policy_server.listen is not None:
+    if isinstance(config.policy_server.listen, tuple):  # (a UNIX socket shares no port)
         # every listener has SO_REUSEPORT: on a shared port the kernel would mix the protocols
         pport = config.policy_server.listen[1]
         taken = {"server.listen": port}

@@ -25,7 +25,7 @@ from ._record import select_record
 from ._reply import build_reply, format_reply
 from ._serve import ListenError, serve
 from ._validate import Checked, load_checked
-from .config import LEVELS, Config, hostport, load_config
+from .config import LEVELS, Config, load_config
 from .errors import ConfigError, InvalidRecord, InvalidZoneFile
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -156,7 +156,7 @@ def _serve(args: argparse.Namespace, checked: Checked) -> int:
         print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ListenError as exc:
-        print(f"rspamd-regcheck: cannot listen on {hostport(*exc.address)}: {exc.why}", file=sys.stderr)
+        print(f"rspamd-regcheck: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -25,6 +25,8 @@ from ._ratings import SEED_SERVICES, CodePattern, RatingPolicy, ServiceScale, pa
 from ._services import ASK_MODES, DnsService, ServiceSpec, VbrService, local_service
 from ._spf import ALIGNMENTS
 from ._types import IPNetwork, Method, hostport
+from ._unixsock import PREFIX as UNIX_PREFIX
+from ._unixsock import UnixAddress, group_id, mode_text, parse_mode, parse_unix
 from .errors import ConfigError
 from .symbols import BY_NAME
 
@@ -836,7 +838,10 @@ _POLICY_KEYS = (
     "request_timeout",
     "idle_timeout",
     "transactions",
+    "socket_mode",
+    "socket_group",
 )
+_UNIX_KEYS = ("socket_mode", "socket_group")  # a UNIX socket's file: meaningless for a TCP listener
 
 
 def _policy_server(value: Any) -> PolicySettings:
@@ -849,7 +854,10 @@ def _policy_server(value: Any) -> PolicySettings:
     kw: dict[str, Any] = {}
     if "listen" in table:
         text = _str(table["listen"], "policy_server.listen")
-        kw["listen"] = parse_hostport("policy_server.listen", text, 10040) if text else None
+        if text.startswith(UNIX_PREFIX):
+            kw["listen"] = parse_unix("policy_server.listen", text)
+        else:
+            kw["listen"] = parse_hostport("policy_server.listen", text, 10040) if text else None
     if "state" in table:
         kw["state"] = _choice(_str(table["state"], "policy_server.state").upper(), "policy_server.state", CHECK_STATES)
     if "mode" in table:
@@ -868,6 +876,17 @@ def _policy_server(value: Any) -> PolicySettings:
         kw["idle_timeout"] = _number(table["idle_timeout"], "policy_server.idle_timeout", 0.1, 86_400.0)
     if "transactions" in table:
         kw["transactions"] = _int(table["transactions"], "policy_server.transactions", 0, 10_000_000)
+    if isinstance(kw.get("listen"), tuple):  # accepted with the listener off, refused with a TCP one
+        for key in _UNIX_KEYS:
+            if key in table:
+                raise ConfigError(f"policy_server.{key}", 'applies to a UNIX socket only (listen = "unix:/path")')
+    if "socket_mode" in table:
+        mode = _str(table["socket_mode"], "policy_server.socket_mode")
+        kw["socket_mode"] = parse_mode("policy_server.socket_mode", mode)
+    if "socket_group" in table:
+        group = _str(table["socket_group"], "policy_server.socket_group")
+        group_id("policy_server.socket_group", group)  # an unknown group fails at load, not at bind
+        kw["socket_group"] = group
     return PolicySettings(**kw)
 
 
@@ -903,10 +922,17 @@ def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
 
 def _policy_server_toml(p: PolicySettings) -> list[str]:
     listen = ""
-    if p.listen is not None:
+    if isinstance(p.listen, UnixAddress):
+        listen = str(p.listen)
+    elif p.listen is not None:
         host, port = p.listen
         listen = f"{f'[{host}]' if ':' in host else host}:{port}"
-    lines = ["", "[policy_server]", f'listen = "{listen}"', f'state = "{p.state}"']
+    lines = ["", "[policy_server]", f"listen = {_toml_str(listen)}"]
+    if not isinstance(p.listen, tuple):  # a UNIX socket's file (refused beside a TCP listen)
+        lines.append(f'socket_mode = "{mode_text(p.socket_mode)}"')
+        group = p.socket_group
+        lines.append("# socket_group: the worker's own" if group is None else f"socket_group = {_toml_str(group)}")
+    lines.append(f'state = "{p.state}"')
     lines.append("# mode: as policy.mode" if p.mode is None else f'mode = "{p.mode}"')
     lines.append(f"clients = {_toml_list(str(n) for n in p.clients)}")
     lines.append(f"max_line = {p.max_line}")

@@ -14,7 +14,12 @@ into a ``REGCHECK_RECORD_PERMFAIL`` fact.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._types import hostport
+
+if TYPE_CHECKING:
+    from ._unixsock import UnixAddress
 
 
 class RegcheckError(Exception):
@@ -52,9 +57,10 @@ class InvalidZoneFile(RegcheckError):
 
 class ListenError(RegcheckError):
     """An address to listen on (server.listen, server.metrics_listen, policy_server.listen) is in use
-    or not ours."""
+    or not ours; *address* is a (host, port) pair or a UNIX socket's path (``unix:/path``)."""
 
-    def __init__(self, address: tuple[str, int], why: str):
-        super().__init__(f"cannot listen on {hostport(*address)}: {why}")
+    def __init__(self, address: tuple[str, int] | UnixAddress, why: str):
+        where = hostport(*address) if isinstance(address, tuple) else str(address)
+        super().__init__(f"cannot listen on {where}: {why}")
         self.address = address
         self.why = why
