@@ -80,6 +80,24 @@ Send = Callable[[bytes], object]
 Recv = Callable[[int], bytes]
 
 
+def _idle_ticks() -> dict[int, int]:
+    ticks = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks[int(name[3:])] = int(fields[3]) + int(fields[4])  # idle, iowait (proc(5))
+    return ticks
+
+
+def idlest_cpu(among: set[int], seconds: float = 0.2) -> int:
+    """The CPU of *among* that was idle the longest over the last *seconds*: on a machine others
+    share, a run pinned to a CPU that someone else keeps busy would measure them too."""
+    before = _idle_ticks()
+    time.sleep(seconds)
+    after = _idle_ticks()
+    return max(sorted(among), key=lambda cpu: after.get(cpu, 0) - before.get(cpu, 0))
+
+
 def _open(target: Target) -> tuple[Send, Recv, socket.socket | None]:
     """The send and receive functions for *target* (bound methods, so the loop looks nothing up)."""
     if isinstance(target, Pipes):

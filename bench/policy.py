@@ -41,7 +41,10 @@ VM costs tens of microseconds of CPU per hop, whoever answers.  So every
 1-connection run is made twice: as the OS places the processes, and with the
 driver and the answering server's processes (our worker processes,
 policyd-spf's process, the floor's server) pinned to one CPU
-(``sched_setaffinity``), identically for every server.  knot is never pinned.
+(``sched_setaffinity``), identically for every server: the CPU idle the
+longest in the 0.2 s before that run, since others share the machine.  knot
+is never pinned.  Where the OS puts the pair depends on the machine's load
+at that moment, so the rows placed by the OS move from run to run.
 
 Beside each rate, the CPU time per request of the answering processes (from
 /proc/PID/task/*/schedstat: our worker processes, policyd-spf's processes,
@@ -77,7 +80,7 @@ sys.path.insert(0, str(HERE))
 
 import peers  # noqa: E402
 from _knot import free_port, knot  # noqa: E402
-from _lockstep import Pipes, Result, Target, Tcp, Unix, pin, run  # noqa: E402
+from _lockstep import Pipes, Result, Target, Tcp, Unix, idlest_cpu, pin, run  # noqa: E402
 from spf_driver import ORIGIN, zone  # noqa: E402
 
 REGISTRY = "registry.bench"
@@ -86,7 +89,6 @@ POOL = 100  # warm domains
 MANY = 8  # connections (policyd-spf: processes) in the "many" runs
 WORKERS = os.cpu_count() or 1  # our worker processes: server.workers as an admin sets it, one per core
 ALL_CPUS = os.sched_getaffinity(0)
-ONE_CPU = {min(ALL_CPUS)}  # where the pinned runs put the driver and the server that answers it
 PLACES = ("os", "pin")
 PLACE_LABEL = {"os": "placed by the OS", "pin": "pinned to one CPU"}
 OURS_EXPECT, PEER_EXPECT = b"SPF pass", b"Received-SPF: Pass"
@@ -258,13 +260,15 @@ class Worker:
 
 @contextmanager
 def placed(place: str, pids: list[int]) -> Iterator[set[int] | None]:
-    """The drivers' CPUs for *place*; "pin" also pins *pids* (every thread) to that CPU for the run."""
+    """The drivers' CPUs for *place*; "pin" also pins *pids* (every thread) there for the run: one
+    CPU, the one idle the longest just before the run (others share this machine)."""
     if place == "os":
         yield None
         return
-    pin(pids, ONE_CPU)
+    cpus = {idlest_cpu(ALL_CPUS)}
+    pin(pids, cpus)
     try:
-        yield ONE_CPU
+        yield cpus
     finally:
         pin(pids, ALL_CPUS)
 
@@ -494,7 +498,7 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
         "driver, the servers and knot share the machine. Method and data: the docstring of bench/policy.py.",
         f"rspamd-regcheck runs {WORKERS} worker processes; policyd-spf one process per connection, on its",
         "stdin/stdout (Postfix's spawn(8)). \"Pinned\": the driver and the answering server's processes on one",
-        "CPU (knot is never pinned); otherwise the OS places them.",
+        "CPU, the idlest just before the run (knot is never pinned); otherwise the OS places them.",
         "",
     ]
     for via, reason in skipped.items():

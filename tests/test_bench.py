@@ -56,4 +56,7 @@ def test_policy_benchmark_runs_quick():
     assert "| warm, 1 connection | pinned to one CPU | TCP |" in proc.stdout
     assert "| warm, 1 connection | placed by the OS | TCP |" in proc.stdout
     assert "driver: ours TCP" in proc.stdout
+    # ours over a UNIX socket too (the worker's listen = "unix:/path"), not skipped
+    assert "| warm, 1 connection | pinned to one CPU | UNIX |" in proc.stdout
+    assert "Ours over UNIX was skipped" not in proc.stdout
     assert "rspamd asking after Postfix" in proc.stdout and " 0 DNS questions" in proc.stdout

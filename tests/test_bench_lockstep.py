@@ -21,7 +21,7 @@ def target(via: str, tmp_path: Path) -> _lockstep.Target:
 
 
 @pytest.mark.parametrize("via", ["tcp", "unix"])
-@pytest.mark.parametrize("cpus", [None, policy.ONE_CPU], ids=["placed", "pinned"])
+@pytest.mark.parametrize("cpus", [None, {min(policy.ALL_CPUS)}], ids=["placed", "pinned"])
 def test_counts_and_times_every_answer(via, cpus, tmp_path):
     t = target(via, tmp_path)
     with policy.floor(t) as pid:
