@@ -487,7 +487,7 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
 
     def floor_pair(place: str) -> str:
         key = f"floor one tcp {place}"
-        return f"{med(f'{key} cpu') + med(f'{key} drv'):.0f}"
+        return ", ".join(f"{r[f'{key} cpu'] + r[f'{key} drv']:.0f}" for r in rounds)
 
     runs = [(n, place) for n in ("one", "many") for place in (PLACES if n == "one" else ("os",))]
     lines = [
@@ -578,11 +578,11 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
         "different CPUs, every wake-up crosses CPUs, and on this VM that costs tens of microseconds of CPU a",
         "hop (an earlier measurement on this VM: about 30 us), whoever answers: the same cost for every server,",
         "and most of a warm answer's. Where the OS puts them depends on what else runs at that moment (an idle",
-        "machine tends to keep the pair on one CPU, a busy one spreads them). In this run the floor's server and",
-        f"the driver spent {floor_pair('os')} us of CPU per request together placed by the OS, {floor_pair('pin')} us"
-        " pinned. Pinned to one CPU, the wake-ups stay there and the rates show the servers' own work. Both",
-        "rows are measured, each with its verdict; Postfix's smtpd is a cheap C client, and where its process",
-        "and the policy server's run is the kernel's choice.",
+        "machine tends to keep the pair on one CPU, a busy one spreads them). In this run, round by round, the",
+        f"floor's server and the driver spent {floor_pair('os')} us of CPU per request together placed by the OS,",
+        f"{floor_pair('pin')} us pinned. Pinned to one CPU, the wake-ups stay there and the rates show the servers'",
+        "own work. Both rows are measured, each with its verdict; Postfix's smtpd is a cheap C client, and where",
+        "its process and the policy server's run is the kernel's choice.",
         "",
         'Our worker runs with `log.level = "warning"` above: no line per check. With the default, "info", every',
         "check (a reused one too) writes its line (batched, to a file here): warm on 1 connection over TCP,",
