@@ -429,12 +429,13 @@ def serve(load: Loader, config: Config) -> int:
                 listening_socket(*address).close()
             except OSError as exc:
                 raise ListenError(address, exc.strerror or str(exc)) from exc
-    # a UNIX socket cannot be shared by SO_REUSEPORT: bound here, once, for every worker
-    unix = UnixListener.bind(ps.listen, ps.socket_mode, ps.socket_group) if isinstance(ps.listen, UnixAddress) else None
     metrics_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-metrics-")
     run_dir = tempfile.mkdtemp(prefix="rspamd-regcheck-run-")  # 0700: the accepted configuration
     os.environ[METRICS_ENV] = metrics_dir
+    unix = None
     try:
+        if isinstance(ps.listen, UnixAddress):  # no SO_REUSEPORT for it: bound here, once, for every worker
+            unix = UnixListener.bind(ps.listen, ps.socket_mode, ps.socket_group)
         published = Published(run_dir)
         published.publish(config)
         return Supervisor(load, config, host, port, published, None if unix is None else unix.sock).run()

@@ -135,7 +135,8 @@ class UnixListener:
             except (OSError, ConfigError) as exc:
                 _remove_if(path, ident)
                 why = exc.why if isinstance(exc, ConfigError) else _why(exc)
-                raise ListenError(address, f"{why} (giving it mode {mode_text(mode)}, group {group})") from exc
+                given = f"mode {mode_text(mode)}" + ("" if group is None else f", group {group}")
+                raise ListenError(address, f"{why} (giving it {given})") from exc
         except BaseException:
             sock.close()
             raise

@@ -50,9 +50,17 @@ class PrivatePostfix:
     *services* maps a name to (port, smtpd_recipient_restrictions, smtpd_data_restrictions):
     one smtpd listener each, so one Postfix can show several policy set-ups; a service
     whose restrictions are None uses main.cf's, which end with *main_cf* (contrib/postfix/).
+    The smtpd of each service named in *chrooted* runs chrooted in the queue directory, as
+    Debian's master.cf runs it.
     """
 
-    def __init__(self, services: dict[str, tuple[int, str | None, str | None]], sink_port: int, main_cf: str = ""):
+    def __init__(
+        self,
+        services: dict[str, tuple[int, str | None, str | None]],
+        sink_port: int,
+        main_cf: str = "",
+        chrooted: tuple[str, ...] = (),
+    ):
         # Postfix's daemons run as the postfix user: every directory up to the queue must let
         # it through, which pytest's 0700 tmp_path does not.
         base = self.base = Path(tempfile.mkdtemp(prefix="regcheck-postfix-"))
@@ -108,7 +116,7 @@ class PrivatePostfix:
             "postlog   unix-dgram n - n - 1 postlogd",
         ]
         for name, (port, rcpt, data) in services.items():
-            master.append(f"127.0.0.1:{port} inet n - n - - smtpd")
+            master.append(f"127.0.0.1:{port} inet n - {'y' if name in chrooted else 'n'} - - smtpd")
             if rcpt is not None:
                 main += [f"{name}_rcpt = {rcpt}", f"{name}_data = {data or ''}"]
                 master.append(

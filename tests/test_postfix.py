@@ -189,3 +189,90 @@ def test_worker_down_gives_postfix_default_action(mta) -> None:  # type: ignore[
     message = postfix.delivered(marker)
     assert "X-Regcheck" not in message
     assert postfix.logged("problem talking to server 127.0.0.1:"), postfix.log()
+
+
+# -- on a UNIX socket -------------------------------------------------------------------------
+
+
+def _uncommented(text: str, marker: str, replaces: str) -> str:
+    """contrib's *text* with its commented line holding *marker* in force instead of the line *replaces*."""
+    lines = text.splitlines()
+    (alternative,) = [i for i, line in enumerate(lines) if line.startswith("#") and marker in line]
+    (current,) = [i for i, line in enumerate(lines) if line.startswith(replaces)]
+    lines[current] = lines[alternative].lstrip("#")
+    del lines[alternative]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def unix_mta(knot, tmp_path_factory) -> Iterator[tuple[PrivatePostfix, Proc]]:  # type: ignore[no-untyped-def]
+    """Postfix asking a worker on a UNIX socket under its queue directory, as docs/postfix.md sets
+    it up: by contrib/postfix/main.cf's name relative to the queue directory ("main", and a chrooted
+    smtpd, "chroot"), and by an absolute path ("abs")."""
+    base = tmp_path_factory.mktemp("postfix-unix")
+    snippet = _uncommented((CONTRIB / "main.cf").read_text(), "unix:regcheck/policy.sock", "regcheck_policy =")
+    # Postfix expands $queue_directory: check_policy_service gets the socket's absolute path
+    absolute = POLICY.format(port=0).replace("inet:127.0.0.1:0", "unix:$queue_directory/regcheck/policy.sock")
+    services: dict[str, tuple[int, str | None, str | None]] = {
+        "main": (free_port(), None, None),
+        "chroot": (free_port(), None, None),
+        "abs": (free_port(), absolute, ""),
+        # the pitfall docs/postfix.md warns of: an absolute path from inside the chroot
+        "chroot_abs": (free_port(), absolute, ""),
+    }
+    postfix = PrivatePostfix(services, free_port(), snippet, chrooted=("chroot", "chroot_abs"))
+    try:
+        # the directory of the worker's own under the queue directory (the worker runs as root here)
+        sockets = postfix.queue / "regcheck"
+        sockets.mkdir(mode=0o755)
+        policy = (CONTRIB / "regcheck.toml").read_text().replace("/var/spool/postfix", str(postfix.queue))
+        policy = _uncommented(policy, 'listen = "unix:', "listen =")
+        assert f'listen = "unix:{sockets}/policy.sock"' in policy
+        config = (
+            f'[registry]\nzones = ["{REG}"]\n'
+            f'[dns]\nnameservers = ["{knot.host}"]\nport = {knot.port}\n'
+            '[policy]\nlocal_networks = []\n[spf]\nreceiver = "mx.receiver.test"\n' + policy
+        )
+        worker = start_worker(base, "unix-worker", config, free_port())
+    except Exception:
+        postfix.stop()
+        raise
+    try:
+        yield postfix, worker
+    finally:
+        worker.stop()
+        postfix.stop()
+
+
+@pytest.mark.parametrize("service", ["main", "chroot", "abs"])
+def test_reject_at_rcpt_over_a_unix_socket(unix_mta, service: str) -> None:  # type: ignore[no-untyped-def]
+    postfix, worker = unix_mta
+    n = {"main": 37, "chroot": 38, "abs": 39}[service]
+    s = postfix.smtp(service, f"208.20.133.{n}", f"mailout{n}.heaven.net")
+    try:
+        assert s.mail("a@heaven.net")[0] == 250
+        code, text = s.rcpt("user@dest.test")
+    finally:
+        s.quit()
+    assert (code, text.decode()) == (
+        550,
+        "5.7.1 <user@dest.test>: Recipient address rejected: "
+        f"Host 208.20.133.{n} is not authorised to send mail for 'heaven.net' (QR1)",
+    ), postfix.log()[-2000:]
+    assert checks(worker, f"mailout{n}.heaven.net") == 1  # the worker's answer, not Postfix's own
+
+
+def test_a_chrooted_smtpd_does_not_find_an_absolute_path(unix_mta) -> None:  # type: ignore[no-untyped-def]
+    """Inside the chroot, /var/spool/postfix/... is looked up under the queue directory again:
+    nothing there, so Postfix's default_action (DUNNO) lets the REJECT case through."""
+    postfix, worker = unix_mta
+    s = postfix.smtp("chroot_abs", "208.20.133.40", "mailout40.heaven.net")
+    try:
+        assert s.mail("a@heaven.net")[0] == 250
+        rcpt = s.rcpt("user@dest.test")
+        assert rcpt[0] == 250, rcpt
+    finally:
+        s.quit()
+    missing = f"problem talking to server {postfix.queue}/regcheck/policy.sock: No such file or directory"
+    assert postfix.logged(missing), postfix.log()
+    assert checks(worker, "mailout40.heaven.net") == 0
