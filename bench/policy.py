@@ -550,7 +550,9 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
         "",
         "The floor: a bare uvloop server answering a fixed PREPEND without parsing or checking, same driver. No",
         "server on this machine, with this driver, can go faster; its ratio to policyd-spf's warm rate is the",
-        "most any server could show against it.",
+        "most any server could show against it. Placed by the OS, a percentage below compares a round in which",
+        "one pair may have stayed on one CPU with one in which the other crossed CPUs, so it can pass 100 %; the",
+        "pinned row compares like with like.",
         "",
         "| connections | placement | floor TCP | floor UNIX | floor TCP / policyd-spf warm | ours warm TCP, % of floor TCP"
         " | ours warm UNIX, % of floor UNIX | driver CPU per request, floor TCP |",
