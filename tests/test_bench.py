@@ -52,4 +52,11 @@ def test_policy_benchmark_runs_quick():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for row in ("| warm, 1 connection |", "| warm, 8 connections |", "| cold, 1 connection |", "The floor"):
         assert row in proc.stdout, row
+    # both placements of a 1-connection run, and the driver's own CPU beside the servers'
+    assert "| warm, 1 connection | pinned to one CPU | TCP |" in proc.stdout
+    assert "| warm, 1 connection | placed by the OS | TCP |" in proc.stdout
+    assert "driver: ours TCP" in proc.stdout
+    # ours over a UNIX socket too (the worker's listen = "unix:/path"), not skipped
+    assert "| warm, 1 connection | pinned to one CPU | UNIX |" in proc.stdout
+    assert "Ours over UNIX was skipped" not in proc.stdout
     assert "rspamd asking after Postfix" in proc.stdout and " 0 DNS questions" in proc.stdout
