@@ -116,7 +116,9 @@ def _open(target: Target) -> tuple[Send, Recv, socket.socket | None]:
     return sock.sendall, sock.recv, sock
 
 
-def _exchange(send: Send, recv: Recv, requests: Sequence[bytes], expect: bytes) -> None:
+def _exchange(send: Send, recv: Recv, requests: Sequence[bytes], expect: bytes) -> int:
+    """Ask each request in turn; the number of answers read (each checked)."""
+    answered = 0
     for request in requests:
         send(request)
         answer = recv(65536)
@@ -127,6 +129,8 @@ def _exchange(send: Send, recv: Recv, requests: Sequence[bytes], expect: bytes) 
             answer += more
         if expect not in answer:
             raise RuntimeError(f"unexpected answer {answer!r} to {request[:300]!r}")
+        answered += answer.count(b"\n\n")
+    return answered
 
 
 def _driver(
@@ -146,9 +150,9 @@ def _driver(
         conn.send("ready")
         start.wait()
         c0, t0 = time.process_time(), time.perf_counter()
-        _exchange(send, recv, timed, expect)
+        answered = _exchange(send, recv, timed, expect)
         t1, c1 = time.perf_counter(), time.process_time()
-        conn.send((t0, t1, c1 - c0))
+        conn.send((t0, t1, c1 - c0, answered))
         conn.recv()  # closing waits until the servers' CPU time is read
         if sock is not None:
             sock.close()
@@ -208,7 +212,9 @@ def run(
             if p.is_alive():
                 p.kill()
                 p.join()
-    n = sum(len(w) for w in timed)
+    n = sum(d[3] for d in done)  # answers read, one per request sent unless a server answered twice
+    if n != sum(len(w) for w in timed):
+        raise RuntimeError(f"{n} answers read for {sum(len(w) for w in timed)} requests")
     t0 = min(d[0] for d in done)
     t1 = max(d[1] for d in done)
     driver = sum(d[2] for d in done)

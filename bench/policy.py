@@ -29,8 +29,10 @@ the servers behind its own time.
 
 Data: bench/spf_driver.py's zone (the shapes of shared peer-perf: 2-4 counted
 SPF lookups, 4-6 questions, pass via ``mx``) plus a registry record for the
-senders' Registered ID.  Cold: every request names a domain never asked
-before (in that process).  Warm: a pool of 100 domains asked once untimed
+senders' Registered ID.  Cold: every request names a sender domain never
+asked before (in that process); all senders share the one Registered ID, so
+after the first request the registry's answer is cached and a cold request
+is a cold SPF evaluation (policyd-spf does SPF alone).  Warm: a pool of 100 domains asked once untimed
 (on the same connection), then again and again.  "one" is one connection;
 "many" is C connections (C processes for policyd-spf).  Start-up is never timed.
 
@@ -499,6 +501,9 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
         f"rspamd-regcheck runs {WORKERS} worker processes; policyd-spf one process per connection, on its",
         "stdin/stdout (Postfix's spawn(8)). \"Pinned\": the driver and the answering server's processes on one",
         "CPU, the idlest just before the run (knot is never pinned); otherwise the OS places them.",
+        "Within a round the servers run one after another (the floor, ours over TCP, ours over UNIX, policyd-spf);",
+        "a ratio is the median of the rounds' own ratios, so it need not equal the medians' quotient. CPU time per",
+        "request, below, moves less with the machine's load than a rate does.",
         "",
     ]
     for via, reason in skipped.items():
@@ -548,9 +553,9 @@ def report(rounds: list[dict[str, float]], skipped: dict[str, str], started: str
             )
     lines += [
         "",
-        "The floor: a bare uvloop server answering a fixed PREPEND without parsing or checking, same driver. No",
-        "server on this machine, with this driver, can go faster; its ratio to policyd-spf's warm rate is the",
-        "most any server could show against it. Placed by the OS, a percentage below compares a round in which",
+        "The floor: a bare uvloop server answering a fixed PREPEND without parsing or checking, same driver. In",
+        "the same placement no server on this machine, with this driver, can go faster; its ratio to policyd-spf's",
+        "warm rate is the most any server could show against it. Placed by the OS, a percentage below compares a round in which",
         "one pair may have stayed on one CPU with one in which the other crossed CPUs, so it can pass 100 %; the",
         "pinned row compares like with like.",
         "",

@@ -128,7 +128,8 @@ class PolicyServer:
         self.app = app
         self.connections: set[PolicyProtocol] = set()
         self._bad = _Throttled("bad policy request answered DUNNO: %s")
-        self._refused = _Throttled("policy connection %s")
+        self._not_client = _Throttled("policy connection from %s refused: not in policy_server.clients")
+        self._full = _Throttled("policy connection refused: %s connections open")
         # Postfix instance -> its transaction; an Answer stands for a transaction begun from it
         self._transactions: TwoGenerationLRU[tuple[str, ...], Transaction | Answer] = TwoGenerationLRU(
             self.settings.transactions
@@ -144,9 +145,13 @@ class PolicyServer:
         """Log a bad request; at most one line a second, so a flood cannot flood the log."""
         self._bad.log(reason)
 
-    def log_refused(self, why: str) -> None:
-        """Log a connection refused at once; at most one line a second, as `_log_bad`."""
-        self._refused.log(why)
+    def log_not_client(self, peer: str) -> None:
+        """Log a connection refused for its address; at most one line a second, as `_log_bad`."""
+        self._not_client.log(peer)
+
+    def log_full(self) -> None:
+        """Log a connection refused past ``server.max_connections``; at most one line a second."""
+        self._full.log(str(len(self.connections)))
 
     def close_idle(self) -> None:
         for conn in list(self.connections):
@@ -360,11 +365,11 @@ class PolicyProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if not self._allowed(peer):
-            self.server.log_refused(f"from {peer and peer[0]} refused: not in policy_server.clients")
+            self.server.log_not_client(str(peer and peer[0]))
             self.transport.close()
             return
         if len(self.server.connections) >= self.server.app.limits.connections:
-            self.server.log_refused(f"refused: {len(self.server.connections)} connections open")
+            self.server.log_full()
             self.transport.close()
             return
         self.server.connections.add(self)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
+import time
 from pathlib import Path
 
 
@@ -60,3 +62,21 @@ def run_check(config, ip: str | None, helo: str | None, **envelope):  # type: ig
 
 def symbol_options(result) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
     return {s.name: list(s.options) for s in result.verdict.symbols}
+
+
+FLUSH_WAIT = 0.75  # 3x the check log's batch delay (_log.CheckLog.FLUSH_SECONDS, 0.25 s)
+
+
+def check_lines(log: Path, helo: str, expect: int, deadline: float = 10.0) -> int:
+    """The worker's ``event=check`` lines for *helo* in *log*, once they have had time to come.
+
+    The check log is written in batches (up to 0.25 s late, more on a loaded machine): wait
+    until *expect* lines are there (at most *deadline* seconds), then one more batch delay, so
+    a line too many is seen too.  With *expect* 0, only that one delay.
+    """
+    pattern = re.compile(rf"event=check .*helo={re.escape(helo)} ")
+    give_up = time.monotonic() + deadline
+    while expect and len(pattern.findall(log.read_text())) < expect and time.monotonic() < give_up:
+        time.sleep(0.05)
+    time.sleep(FLUSH_WAIT)
+    return len(pattern.findall(log.read_text()))

@@ -27,7 +27,7 @@ def test_counts_and_times_every_answer(via, cpus, tmp_path):
     with policy.floor(t) as pid:
         lists = [policy.requests(["a.example"] * 50) for _ in range(3)]
         result = _lockstep.run([t] * 3, [policy.requests(["b.example"])] * 3, lists, b"SPF pass", [pid], cpus)
-    assert result.requests == 150
+    assert result.requests == 150  # answers the drivers read, not requests they were given
     assert result.rate > 0 and result.driver_us > 0 and result.server_us > 0
 
 
@@ -35,7 +35,7 @@ def test_counts_and_times_every_answer(via, cpus, tmp_path):
     "expect,served,error",
     [
         pytest.param(b"Received-SPF: Pass", True, "unexpected answer b'action=PREPEND", id="wrong-answer"),
-        pytest.param(b"SPF pass", False, "Error", id="nobody-listening"),
+        pytest.param(b"SPF pass", False, "ConnectionRefusedError", id="nobody-listening"),
     ],
 )
 def test_fails_loudly(expect, served, error, tmp_path):
@@ -46,3 +46,12 @@ def test_fails_loudly(expect, served, error, tmp_path):
     else:
         with pytest.raises(RuntimeError, match=error):
             _lockstep.run([t], [[]], [policy.requests(["a.example"])], expect, [])
+
+
+def test_an_answer_too_many_is_caught(tmp_path):
+    """Two answers to one request (here: a request the floor reads as two) fail the run: the count
+    is of answers read, not of requests sent."""
+    t = target("tcp", tmp_path)
+    double = [r + r for r in policy.requests(["a.example"] * 5)]
+    with policy.floor(t) as pid, pytest.raises(RuntimeError, match="10 answers read for 5 requests"):
+        _lockstep.run([t], [[]], [double], b"SPF pass", [pid])
