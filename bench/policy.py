@@ -357,24 +357,26 @@ def measure(kport: int, work: Path, size: Sizes, skipped: dict[str, str]) -> dic
     peer_one, peer_many = size.peer_cold
     # 127.0.0.1 is in policyd-spf's default skip_addresses: an answer without DNS, so start-up is not timed
     hello = [request("localhost.invalid", "127.0.0.1")]
+
+    def untimed(conns: int, cache: bool) -> list[list[bytes]]:
+        """Each connection's first requests: the start-up answer, then (warm) the pool, untimed."""
+        return [hello + f for f in fill(conns)] if cache else [hello] * conns
+
     with tempfile.TemporaryFile() as err:
         for cache in (False, True):
             temp = "warm" if cache else "cold"
 
-            def untimed(conns: int) -> list[list[bytes]]:
-                return [hello + f for f in fill(conns)] if cache else [hello] * conns  # noqa: B023
-
             for place in PLACES:
                 with policyd(python, kport, cache, err, 1) as (pipes, pids), placed(place, pids) as cpus:
                     timed = [requests(pool * size.peer_reps) if cache else requests(take(peer_one))]
-                    one = run(pipes, untimed(1), timed, PEER_EXPECT, pids, cpus)
+                    one = run(pipes, untimed(1, cache), timed, PEER_EXPECT, pids, cpus)
                     record(out, f"policyd-spf {temp} one pipe {place}", one)
             with policyd(python, kport, cache, err, MANY) as (pipes, pids):
                 if cache:
                     timed_lists = [requests(pool * size.peer_reps) for _ in range(MANY)]
                 else:
                     timed_lists = [requests(d) for d in split(take(peer_many), MANY)]
-                many = run(pipes, untimed(MANY), timed_lists, PEER_EXPECT, pids)
+                many = run(pipes, untimed(MANY, cache), timed_lists, PEER_EXPECT, pids)
                 record(out, f"policyd-spf {temp} many pipe os", many)
     return out
 

@@ -424,7 +424,7 @@ class Transport:
             # After the answer: its caller runs first (the loop calls back in order), so the
             # sockets open and close once the reply it was waiting for is written.
             self._rotating = True
-            self._loop.call_soon(self._rotate_owed)  # type: ignore[union-attr]
+            self._loop.call_soon(self._rotate_owed)  # type: ignore[union-attr]  # set: a question was in flight
 
     def _dropped(self, server: _Server) -> None:
         """A reply not accepted: it counts as a try towards the next new port."""

@@ -29,14 +29,22 @@ BOUND = 5.0  # seconds: nothing here waits on purpose for more than 0.05 s
 
 
 class TableTransport:
-    """Answers (name, type) from a table; a name in *stall* is never answered."""
+    """Answers (name, type) from a table; a name in *stall* is never answered, a (name, type) in
+    *fail* gets SERVFAIL."""
 
     timeout = 5.0  # the Transport interface: the longest an ask takes
 
-    def __init__(self, table: dict[tuple[str, str], tuple], stall: frozenset[str] = frozenset(), delay: float = 0.0):
+    def __init__(
+        self,
+        table: dict[tuple[str, str], tuple],
+        stall: frozenset[str] = frozenset(),
+        delay: float = 0.0,
+        fail: frozenset[tuple[str, str]] = frozenset(),
+    ):
         self.table = {(name, RType[qtype]): records for (name, qtype), records in table.items()}
         self.stall = stall
         self.delay = delay
+        self.fail = {(name, RType[qtype]) for name, qtype in fail}
         self.asked: list[tuple[str, str]] = []
         self.stalled = asyncio.Event()
 
@@ -46,6 +54,8 @@ class TableTransport:
             self.stalled.set()
             await asyncio.Future()  # never answered
         await asyncio.sleep(self.delay)
+        if (name, rtype) in self.fail:
+            return DnsAnswer(DnsStatus.SERVFAIL, detail="server failure")
         records = self.table.get((name, rtype))
         if records is not None:
             return DnsAnswer(DnsStatus.OK, records, ttl=300)

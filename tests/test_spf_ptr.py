@@ -5,7 +5,7 @@ A/AAAA lookup of a name the PTR answer gave skips that name, and neither is a
 void lookup (4.6.4: only NXDOMAIN and empty answers are).  The names a PTR
 answer lists are the connecting client's to choose: counted as voids, their
 failures would turn a fail into a permerror.  knot cannot fail one name on
-demand, so a table transport of this file's own answers, behind our real
+demand, so test_spf_greenlet's table transport answers, behind our real
 Resolver, Cache and Session.
 """
 
@@ -15,41 +15,13 @@ import asyncio
 import ipaddress
 
 import pytest
+from test_spf_greenlet import TableTransport, txt
 
 from rspamd_regcheck import Budget, Cache, Resolver, Session
-from rspamd_regcheck._answer import DnsAnswer, DnsStatus
 from rspamd_regcheck._spf import check_host
-from rspamd_regcheck._wire import RType
 
 CLIENT = ipaddress.ip_address("192.0.2.10")
 REVERSE = "10.2.0.192.in-addr.arpa"
-
-
-class FailingTransport:
-    """Answers from a table; a (name, type) in *fail* gets SERVFAIL."""
-
-    timeout = 1.0
-
-    def __init__(self, table: dict[tuple[str, str], tuple], fail: set[tuple[str, str]]):
-        self.table = {(name, RType[qtype]): records for (name, qtype), records in table.items()}
-        self.fail = {(name, RType[qtype]) for name, qtype in fail}
-
-    async def ask(self, name: str, rtype: RType) -> DnsAnswer:
-        if (name, rtype) in self.fail:
-            return DnsAnswer(DnsStatus.SERVFAIL, detail="server failure")
-        records = self.table.get((name, rtype))
-        if records is not None:
-            return DnsAnswer(DnsStatus.OK, records, ttl=300)
-        if any(owner == name for owner, _ in self.table):
-            return DnsAnswer(DnsStatus.NODATA, ttl=300)
-        return DnsAnswer(DnsStatus.NXDOMAIN, ttl=300)
-
-    def close(self) -> None:
-        pass
-
-
-def txt(text: str) -> tuple[str]:
-    return (text,)
 
 
 BAD_NAMES = ("bad1.x.example", "bad2.x.example", "bad3.x.example")
@@ -102,7 +74,7 @@ CASES = [
 
 @pytest.mark.parametrize("record,table,fail,expected", CASES)
 def test_dns_failures_around_ptr(record: str, table: dict, fail: set, expected: str) -> None:
-    transport = FailingTransport({("s.example", "TXT"): txt(record), **table}, fail)
+    transport = TableTransport({("s.example", "TXT"): txt(record), **table}, fail=frozenset(fail))
 
     async def go():
         session = Session(Resolver(transport, Cache()), cap=100)  # type: ignore[arg-type]
